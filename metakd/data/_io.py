@@ -1,0 +1,192 @@
+"""File helpers for data sets: checked downloads, safe archive extraction, restricted unpickling."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+import zipfile
+from pathlib import Path
+from typing import Any, BinaryIO
+
+__all__ = [
+    "DatasetNotFoundError",
+    "CorruptFileError",
+    "download_url",
+    "extract_archive",
+    "file_digest",
+    "restricted_pickle_load",
+]
+
+log = logging.getLogger(__name__)
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The data set is not where it was looked for; the message names the expected layout."""
+
+
+class CorruptFileError(ValueError):
+    """A file of a data set cannot be decoded; the message names the file."""
+
+
+def file_digest(path: str | os.PathLike[str], algorithm: str = "md5", chunk: int = 1 << 20) -> str:
+    """Hex digest of a file, read in chunks."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download_url(
+    url: str,
+    folder: str | os.PathLike[str],
+    filename: str | None = None,
+    md5: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Download ``url`` into ``folder`` (atomically) and check its md5.
+
+    An existing file with the right checksum is not downloaded again. A checksum mismatch
+    raises ``CorruptFileError`` and leaves no partial file behind.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / (filename or url.rstrip("/").rsplit("/", 1)[-1])
+    if target.exists() and (md5 is None or file_digest(target) == md5):
+        log.info("using existing %s", target)
+        return target
+    log.info("downloading %s to %s", url, target)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+            total = int(resp.headers.get("Content-Length") or 0)
+            _copy_with_progress(resp, out, total, target.name, progress)
+        if md5 is not None and (got := file_digest(tmp)) != md5:
+            raise CorruptFileError(
+                f"download of {url} has md5 {got}, expected {md5}; the file was not kept"
+            )
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _copy_with_progress(src: BinaryIO, dst: BinaryIO, total: int, name: str, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total or None, unit="B", unit_scale=True, desc=name, disable=not progress) as bar:
+        while block := src.read(1 << 20):
+            dst.write(block)
+            bar.update(len(block))
+
+
+def _inside(root: Path, name: str) -> Path:
+    dest = (root / name).resolve()
+    if dest != root and root not in dest.parents:
+        raise CorruptFileError(f"archive member {name!r} would be written outside {root}; refusing")
+    return dest
+
+
+def extract_archive(archive: str | os.PathLike[str], folder: str | os.PathLike[str]) -> Path:
+    """Extract a zip or tar archive into ``folder``, refusing members that leave it.
+
+    Absolute paths, ``..`` components, and links pointing outside ``folder`` raise
+    ``CorruptFileError`` before anything is written.
+    """
+    archive = Path(archive)
+    root = Path(folder).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                _inside(root, info.filename)
+            zf.extractall(root)
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as tf:
+            members = tf.getmembers()
+            for m in members:
+                _inside(root, m.name)
+                if m.issym() or m.islnk():
+                    _inside(root, os.path.join(os.path.dirname(m.name), m.linkname))
+                if m.isdev():
+                    raise CorruptFileError(f"archive member {m.name!r} is a device file; refusing")
+            tf.extractall(root, members=members)  # noqa: S202 -- members checked above
+    else:
+        raise CorruptFileError(f"{archive} is neither a zip nor a tar archive")
+    return root
+
+
+_ALLOWED_GLOBALS = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("builtins", "list"),
+    ("builtins", "dict"),
+    ("builtins", "tuple"),
+    ("builtins", "set"),
+    ("builtins", "str"),
+    ("builtins", "int"),
+    ("builtins", "float"),
+    ("builtins", "bytes"),
+    ("builtins", "bytearray"),
+    ("__builtin__", "list"),
+    ("__builtin__", "dict"),
+    ("__builtin__", "set"),
+    ("copy_reg", "_reconstructor"),
+    ("_codecs", "encode"),
+    ("collections", "OrderedDict"),
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS:
+            if module == "__builtin__":
+                module = "builtins"
+            if module == "copy_reg":
+                module = "copyreg"
+            if module.startswith("numpy.core") and not hasattr(__import__("numpy"), "core"):
+                module = module.replace("numpy.core", "numpy._core")
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"refusing to unpickle {module}.{name}: data-set pickles may only hold arrays, "
+            "lists, dicts, numbers and strings"
+        )
+
+
+def restricted_pickle_load(path: str | os.PathLike[str], encoding: str = "latin1") -> Any:
+    """Load a data-set pickle, admitting only numpy arrays, containers, numbers and strings.
+
+    Python-2 pickles (miniImageNet caches, the Gidaris pickles) need ``encoding="latin1"``.
+    Anything else (a class, a function, ``os.system``) raises ``pickle.UnpicklingError``.
+    """
+    with open(path, "rb") as f:
+        try:
+            return _RestrictedUnpickler(f, encoding=encoding).load()
+        except (pickle.UnpicklingError, EOFError, ValueError) as e:
+            raise CorruptFileError(f"cannot read pickle {path}: {e}") from e
+
+
+def copy_atomic(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Copy a file so that ``dst`` is either absent or complete."""
+    dst = Path(dst)
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

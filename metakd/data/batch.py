@@ -1,0 +1,150 @@
+"""The episode container shared by samplers, meta-learners and distillers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+__all__ = ["Task", "TaskBatch"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One N-way episode: a support set to adapt on and a query set to score on.
+
+    Attributes:
+        support_x: ``[N*K, C, H, W]`` support images.
+        support_y: ``[N*K]`` int64 episode labels in ``0..N-1``.
+        query_x: ``[N*Q, C, H, W]`` query images.
+        query_y: ``[N*Q]`` int64 episode labels.
+        classes: ``[N]`` global class index of each episode label, or ``None``.
+    """
+
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+    classes: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class TaskBatch:
+    """A meta-batch of ``T`` episodes of the same shape, stacked along a leading task dimension.
+
+    Labels are remapped per episode: label ``n`` of task ``t`` is the global class
+    ``classes[t, n]`` of the data set. Within each set the items are grouped by label
+    (``support_y[t] == [0]*K + [1]*K + ... + [N-1]*K``).
+
+    Attributes:
+        support_x: ``[T, N*K, C, H, W]`` float support images.
+        support_y: ``[T, N*K]`` int64 labels.
+        query_x: ``[T, N*Q, C, H, W]`` float query images.
+        query_y: ``[T, N*Q]`` int64 labels.
+        classes: ``[T, N]`` int64 global class indices, or ``None`` when unknown.
+
+    Example:
+        >>> import torch
+        >>> b = TaskBatch(torch.zeros(2, 5, 1, 28, 28), torch.arange(5).repeat(2, 1),
+        ...               torch.zeros(2, 75, 1, 28, 28), torch.arange(5).repeat_interleave(15).repeat(2, 1))
+        >>> len(b), b.ways, b.shots, b.queries
+        (2, 5, 1, 15)
+    """
+
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+    classes: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        t = self.support_x.shape[0]
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v is not None and v.shape[0] != t:
+                raise ValueError(
+                    f"TaskBatch.{f.name} has {v.shape[0]} tasks along dim 0, support_x has {t}"
+                )
+        if self.support_y.shape[:2] != self.support_x.shape[:2]:
+            raise ValueError(
+                f"support_y {tuple(self.support_y.shape)} does not match support_x "
+                f"{tuple(self.support_x.shape)} in its first two dimensions"
+            )
+        if self.query_y.shape[:2] != self.query_x.shape[:2]:
+            raise ValueError(
+                f"query_y {tuple(self.query_y.shape)} does not match query_x "
+                f"{tuple(self.query_x.shape)} in its first two dimensions"
+            )
+
+    def __len__(self) -> int:
+        return int(self.support_x.shape[0])
+
+    def __getitem__(self, i: int) -> Task:
+        return Task(
+            self.support_x[i],
+            self.support_y[i],
+            self.query_x[i],
+            self.query_y[i],
+            None if self.classes is None else self.classes[i],
+        )
+
+    def __iter__(self) -> Iterator[Task]:
+        for i in range(len(self)):
+            yield self[i]
+
+    @property
+    def ways(self) -> int:
+        """Classes per episode (``N``)."""
+        return int(self.support_y[0].max().item()) + 1 if self.support_y.numel() else 0
+
+    @property
+    def shots(self) -> int:
+        """Support images per class (``K``)."""
+        return self.support_y.shape[1] // max(self.ways, 1)
+
+    @property
+    def queries(self) -> int:
+        """Query images per class (``Q``)."""
+        return self.query_y.shape[1] // max(self.ways, 1)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None,
+           non_blocking: bool = False) -> TaskBatch:
+        """Move the batch; ``dtype`` applies to the images only."""
+
+        def mv(x: torch.Tensor | None, images: bool) -> torch.Tensor | None:
+            if x is None:
+                return None
+            if images and dtype is not None:
+                return x.to(device=device, dtype=dtype, non_blocking=non_blocking)
+            return x.to(device=device, non_blocking=non_blocking)
+
+        return TaskBatch(
+            mv(self.support_x, True),  # type: ignore[arg-type]
+            mv(self.support_y, False),  # type: ignore[arg-type]
+            mv(self.query_x, True),  # type: ignore[arg-type]
+            mv(self.query_y, False),  # type: ignore[arg-type]
+            mv(self.classes, False),
+        )
+
+    def split(self, chunks: int) -> list[TaskBatch]:
+        """Split along the task dimension into at most ``chunks`` nearly equal batches."""
+        size = -(-len(self) // chunks)
+        return self.slice_tasks_by(size)
+
+    def slice_tasks_by(self, size: int) -> list[TaskBatch]:
+        """Consecutive sub-batches of ``size`` tasks (the last may be smaller)."""
+        out = []
+        for s in range(0, len(self), size):
+            sl = slice(s, s + size)
+            out.append(
+                replace(
+                    self,
+                    support_x=self.support_x[sl],
+                    support_y=self.support_y[sl],
+                    query_x=self.query_x[sl],
+                    query_y=self.query_y[sl],
+                    classes=None if self.classes is None else self.classes[sl],
+                )
+            )
+        return out
