@@ -28,7 +28,7 @@ def test_batch_shapes_labels_and_contents(test_set: Omniglot) -> None:
     b = batches[0]
     assert isinstance(b, TaskBatch) and len(b) == 4
     assert b.support_x.shape == (4, 10, 1, 28, 28) and b.query_x.shape == (4, 15, 1, 28, 28)
-    assert b.support_x.dtype == torch.float32 and 0 <= b.support_x.min() and b.support_x.max() <= 1
+    assert b.support_x.dtype == torch.float32 and b.support_x.min() >= 0 and b.support_x.max() <= 1
     assert b.support_y[0].tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
     assert b.query_y[0].tolist() == [0] * 3 + [1] * 3 + [2] * 3 + [3] * 3 + [4] * 3
     assert (b.ways, b.shots, b.queries) == (5, 2, 3)

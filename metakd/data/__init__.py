@@ -4,7 +4,7 @@ from metakd.data._io import CorruptFileError, DatasetNotFoundError
 from metakd.data.base import ImageArray, ImageClassDataset
 from metakd.data.batch import Task, TaskBatch
 from metakd.data.datasets import BUNDLED_OMNIGLOT, Omniglot
-from metakd.data.tasks import FewShotSampler, few_shot, gather_episodes
+from metakd.data.tasks import FewShotSampler, episode_indices, few_shot
 
 __all__ = [
     "BUNDLED_OMNIGLOT",
@@ -16,6 +16,6 @@ __all__ = [
     "Omniglot",
     "Task",
     "TaskBatch",
+    "episode_indices",
     "few_shot",
-    "gather_episodes",
 ]

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 __all__ = [
-    "DatasetNotFoundError",
     "CorruptFileError",
+    "DatasetNotFoundError",
     "download_url",
     "extract_archive",
     "file_digest",
@@ -117,7 +117,7 @@ def extract_archive(archive: str | os.PathLike[str], folder: str | os.PathLike[s
                     _inside(root, os.path.join(os.path.dirname(m.name), m.linkname))
                 if m.isdev():
                     raise CorruptFileError(f"archive member {m.name!r} is a device file; refusing")
-            tf.extractall(root, members=members)  # noqa: S202 -- members checked above
+            tf.extractall(root, members=members)
     else:
         raise CorruptFileError(f"{archive} is neither a zip nor a tar archive")
     return root

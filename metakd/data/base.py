@@ -218,10 +218,7 @@ class ImageClassDataset(Dataset):
         if size is not None and img.size != (size[1], size[0]):
             img = img.resize((size[1], size[0]), Image.Resampling.LANCZOS)
         arr = np.asarray(img, dtype=np.uint8)
-        if arr.ndim == 2:
-            arr = arr[None]
-        else:
-            arr = arr.transpose(2, 0, 1)
+        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         return np.ascontiguousarray(arr)
 
     def arrays(self, image_size: ImageSize | None = None, progress: bool = True) -> ImageArray:

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 from metakd.data._io import DatasetNotFoundError, download_url, extract_archive
 from metakd.data.base import ImageClassDataset
 
-__all__ = ["Omniglot", "BUNDLED_OMNIGLOT"]
+__all__ = ["BUNDLED_OMNIGLOT", "Omniglot"]
 
 BUNDLED_OMNIGLOT = Path(__file__).resolve().parent.parent / "assets" / "omniglot"
 _BUNDLED_ZIPS = ("images_background_small1.zip", "images_background_small2.zip")
@@ -250,10 +250,9 @@ class Omniglot(ImageClassDataset):
 
         im = self._images[j]
         src = io.BytesIO(self._zips.read(im.source, im.member)) if im.member else im.source
-        img = Image.open(src)
-        img.load()
-        img = img.convert("L")
-        return ImageOps.invert(img) if self.invert else img
+        with Image.open(src) as raw:
+            gray = raw.convert("L")
+        return ImageOps.invert(gray) if self.invert else gray
 
     def _describe(self, j: int) -> str:
         im = self._images[j]
