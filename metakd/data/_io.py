@@ -117,7 +117,10 @@ def extract_archive(archive: str | os.PathLike[str], folder: str | os.PathLike[s
                     _inside(root, os.path.join(os.path.dirname(m.name), m.linkname))
                 if m.isdev():
                     raise CorruptFileError(f"archive member {m.name!r} is a device file; refusing")
-            tf.extractall(root, members=members)
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 / 3.12: also drops setuid bits
+                tf.extractall(root, members=members, filter="data")
+            else:
+                tf.extractall(root, members=members)
     else:
         raise CorruptFileError(f"{archive} is neither a zip nor a tar archive")
     return root

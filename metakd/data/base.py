@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -87,9 +87,9 @@ class ImageClassDataset(Dataset):
     """
 
     #: "L" (grayscale) or "RGB": the mode images are converted to.
-    image_mode: ClassVar[str] = "RGB"
+    image_mode: str = "RGB"
     #: Image size used by :meth:`arrays` when none is given (``None``: the stored size).
-    default_image_size: ClassVar[ImageSize | None] = None
+    default_image_size: ImageSize | None = None
 
     def __init__(
         self,
@@ -257,6 +257,11 @@ class ImageClassDataset(Dataset):
         base = torch.from_numpy(images)
         if turns == [0]:
             stacked = base
+        elif base.shape[-1] != base.shape[-2] and any(k % 2 for k in turns):
+            raise ValueError(
+                f"90/270-degree rotation classes need square images, but {self!r} decodes to "
+                f"{tuple(base.shape[-2:])}; pass a square image_size"
+            )
         else:  # one block of pre-rotated images per rotation: episodes need no per-class rot90
             stacked = torch.cat([torch.rot90(base, k, dims=(-2, -1)) for k in turns])
         m = self.num_stored

@@ -41,7 +41,7 @@ from metakd.data._io import (
     extract_archive,
     restricted_pickle_load,
 )
-from metakd.data.datasets.folder import (
+from metakd.data.datasets._sources import (
     ArraySource,
     FileSource,
     Source,
@@ -207,8 +207,8 @@ class CIFAR100(SourceDataset):
         Krizhevsky, "Learning Multiple Layers of Features from Tiny Images", 2009.
     """
 
-    image_mode: ClassVar[str] = "RGB"
-    default_image_size: ClassVar[int | tuple[int, int] | None] = 32
+    image_mode: str = "RGB"
+    default_image_size: int | tuple[int, int] | None = 32
 
     def __init__(
         self,
@@ -242,8 +242,8 @@ class CIFAR100(SourceDataset):
 class _FewShotCifar(SourceDataset):
     """Shared reader of CIFAR-FS and FC100 (see those classes)."""
 
-    image_mode: ClassVar[str] = "RGB"
-    default_image_size: ClassVar[int | tuple[int, int] | None] = 32
+    image_mode: str = "RGB"
+    default_image_size: int | tuple[int, int] | None = 32
     _pickle_prefix: ClassVar[str] = ""
 
     def __init__(

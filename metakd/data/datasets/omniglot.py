@@ -27,7 +27,7 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from metakd.data._io import DatasetNotFoundError, download_url, extract_archive
 from metakd.data.base import ImageClassDataset
@@ -138,8 +138,8 @@ class Omniglot(ImageClassDataset):
         torch.Size([2720, 1, 28, 28])
     """
 
-    image_mode: ClassVar[str] = "L"
-    default_image_size: ClassVar[int | tuple[int, int] | None] = 28
+    image_mode: str = "L"
+    default_image_size: int | tuple[int, int] | None = 28
 
     def __init__(
         self,

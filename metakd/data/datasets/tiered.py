@@ -34,12 +34,12 @@ import os
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
 from metakd.data._io import CorruptFileError, DatasetNotFoundError, restricted_pickle_load
-from metakd.data.datasets.folder import (
+from metakd.data.datasets._sources import (
     ArraySource,
     EncodedSource,
     HDF5Source,
@@ -142,8 +142,8 @@ class TieredImageNet(SourceDataset):
         ICCV 2021.
     """
 
-    image_mode: ClassVar[str] = "RGB"
-    default_image_size: ClassVar[int | tuple[int, int] | None] = 84
+    image_mode: str = "RGB"
+    default_image_size: int | tuple[int, int] | None = 84
 
     def __init__(
         self,

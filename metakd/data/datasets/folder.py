@@ -1,0 +1,85 @@
+"""Class-per-folder image data sets: ``root[/split]/<class>/<image>``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from metakd.data._io import DatasetNotFoundError
+from metakd.data.datasets._sources import (
+    IMAGE_EXTENSIONS,
+    FileSource,
+    SourceDataset,
+    scan_class_folders,
+)
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset"]
+
+
+class ImageFolderDataset(SourceDataset):
+    """Any class-per-folder image collection: ``root[/split]/<class>/<image>``.
+
+    Classes are the sub-folders, in sorted order; images are read recursively inside each
+    class folder, in sorted order. Image extensions are matched case-insensitively
+    (:data:`IMAGE_EXTENSIONS`); hidden files and folders (``.DS_Store``, ``.ipynb_checkpoints``)
+    are ignored.
+
+    Expected layout::
+
+        root/                      # split=None
+          <class_a>/img001.jpg
+          <class_b>/...
+        root/train/<class>/...     # split="train" (any split name)
+
+    Args:
+        root: the folder.
+        split: a sub-folder of ``root`` to read (``None``: ``root`` itself).
+        transform: torchvision-style transform of the PIL image in ``__getitem__``.
+        target_transform: transform of the class index.
+        rotations: e.g. ``(0, 90, 180, 270)`` to add rotated copies of every class.
+        image_mode: ``"RGB"`` or ``"L"``: what images are converted to.
+        image_size: default size of :meth:`arrays` (``None``: the stored size, which must then
+            be the same for all images).
+        cache_dir: where the decoded-image cache goes.
+
+    Example:
+        >>> from metakd.data.datasets.folder import ImageFolderDataset
+        >>> ds = ImageFolderDataset("data/my_birds", split="train", image_size=84)  # doctest: +SKIP
+        >>> ds.classes[:2], len(ds)                                                # doctest: +SKIP
+        (['albatross', 'auklet'], 1200)
+    """
+
+    image_mode: str = "RGB"
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        split: str | None = None,
+        transform: Callable[[Any], Any] | None = None,
+        target_transform: Callable[[int], Any] | None = None,
+        rotations: Sequence[int] = (0,),
+        image_mode: str = "RGB",
+        image_size: int | tuple[int, int] | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        super().__init__(root, split or "all", transform, target_transform, rotations, cache_dir)
+        if image_mode not in ("RGB", "L"):
+            raise ValueError(f"image_mode must be 'RGB' or 'L', got {image_mode!r}")
+        # Per-instance overrides of the class-level defaults of ImageClassDataset.
+        self.image_mode = image_mode
+        self.default_image_size = image_size
+        assert self.root is not None
+        folder = self.root / split if split else self.root
+        if not folder.is_dir():
+            raise DatasetNotFoundError(
+                f"image folder {folder} does not exist.\nExpected layout:\n"
+                f"  {self.root}/{split + '/' if split else ''}<class>/<image>.jpg|png|..."
+            )
+        files, labels, names = scan_class_folders(folder)
+        if not names:
+            raise DatasetNotFoundError(
+                f"{folder} holds no class sub-folders.\nExpected layout:\n  {folder}/<class>/<image>"
+            )
+        self.format = "folders"
+        self._init_source(FileSource(files, folder), labels, names)
