@@ -1,0 +1,58 @@
+"""Backbones for few-shot meta-learning and distillation, built by name.
+
+Every model is a plain ``nn.Module`` whose forward reads only its parameters and buffers, so
+it runs under ``torch.func.functional_call``/``vmap``, learn2learn's ``clone_module`` and
+higher's ``monkeypatch``. Models expose ``features(x)`` (the embedding), ``head`` (the
+classifier), ``feature_dim`` and ``out_features``; ``forward(x) = head(features(x))``.
+
+Example:
+    >>> import torch
+    >>> import metakd.nn as mnn
+    >>> net = mnn.create("maml_omniglot", num_classes=5)
+    >>> net(torch.randn(10, 1, 28, 28)).shape
+    torch.Size([10, 5])
+    >>> mnn.list_models("conv*")
+    ['conv1', 'conv2', 'conv4', 'conv6', 'conv8']
+"""
+
+from metakd.nn.cifar_resnet import CifarResNet
+from metakd.nn.conv import ConvNet, TFSamePad2d
+from metakd.nn.heads import Backbone, CosineHead, LinearHead, cosine_logits, make_head
+from metakd.nn.norm import BatchNorm1d, BatchNorm2d, BatchNormConfig, set_bn_step
+from metakd.nn.registry import create, is_model, list_models, register_model
+from metakd.nn.resnet import (
+    BasicBlock,
+    BottleResNet,
+    MTLResNet12,
+    ResNet,
+    ResNet12,
+    ResNet12Block,
+)
+from metakd.nn.scale_shift import ScaleShiftConv2d, convert_to_scale_shift
+
+__all__ = [
+    "Backbone",
+    "BasicBlock",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNormConfig",
+    "BottleResNet",
+    "CifarResNet",
+    "ConvNet",
+    "CosineHead",
+    "LinearHead",
+    "MTLResNet12",
+    "ResNet",
+    "ResNet12",
+    "ResNet12Block",
+    "ScaleShiftConv2d",
+    "TFSamePad2d",
+    "convert_to_scale_shift",
+    "cosine_logits",
+    "create",
+    "is_model",
+    "list_models",
+    "make_head",
+    "register_model",
+    "set_bn_step",
+]

@@ -1,0 +1,153 @@
+"""CIFAR ResNets, the teacher/student pairs of the distillation literature.
+
+Registered names: ``resnet8``, ``resnet20``, ``resnet32``, ``resnet56``, ``resnet110``
+(filters [16, 16, 32, 64]) and ``resnet8x4``, ``resnet32x4`` (filters [32, 64, 128, 256]).
+
+Layout (He et al., "Deep Residual Learning for Image Recognition", CVPR 2016, §4.2; as in
+``megvii-research/mdistiller : mdistiller/models/cifar/resnet.py``): a 3×3 stem conv (no bias)
+→ BN → ReLU at 32×32, then three stages of ``n = (depth - 2) / 6`` :class:`BasicBlock`\\ s
+with widths f1, f2, f3 and strides 1, 2, 2 (conv1x1 + BN shortcut when the shape changes),
+then the mean over H×W (the ``AvgPool2d(8)`` of the reference at 32 px) → linear.
+Params at 100 classes: resnet20 278,324; resnet56 861,620.
+
+Every factory accepts ``num_classes`` (default 100; 0 = feature extractor), ``in_channels``,
+``head`` (``"linear"``, ``"cosine"`` or ``None``) and the BN options ``bn_mode`` (default
+``"running"``), ``bn_affine``, ``bn_scale``, ``bn_eps``, ``bn_momentum``, ``bn_steps``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from metakd.nn.heads import Backbone, HeadKind, make_head
+from metakd.nn.norm import BatchNormConfig, pop_bn_kwargs
+from metakd.nn.registry import register_model
+from metakd.nn.resnet import conv3x3, kaiming_init, make_stage
+
+__all__ = [
+    "CifarResNet",
+    "resnet8",
+    "resnet8x4",
+    "resnet20",
+    "resnet32",
+    "resnet32x4",
+    "resnet56",
+    "resnet110",
+]
+
+
+class CifarResNet(Backbone):
+    """A CIFAR ResNet of ``depth = 6n + 2`` layers.
+
+    Args:
+        depth: 8, 20, 32, 56, 110 ... (``(depth - 2) % 6 == 0``).
+        filters: [stem, stage1, stage2, stage3] widths.
+        num_classes: classes of the head (0: feature extractor).
+        in_channels: image channels.
+        head: ``"linear"``, ``"cosine"`` or ``None``.
+        bn: BatchNorm settings (default ``mode="running"``).
+
+    Shapes:
+        ``[B, 3, 32, 32]`` → map ``[B, f3, 8, 8]`` → features ``[B, f3]`` → logits ``[B, N]``.
+
+    Example:
+        >>> net = CifarResNet(20, num_classes=100)
+        >>> net(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 100])
+    """
+
+    def __init__(
+        self,
+        depth: int,
+        filters: Sequence[int] = (16, 16, 32, 64),
+        *,
+        num_classes: int = 100,
+        in_channels: int = 3,
+        head: HeadKind | None = "linear",
+        bn: BatchNormConfig | None = None,
+    ) -> None:
+        super().__init__()
+        if depth < 8 or (depth - 2) % 6 != 0:
+            raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1, got {depth}")
+        if len(filters) != 4:
+            raise ValueError(f"need 4 filter widths, got {list(filters)}")
+        bn = bn or BatchNormConfig(mode="running")
+        n = (depth - 2) // 6
+        self.depth = depth
+        self.conv1 = conv3x3(in_channels, filters[0])
+        self.bn1 = bn.build(filters[0])
+        self.layer1 = make_stage(filters[0], filters[1], n, 1, bn)
+        self.layer2 = make_stage(filters[1], filters[2], n, 2, bn)
+        self.layer3 = make_stage(filters[2], filters[3], n, 2, bn)
+        self.feature_dim = filters[3]
+        self.head = make_head(head, self.feature_dim, num_classes)
+        kaiming_init(self)
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        """The last feature map ``[B, f3, H/4, W/4]``."""
+        x = F.relu(self.bn1(self.conv1(x)))
+        return self.layer3(self.layer2(self.layer1(x)))
+
+    def features(self, x: Tensor) -> Tensor:
+        """Embedding ``[B, f3]`` of images ``[B, C, H, W]``."""
+        return self.feature_map(x).mean(dim=(-2, -1))
+
+
+def _cifar(depth: int, filters: Sequence[int], kwargs: dict[str, Any]) -> CifarResNet:
+    bn = pop_bn_kwargs(kwargs, BatchNormConfig(mode="running"))
+    return CifarResNet(depth, filters, bn=bn, **kwargs)
+
+
+_SMALL = (16, 16, 32, 64)
+_X4 = (32, 64, 128, 256)
+
+
+@register_model
+def resnet8(**kwargs: Any) -> CifarResNet:
+    """CIFAR ResNet-8 (n=1, [16,16,32,64])."""
+    return _cifar(8, _SMALL, kwargs)
+
+
+@register_model
+def resnet20(**kwargs: Any) -> CifarResNet:
+    """CIFAR ResNet-20 (n=3, [16,16,32,64]); 278,324 params at 100 classes.
+
+    Example:
+        >>> resnet20()(torch.randn(2, 3, 32, 32)).shape
+        torch.Size([2, 100])
+    """
+    return _cifar(20, _SMALL, kwargs)
+
+
+@register_model
+def resnet32(**kwargs: Any) -> CifarResNet:
+    """CIFAR ResNet-32 (n=5, [16,16,32,64])."""
+    return _cifar(32, _SMALL, kwargs)
+
+
+@register_model
+def resnet56(**kwargs: Any) -> CifarResNet:
+    """CIFAR ResNet-56 (n=9, [16,16,32,64]); 861,620 params at 100 classes."""
+    return _cifar(56, _SMALL, kwargs)
+
+
+@register_model
+def resnet110(**kwargs: Any) -> CifarResNet:
+    """CIFAR ResNet-110 (n=18, [16,16,32,64])."""
+    return _cifar(110, _SMALL, kwargs)
+
+
+@register_model
+def resnet8x4(**kwargs: Any) -> CifarResNet:
+    """CIFAR ResNet-8x4 (n=1, [32,64,128,256])."""
+    return _cifar(8, _X4, kwargs)
+
+
+@register_model
+def resnet32x4(**kwargs: Any) -> CifarResNet:
+    """CIFAR ResNet-32x4 (n=5, [32,64,128,256])."""
+    return _cifar(32, _X4, kwargs)
