@@ -1,18 +1,22 @@
-"""The ``metakd`` command.
+"""The ``metakd`` command: ``train``, ``eval`` and ``demo``.
 
-``metakd demo`` builds the bundled Omniglot data set, samples a 5-way episode, prints a
-summary of it and saves a picture of its support and query sets.
+* ``metakd train maml --dataset omniglot [--root DIR] --ways 5 --shots 1 ...``: meta-train
+  with the paper's settings for that data set (every option shows its default in ``--help``).
+* ``metakd eval RUN_DIR``: test a trained run again (600 episodes, 95% interval).
+* ``metakd demo``: a few minutes of MAML on the bundled Omniglot, then held-out accuracy,
+  the checkpoint, a learning curve and a picture of an episode.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -55,59 +59,146 @@ def episode_picture(batch: TaskBatch, task: int = 0, scale: int = 2, gap: int = 
     return canvas
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _save_episode_picture(cfg_dataset_split: tuple[int, int, int], out: Path, seed: int) -> Path:
     from metakd.data import Omniglot, few_shot
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    train = Omniglot(split="train", rotations=(0, 90, 180, 270) if args.rotations else (0,))
-    test = Omniglot(split="test")
-    tasks = few_shot(train, args.ways, args.shots, args.queries, meta_batch_size=args.meta_batch,
-                     seed=args.seed, progress=not args.no_progress)
-    few_shot(test, args.ways, args.shots, args.queries, num_tasks=1, progress=not args.no_progress)
-    build = time.perf_counter() - t0
-    batch = next(iter(tasks))
-    print("metakd demo: bundled Omniglot (MIT licence; Lake et al. 2015)")
-    print(f"  meta-train: {len(train.classes)} classes, {len(train)} images "
-          f"({', '.join(sorted({c.split('/')[0] for c in train.classes}))})")
-    print(f"  meta-test:  {len(test.classes)} classes, {len(test)} images "
-          f"({', '.join(sorted({c.split('/')[0] for c in test.classes}))})")
-    print(f"  decoded into the uint8 cache and checked in {build:.2f} s")
-    print(f"  meta-batch: {len(batch)} tasks of {args.ways}-way {args.shots}-shot "
-          f"{args.queries}-query")
-    print(f"    support_x {tuple(batch.support_x.shape)} {batch.support_x.dtype}, "
-          f"support_y {tuple(batch.support_y.shape)}")
-    print(f"    query_x   {tuple(batch.query_x.shape)}, query_y {tuple(batch.query_y.shape)}")
-    print("  task 0 classes:")
-    assert batch.classes is not None
-    for n, c in enumerate(batch.classes[0].tolist()):
-        print(f"    label {n} = {train.classes[c]}")
-    t0 = time.perf_counter()
-    reps = 20
-    for _, _b in zip(range(reps), tasks):
-        pass
-    rate = reps * args.meta_batch / (time.perf_counter() - t0)
-    print(f"  sampling speed: {rate:,.0f} episodes/s")
+    ways, shots, queries = cfg_dataset_split
+    batch = next(iter(few_shot(Omniglot(split="test"), ways, shots, queries, num_tasks=1,
+                               seed=seed, progress=False)))
     pic = out / "episode.png"
     episode_picture(batch).save(pic)
-    print(f"  picture of task 0 (rows: classes; left: support, right: query): {pic}")
+    return pic
+
+
+def _print_results(res: dict[str, Any], out: Path) -> None:
+    print(f"  meta-trained {res['steps']} meta-iterations"
+          + (" (time budget reached)" if res["stopped_early"] else ""))
+    print(f"  model: {res['selected']}")
+    print(f"  held-out {res['episode']} accuracy on {res['dataset']}: {res['test_str']}")
+    print(f"  run folder: {out} (last.pt, log.jsonl, learning_curve.png, results.json)")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from metakd.recipes import MAMLConfig, run_maml
+
+    out = Path(args.out)
+    cfg = MAMLConfig.paper(
+        "omniglot", ways=args.ways, shots=args.shots, out_dir=str(out), steps=args.steps,
+        max_seconds=args.minutes * 60, test_tasks=args.test_tasks, seed=args.seed,
+        queries=args.queries, meta_batch_size=args.meta_batch,
+    )
+    print("metakd demo: MAML on the bundled Omniglot (MIT licence; Lake et al. 2015)")
+    print("  meta-train: Balinese, Early_Aramaic, Greek, Korean, Latin (+ rotations); "
+          "meta-test: Japanese_(katakana), Sanskrit, Tagalog")
+    print(f"  {cfg.ways}-way {cfg.shots}-shot, meta-batch {cfg.meta_batch_size}, inner lr "
+          f"{cfg.inner_lr} x {cfg.inner_steps} step (test: {cfg.test_inner_steps}), "
+          f"second order, budget {args.minutes:g} min")
+    t0 = time.perf_counter()
+    res = run_maml(cfg, progress=not args.no_progress, resume=not args.fresh)
+    _print_results(res, out)
+    pic = _save_episode_picture((cfg.ways, cfg.shots, 5), out, args.seed)
+    print(f"  picture of a test episode (rows: classes; left: support, right: query): {pic}")
+    print(f"  total time {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from metakd.recipes import MAMLConfig, run_maml
+
+    given = {k: v for k, v in vars(args).items()
+             if v is not None and k in {f.name for f in dataclasses.fields(MAMLConfig)}}
+    given.pop("dataset", None)
+    given.pop("ways", None)
+    given.pop("shots", None)
+    cfg = MAMLConfig.paper(args.dataset, args.ways, args.shots, **given)
+    res = run_maml(cfg, progress=not args.no_progress, resume=not args.fresh)
+    _print_results(res, Path(cfg.out_dir))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import json
+
+    from metakd.engine import evaluate, load_checkpoint
+    from metakd.recipes import MAMLConfig
+    from metakd.recipes.maml import build
+
+    run = Path(args.run)
+    if not (run / "config.json").is_file():
+        raise FileNotFoundError(f"{run} is not a run folder (no config.json); give the --out "
+                                "folder of a `metakd train` run")
+    cfg = MAMLConfig(**json.loads((run / "config.json").read_text()))
+    cfg.test_tasks = args.episodes
+    ckpt = run / ("best.pt" if (run / "best.pt").exists() and not args.last else "last.pt")
+    parts = build(cfg)
+    parts["learner"].load_state_dict(load_checkpoint(ckpt)["model"])
+    res = evaluate(parts["learner"], parts["test_tasks"], progress=not args.no_progress)
+    print(f"{ckpt}: {cfg.ways}-way {cfg.shots}-shot test accuracy {res}")
     return 0
 
 
 def _build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="metakd", description="Few-shot meta-learning and distillation.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    d = sub.add_parser("demo", help="sample episodes from the bundled Omniglot and save a picture")
-    d.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
+
+    d = sub.add_parser("demo", help="a few minutes of MAML on the bundled Omniglot")
+    d.add_argument("--out", default="runs/demo", help="run folder (default: %(default)s)")
+    d.add_argument("--minutes", type=float, default=4.0,
+                   help="meta-training time budget (default: %(default)s)")
+    d.add_argument("--steps", type=int, default=60_000,
+                   help="meta-iterations if the budget allows (default: %(default)s)")
     d.add_argument("--ways", type=int, default=5, help="classes per episode (default: %(default)s)")
     d.add_argument("--shots", type=int, default=1, help="support images per class (default: %(default)s)")
-    d.add_argument("--queries", type=int, default=15, help="query images per class (default: %(default)s)")
+    d.add_argument("--queries", type=int, default=15,
+                   help="query images per class in meta-training (default: %(default)s)")
     d.add_argument("--meta-batch", type=int, default=32, help="tasks per meta-batch (default: %(default)s)")
-    d.add_argument("--seed", type=int, default=0, help="episode seed (default: %(default)s)")
-    d.add_argument("--rotations", action="store_true", help="add 90/180/270-degree rotation classes")
+    d.add_argument("--test-tasks", type=int, default=600, help="test episodes (default: %(default)s)")
+    d.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+    d.add_argument("--fresh", action="store_true", help="do not resume from the run folder")
     d.add_argument("--no-progress", action="store_true", help="hide progress bars")
     d.set_defaults(func=_demo)
+
+    t = sub.add_parser("train", help="meta-train a method with the paper's settings")
+    t.add_argument("method", choices=["maml"], help="the method")
+    t.add_argument("--dataset", default="omniglot",
+                   help="omniglot, miniimagenet, cub, cifarfs, fc100, tieredimagenet "
+                        "(default: %(default)s)")
+    t.add_argument("--root", help="data set folder (omniglot without --root: the bundled copy)")
+    t.add_argument("--ways", type=int, default=5, help="N (default: %(default)s)")
+    t.add_argument("--shots", type=int, default=1, help="K (default: %(default)s)")
+    paper = "(default: the paper's value for the data set)"
+    t.add_argument("--queries", type=int, help="query images per class in training (default: 15)")
+    t.add_argument("--test-queries", type=int, help="query images per class in val/test (default: 15)")
+    t.add_argument("--model", help=f"backbone name {paper}")
+    t.add_argument("--inner-lr", type=float, help=f"inner learning rate alpha {paper}")
+    t.add_argument("--inner-steps", type=int, help=f"inner steps in training {paper}")
+    t.add_argument("--test-inner-steps", type=int, help=f"inner steps at test {paper}")
+    t.add_argument("--first-order", action="store_true", default=None, help="first-order MAML")
+    t.add_argument("--inner-loss-reduction", choices=["sum_over_k", "mean"],
+                   help="inner loss scale (default: sum_over_k, the reference)")
+    t.add_argument("--meta-lr", type=float, help="Adam learning rate (default: 0.001)")
+    t.add_argument("--meta-batch-size", type=int, help=f"tasks per meta-batch {paper}")
+    t.add_argument("--steps", type=int, help="meta-iterations (default: 60000)")
+    t.add_argument("--clip-grad-value", type=float, help=f"meta-gradient clipping {paper}")
+    t.add_argument("--val-every", type=int, help="validation period (default: 500)")
+    t.add_argument("--val-tasks", type=int, help="validation episodes (default: 600)")
+    t.add_argument("--test-tasks", type=int, help="test episodes (default: 600)")
+    t.add_argument("--backend", choices=["auto", "func", "vmap", "learn2learn", "higher"],
+                   help="inner-loop backend (default: auto)")
+    t.add_argument("--seed", type=int, help="seed (default: 0)")
+    t.add_argument("--out-dir", help="run folder (default: runs/maml)")
+    t.add_argument("--max-seconds", type=float, help="time budget for meta-training")
+    t.add_argument("--device", help="cpu or cuda (default: cpu)")
+    t.add_argument("--fresh", action="store_true", help="do not resume from the run folder")
+    t.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("eval", help="test a trained run (600 episodes, 95%% interval)")
+    e.add_argument("run", help="the run folder of `metakd train` or `metakd demo`")
+    e.add_argument("--episodes", type=int, default=600, help="test episodes (default: %(default)s)")
+    e.add_argument("--last", action="store_true", help="use last.pt even if best.pt exists")
+    e.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    e.set_defaults(func=_eval)
     return p
 
 

@@ -104,7 +104,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path: Path) -> Non
 
 
 def test_nan_loss_stops_with_the_last_good_checkpoint(tmp_path: Path) -> None:
-    model, train, val, opt, sched = build()
+    model, train, _, opt, sched = build()
     model.nan_at = 8
     with pytest.raises(NonFiniteLossError, match=r"nan at step 8.*step 5\) is kept"):
         fit(model, train, opt, 20, scheduler=sched, out_dir=tmp_path, checkpoint_every=5,
