@@ -85,7 +85,8 @@ def _demo(args: argparse.Namespace) -> int:
     cfg = MAMLConfig.paper(
         "omniglot", ways=args.ways, shots=args.shots, out_dir=str(out), steps=args.steps,
         max_seconds=args.minutes * 60, test_tasks=args.test_tasks, seed=args.seed,
-        queries=args.queries, meta_batch_size=args.meta_batch,
+        meta_batch_size=args.meta_batch, inner_loss_reduction="mean",
+        **({"queries": args.queries} if args.queries is not None else {}),
     )
     print("metakd demo: MAML on the bundled Omniglot (MIT licence; Lake et al. 2015)")
     print("  meta-train: Balinese, Early_Aramaic, Greek, Korean, Latin (+ rotations); "
@@ -149,8 +150,8 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="meta-iterations if the budget allows (default: %(default)s)")
     d.add_argument("--ways", type=int, default=5, help="classes per episode (default: %(default)s)")
     d.add_argument("--shots", type=int, default=1, help="support images per class (default: %(default)s)")
-    d.add_argument("--queries", type=int, default=15,
-                   help="query images per class in meta-training (default: %(default)s)")
+    d.add_argument("--queries", type=int, default=None,
+                   help="query images per class in meta-training (default: K, as the reference)")
     d.add_argument("--meta-batch", type=int, default=32, help="tasks per meta-batch (default: %(default)s)")
     d.add_argument("--test-tasks", type=int, default=600, help="test episodes (default: %(default)s)")
     d.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
@@ -167,7 +168,8 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ways", type=int, default=5, help="N (default: %(default)s)")
     t.add_argument("--shots", type=int, default=1, help="K (default: %(default)s)")
     paper = "(default: the paper's value for the data set)"
-    t.add_argument("--queries", type=int, help="query images per class in training (default: 15)")
+    t.add_argument("--queries", type=int,
+                   help="query images per class in training (default: K on Omniglot, else 15)")
     t.add_argument("--test-queries", type=int, help="query images per class in val/test (default: 15)")
     t.add_argument("--model", help=f"backbone name {paper}")
     t.add_argument("--inner-lr", type=float, help=f"inner learning rate alpha {paper}")
@@ -184,7 +186,7 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-tasks", type=int, help="validation episodes (default: 600)")
     t.add_argument("--test-tasks", type=int, help="test episodes (default: 600)")
     t.add_argument("--backend", choices=["auto", "func", "vmap", "learn2learn", "higher"],
-                   help="inner-loop backend (default: auto)")
+                   help="inner-loop backend (default: vmap)")
     t.add_argument("--seed", type=int, help="seed (default: 0)")
     t.add_argument("--out-dir", help="run folder (default: runs/maml)")
     t.add_argument("--max-seconds", type=float, help="time budget for meta-training")
@@ -208,8 +210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"metakd {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, FileNotFoundError) as e:  # bad input: one line, no traceback
+        msg = " | ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        print(f"metakd {args.command}: error: {msg}", file=sys.stderr)
         return 2
 
 

@@ -277,7 +277,7 @@ def fit(
                 now = time.perf_counter()
                 rate = window_tasks / max(now - window_t0, 1e-9)
                 window_tasks, window_t0 = 0, now
-                rec = {"kind": "train", "step": step, "loss": float(loss),
+                rec = {"kind": "train", "step": step, "loss": float(loss.detach()),
                        "accuracy": float(metrics.get("accuracy", float("nan"))),
                        "tasks_per_s": rate, "lr": optimizer.param_groups[0]["lr"],
                        "elapsed_s": now - t_start}

@@ -43,7 +43,8 @@ class MAMLConfig:
         dataset: ``omniglot`` (``root=None``: the bundled copy), ``miniimagenet``, ``cub``...
         root: the data set's folder.
         ways, shots, queries: episode shape for meta-training (``N``, ``K``, ``Q``).
-        test_queries: query images per class in validation and test episodes.
+        test_queries: query images per class in validation and test episodes. The reference
+            tests with K per class; 15 estimates the same accuracy with less noise.
         image_size: side of the images (default: the data set's).
         rotations: add 90/180/270-degree rotation classes (Omniglot).
         model: backbone name in :func:`metakd.nn.create`.
@@ -81,7 +82,10 @@ class MAMLConfig:
     val_every: int = 500
     val_tasks: int = 600
     test_tasks: int = 600
-    backend: str = "auto"
+    # vmap, not the wrapper's "auto" (func): inside fit + evaluate on the bundled Omniglot
+    # (1 training query, meta-batch 32, 2-core CPU) vmap trained at 56 tasks/s against 34 and
+    # evaluated 128 episodes in 4.8 s against 154 s; its extra memory is small at this size.
+    backend: str = "vmap"
     seed: int = 0
     out_dir: str = "runs/maml"
     max_seconds: float | None = None
@@ -94,7 +98,11 @@ class MAMLConfig:
         key = dataset.lower()
         if key == "omniglot" and ways >= 20:
             key = "omniglot-20way"
-        base = _PAPER.get(key, _PAPER["miniimagenet"])
+        base = dict(_PAPER.get(key, _PAPER["miniimagenet"]))
+        if key.startswith("omniglot"):
+            # cbfinn/maml main.py: Omniglot meta-trains with K query images per class
+            # (update_batch_size); miniImageNet with 15.
+            base["queries"] = shots
         return cls(dataset=dataset, ways=ways, shots=shots, **{**base, **overrides})
 
 
@@ -151,17 +159,25 @@ def run_maml(cfg: MAMLConfig, progress: bool = True, resume: bool = True) -> dic
     Writes ``last.pt``, ``best.pt`` (when validating), ``log.jsonl``, ``learning_curve.png``
     and ``results.json`` into ``cfg.out_dir``. Returns the content of ``results.json``.
     """
-    from metakd.engine import evaluate, fit, load_checkpoint, plot_learning_curve
+    import os
 
+    from metakd.engine import evaluate, fit, init_distributed, load_checkpoint, plot_learning_curve
+
+    rank, world_size = init_distributed()  # torchrun: each rank takes a slice of every meta-batch
+    if world_size > 1 and cfg.device == "cuda":
+        cfg = dataclasses.replace(cfg, device=f"cuda:{os.environ.get('LOCAL_RANK', 0)}")
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    if rank == 0:
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     parts = build(cfg)
     learner = parts["learner"]
     result = fit(learner, parts["train_tasks"], parts["optimizer"], cfg.steps,
                  val_tasks=parts["val_tasks"], val_every=cfg.val_every,
                  clip_grad_value=cfg.clip_grad_value, out_dir=out, resume=resume,
                  max_seconds=cfg.max_seconds, progress=progress, device=cfg.device)
+    if rank != 0:  # rank 0 alone tests and writes the results
+        return {"rank": rank, "steps": result.step}
     selected = "last"
     if parts["val_tasks"] is not None and (out / "best.pt").exists():
         learner.load_state_dict(load_checkpoint(out / "best.pt")["model"])

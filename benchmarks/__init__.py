@@ -1,0 +1,1 @@
+"""Speed and throughput benchmarks: ``python -m benchmarks.NAME``; the last output line is JSON."""

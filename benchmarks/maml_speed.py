@@ -1,0 +1,351 @@
+"""MAML meta-training speed and memory: metakd's backends against learn2learn and higher.
+
+Every method computes the same second- (or first-) order MAML meta-gradient on the same
+initial weights and the same tasks (random images, fixed seed), for:
+
+- ``maml_omniglot`` (cbfinn's TF Omniglot net), 5-way 1-shot, meta-batch 32, 15 queries and
+  1 query per class, 1 and 5 inner steps, second and first order, inner lr 0.4;
+- ``maml_miniimagenet`` (84 px, 32 filters), 5-way 1-shot, 15 queries, meta-batch 4,
+  5 steps, second order, inner lr 0.01.
+
+Methods: ``metakd:auto`` (the default: func backend, 2 worker threads on CPU),
+``metakd:func:workers=1`` (one task at a time), ``metakd:vmap`` (chunks of 4 tasks),
+``metakd:auto:compile=1`` and ``metakd:vmap:compile=1+vmap_chunk=8`` (``torch.compile``; their
+``warmup_s`` is the one-off compile, shorter when Inductor's disk cache already holds the
+graph), and any ``metakd:BACKEND:key=value+key=value`` given with ``--methods``; all through
+``MAMLWrapper.meta_loss(batch)[0].backward()``; ``learn2learn`` (``MAML.clone()``,
+``adapt()``, per-task ``backward()``, as in its docs and examples); ``higher``
+(``innerloop_ctx`` with SGD, per-task ``backward()``, as in its docs).
+
+Each (config, method) runs in a fresh subprocess, so that ``ru_maxrss`` is that method's
+peak resident memory; ``peak_rss_mb`` is the absolute peak, ``rss_delta_mb`` the peak minus
+the process's resident size just before the first meta-batch (imports, model and data
+already there). On CUDA ``torch.cuda.max_memory_allocated`` is reported instead. The rounds
+run the methods interleaved and keep each one's best meta-batch time, because this machine
+is shared and other jobs steal cycles; ``warmup_s`` is the first meta-batch's time minus
+the best one (compilation, allocator and oneDNN primitive caches).
+
+    .venv/bin/python -m benchmarks.maml_speed [--quick] [--device cpu] [--rounds 2]
+
+The last line of output is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DEFAULT_METHODS = (
+    "metakd:auto",
+    "metakd:func:workers=1",
+    "metakd:vmap",
+    "metakd:auto:compile=1",
+    "metakd:vmap:compile=1+vmap_chunk=8",
+    "learn2learn",
+    "higher",
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """One benchmark setting (what every method is run on)."""
+
+    name: str
+    model: str = "maml_omniglot"
+    image_size: int = 28
+    channels: int = 1
+    ways: int = 5
+    shots: int = 1
+    queries: int = 15
+    meta_batch: int = 32
+    steps: int = 1
+    first_order: bool = False
+    inner_lr: float = 0.4
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def standard_configs() -> list[Config]:
+    """The settings of the report: Omniglot 8 ways to run it, miniImageNet 1."""
+    out = []
+    for queries in (15, 1):
+        for steps in (1, 5):
+            for first_order in (False, True):
+                order = "fo" if first_order else "so"
+                out.append(
+                    Config(
+                        f"omniglot_q{queries}_s{steps}_{order}",
+                        queries=queries,
+                        steps=steps,
+                        first_order=first_order,
+                    )
+                )
+    out.append(
+        Config(
+            "miniimagenet_q15_s5_so",
+            model="maml_miniimagenet",
+            image_size=84,
+            channels=3,
+            meta_batch=4,
+            steps=5,
+            inner_lr=0.01,
+        )
+    )
+    return out
+
+
+def make_model_and_batch(cfg: Config, device: torch.device) -> tuple[nn.Module, Any]:
+    """The seeded model and meta-batch of ``cfg`` (identical in every subprocess)."""
+    from metakd.data import TaskBatch
+    from metakd.nn import create
+
+    torch.manual_seed(0)
+    model = create(cfg.model, num_classes=cfg.ways, **cfg.model_kwargs).to(device)
+    g = torch.Generator().manual_seed(1)
+    t, n, k, q = cfg.meta_batch, cfg.ways, cfg.shots, cfg.queries
+    shape = (cfg.channels, cfg.image_size, cfg.image_size)
+    batch = TaskBatch(
+        torch.rand(t, n * k, *shape, generator=g),
+        torch.arange(n).repeat_interleave(k).repeat(t, 1),
+        torch.rand(t, n * q, *shape, generator=g),
+        torch.arange(n).repeat_interleave(q).repeat(t, 1),
+    ).to(device)
+    return model, batch
+
+
+def make_step(method: str, cfg: Config, model: nn.Module, batch: Any) -> Callable[[], None]:
+    """A closure that computes one meta-gradient (into ``.grad``) with ``method``."""
+    t = len(batch)
+    if method.startswith("metakd"):
+        from metakd.meta import MAMLWrapper
+
+        parts = method.split(":")
+        backend = parts[1] if len(parts) > 1 else "auto"
+        kwargs: dict[str, Any] = {}
+        if len(parts) > 2 and parts[2]:
+            for item in parts[2].split("+"):
+                key, value = item.split("=")
+                kwargs[key] = int(value) if key != "compile" else bool(int(value))
+        maml = MAMLWrapper(
+            model, cfg.inner_lr, cfg.steps, first_order=cfg.first_order, backend=backend, **kwargs
+        )
+
+        def step() -> None:
+            model.zero_grad(set_to_none=True)
+            maml.meta_loss(batch)[0].backward()
+
+        return step
+    if method == "learn2learn":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import learn2learn as l2l
+        maml_l2l = l2l.algorithms.MAML(model, lr=cfg.inner_lr, first_order=cfg.first_order)
+
+        def step() -> None:
+            model.zero_grad(set_to_none=True)
+            for i in range(t):
+                learner = maml_l2l.clone()
+                for _ in range(cfg.steps):
+                    learner.adapt(F.cross_entropy(learner(batch.support_x[i]), batch.support_y[i]))
+                (F.cross_entropy(learner(batch.query_x[i]), batch.query_y[i]) / t).backward()
+
+        return step
+    if method == "higher":
+        import higher
+
+        inner_opt = torch.optim.SGD(model.parameters(), lr=cfg.inner_lr)
+
+        def detach(grads: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+            return [None if g is None else g.detach() for g in grads]
+
+        callback = detach if cfg.first_order else None
+
+        def step() -> None:
+            model.zero_grad(set_to_none=True)
+            for i in range(t):
+                with higher.innerloop_ctx(model, inner_opt, copy_initial_weights=False) as (
+                    fnet,
+                    diffopt,
+                ):
+                    for _ in range(cfg.steps):
+                        loss = F.cross_entropy(fnet(batch.support_x[i]), batch.support_y[i])
+                        diffopt.step(loss, grad_callback=callback)
+                    (F.cross_entropy(fnet(batch.query_x[i]), batch.query_y[i]) / t).backward()
+
+        return step
+    raise ValueError(f"unknown method {method!r}")
+
+
+def measure(
+    method: str, cfg: Config, repeats: int = 3, device: str = "cpu"
+) -> dict[str, Any]:
+    """Time ``repeats`` meta-batches of ``method`` on ``cfg`` (after one warm-up batch).
+
+    Returns:
+        ``tasks_per_s`` (best batch), ``median_tasks_per_s``, ``first_batch_s``,
+        ``warmup_s``, ``peak_rss_mb``, ``rss_delta_mb`` (CPU) or ``peak_cuda_mb`` (CUDA), and
+        the meta-gradient's norm (a cheap check that all methods computed the same thing).
+    """
+    dev = torch.device(device)
+    rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # torch.func.grad imports torch._dynamo (and sympy) on first use: ~175 MB of Python
+    # modules, paid once per process by the vmap backend and compile=True. Import it in every
+    # method's process before the baseline so that rss_delta_mb is working memory only; the
+    # import's own cost is reported as dynamo_import_mb.
+    importlib.import_module("torch._dynamo")
+
+    rss_dynamo = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    model, batch = make_model_and_batch(cfg, dev)
+    step = make_step(method, cfg, model, batch)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.perf_counter()
+    step()
+    sync()
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    grad_norm = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    out: dict[str, Any] = {
+        "tasks_per_s": len(batch) / times[0],
+        "median_tasks_per_s": len(batch) / times[len(times) // 2],
+        "first_batch_s": first,
+        "warmup_s": max(first - times[0], 0.0),
+        "grad_norm": float(grad_norm.norm()),
+        "dynamo_import_mb": (rss_dynamo - rss_start) / 1024,
+    }
+    if dev.type == "cuda":
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        out["peak_rss_mb"] = peak / 1024  # Linux: kilobytes
+        out["rss_delta_mb"] = (peak - rss0) / 1024
+    return out
+
+
+def _subprocess(method: str, cfg: Config, repeats: int, device: str) -> dict[str, Any]:
+    spec = json.dumps({"method": method, "cfg": asdict(cfg), "repeats": repeats, "device": device})
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.maml_speed", "--worker", spec],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{method} on {cfg.name} failed:\n{proc.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def run_all(
+    configs: list[Config], methods: list[str], rounds: int, repeats: int, device: str
+) -> dict[str, Any]:
+    """Measure every method on every config, interleaved over ``rounds`` rounds."""
+    results: dict[str, dict[str, Any]] = {}
+    for cfg in configs:
+        best: dict[str, dict[str, Any]] = {}
+        for r in range(rounds):
+            order = methods if r % 2 == 0 else methods[::-1]
+            for method in order:
+                res = _subprocess(method, cfg, repeats, device)
+                prev = best.get(method)
+                if prev is None:
+                    best[method] = res
+                else:  # keep the best speed, the largest memory and warm-up seen
+                    for key in ("tasks_per_s", "median_tasks_per_s"):
+                        prev[key] = max(prev[key], res[key])
+                    for key in ("peak_rss_mb", "rss_delta_mb", "peak_cuda_mb", "warmup_s"):
+                        if key in res:
+                            prev[key] = max(prev[key], res[key])
+                print(f"{cfg.name:24s} {method:28s} {res['tasks_per_s']:7.1f} tasks/s", flush=True)
+        ref = best.get("learn2learn")
+        for res in best.values():
+            res["tasks_per_s"] = round(res["tasks_per_s"], 2)
+            res["median_tasks_per_s"] = round(res["median_tasks_per_s"], 2)
+            if ref is not None:
+                res["speed_vs_learn2learn"] = round(res["tasks_per_s"] / ref["tasks_per_s"], 3)
+                for key in ("peak_rss_mb", "rss_delta_mb", "peak_cuda_mb"):
+                    if key in res and ref.get(key):
+                        res[key.replace("_mb", "_vs_learn2learn")] = round(res[key] / ref[key], 3)
+            for key in ("first_batch_s", "warmup_s", "peak_rss_mb", "rss_delta_mb", "grad_norm",
+                        "dynamo_import_mb"):
+                if key in res:
+                    res[key] = round(res[key], 4)
+        results[cfg.name] = best
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one round, one repeat, 3 configs")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    parser.add_argument("--configs", default="", help="comma-separated config names")
+    parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        spec = json.loads(args.worker)
+        result = measure(spec["method"], Config(**spec["cfg"]), spec["repeats"], spec["device"])
+        print(json.dumps(result))
+        return
+
+    from metakd.meta import default_backend
+
+    configs = standard_configs()
+    rounds, repeats = args.rounds, args.repeats
+    if args.quick:
+        configs = [c for c in configs if c.name in (
+            "omniglot_q15_s1_so", "omniglot_q1_s1_so", "miniimagenet_q15_s5_so")]
+        rounds, repeats = 1, 1
+    if args.configs:
+        wanted = args.configs.split(",")
+        configs = [c for c in configs if c.name in wanted]
+    methods = args.methods.split(",")
+    t0 = time.perf_counter()
+    results = run_all(configs, methods, rounds, repeats, args.device)
+    summary = {
+        "benchmark": "maml_speed",
+        "device": args.device,
+        "default_backend": default_backend(args.device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "load_avg_1m_end": round(os.getloadavg()[0], 2),
+        "rounds": rounds,
+        "repeats": repeats,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "results": results,
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

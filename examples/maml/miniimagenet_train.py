@@ -1,0 +1,16 @@
+"""MAML on miniImageNet (Finn et al. 2017), with the options of the MAML-Pytorch port.
+
+    python examples/maml/miniimagenet_train.py --root data/miniimagenet   # any supported format
+"""
+
+import json
+
+from _args import config, parser
+
+from metakd.recipes import run_maml
+
+if __name__ == "__main__":
+    args = parser("miniimagenet", __doc__.splitlines()[0]).parse_args()
+    if args.root is None:
+        raise SystemExit("miniimagenet_train.py: --root is required (the miniImageNet folder)")
+    print(json.dumps(run_maml(config("miniimagenet", args)), indent=2))

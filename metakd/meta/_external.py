@@ -1,0 +1,158 @@
+"""The learn2learn and higher backends of :class:`~metakd.meta.MAMLWrapper`.
+
+Each imports its package when it is built, never at ``import metakd.meta`` time.
+
+Internal module: use :class:`~metakd.meta.MAMLWrapper`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from metakd.meta._backends import Backend, InnerProblem, MAMLLearner, Mode
+
+__all__ = ["HigherBackend", "Learn2LearnBackend"]
+
+
+# -------------------------------------------------------------------------------- learn2learn
+def _import_learn2learn() -> Any:
+    try:
+        import learn2learn
+    except ImportError as e:
+        raise ImportError(
+            "backend='learn2learn' needs the learn2learn package: `pip install metakd[learn2learn]`"
+            " (learn2learn 0.2.0 has no wheel for Python >= 3.11; scripts/install_learn2learn.sh "
+            "builds it, see the README, 'Installing'), or use backend='func'"
+        ) from e
+    return learn2learn
+
+
+class Learn2LearnBackend(Backend):
+    """learn2learn's ``MAML.clone()``, then ``maml_update`` (scalar α) or ``update_module``."""
+
+    name = "learn2learn"
+
+    def __init__(self, problem: InnerProblem, inner_lr: float, first_order: bool) -> None:
+        super().__init__(problem)
+        self.l2l = _import_learn2learn()
+        # Kept in a list so that nn.Module attribute registration never sees it.
+        self._maml = [
+            self.l2l.algorithms.MAML(
+                problem.model, lr=inner_lr, first_order=first_order, allow_unused=True,
+                allow_nograd=True,
+            )
+        ]
+
+    def adapt(
+        self,
+        sx: Tensor,
+        sy: Tensor,
+        steps: int,
+        lrs: Mapping[str, float | Tensor],
+        scale: float,
+        mode: Mode,
+    ) -> MAMLLearner:
+        pb = self.problem
+        clone = self._maml[0].clone()
+        module = clone.module
+        adapted = set(pb.adapted)
+        scalar_lr = all(not isinstance(v, Tensor) for v in lrs.values()) and len(
+            {lrs[n] for n in pb.adapted}
+        ) == 1
+        with torch.enable_grad():
+            for k in range(steps):
+                pb.set_step(module, k)
+                named = list(module.named_parameters())
+                targets = [(n, p) for n, p in named if n in adapted]
+                loss = pb.inner_objective(module(sx), sy, scale)
+                grads = torch.autograd.grad(
+                    loss, [p for _, p in targets], create_graph=mode == "second",
+                    allow_unused=True,
+                )
+                by_name = dict(zip((n for n, _ in targets), grads))
+                full = [by_name.get(n) for n, _ in named]
+                with torch.no_grad() if mode == "none" else contextlib.nullcontext():
+                    if scalar_lr:
+                        self.l2l.algorithms.maml.maml_update(module, lrs[pb.adapted[0]], full)
+                    else:
+                        for (n, p), g in zip(named, full):
+                            if g is not None:
+                                p.update = -lrs[n] * g
+                        self.l2l.utils.update_module(module)
+                if mode == "none":  # no meta-graph in evaluation, but the next step needs grads
+                    for n, p in module.named_parameters():
+                        if n in adapted:
+                            p.requires_grad_()
+        params = {n: p for n, p in module.named_parameters() if n in adapted}
+
+        def forward(x: Tensor) -> Tensor:
+            pb.set_step(module, steps - 1)
+            out: Tensor = clone(x)
+            return out
+
+        return MAMLLearner(forward, params)
+
+
+# ------------------------------------------------------------------------------------- higher
+def _import_higher() -> Any:
+    try:
+        import higher
+    except ImportError as e:
+        raise ImportError(
+            "backend='higher' needs the higher package: `pip install higher` (it is a dependency "
+            "of metakd, so reinstalling metakd also brings it), or use backend='func'"
+        ) from e
+    return higher
+
+
+class HigherBackend(Backend):
+    """``higher.innerloop_ctx`` with a differentiable SGD, one parameter group per parameter."""
+
+    name = "higher"
+
+    def __init__(self, problem: InnerProblem, inner_lr: float) -> None:
+        super().__init__(problem)
+        self.higher = _import_higher()
+        meta = dict(problem.model.named_parameters())
+        self._opt = torch.optim.SGD([{"params": [meta[n]]} for n in problem.adapted], lr=inner_lr)
+
+    def adapt(
+        self,
+        sx: Tensor,
+        sy: Tensor,
+        steps: int,
+        lrs: Mapping[str, float | Tensor],
+        scale: float,
+        mode: Mode,
+    ) -> MAMLLearner:
+        pb = self.problem
+        override = {"lr": [lrs[n] for n in pb.adapted]}
+        ctx = self.higher.innerloop_ctx(
+            pb.model, self._opt, copy_initial_weights=False, override=override,
+            track_higher_grads=mode != "none",
+        )
+        with ctx as (fmodel, diffopt), torch.enable_grad():
+            callback = None
+            if mode == "first":
+
+                def callback(grads: list[Tensor | None]) -> list[Tensor | None]:
+                    return [None if g is None else g.detach() for g in grads]
+
+            for k in range(steps):
+                pb.set_step(fmodel, k)
+                diffopt.step(pb.inner_objective(fmodel(sx), sy, scale), grad_callback=callback)
+        names = [n for n, _ in pb.model.named_parameters()]
+        fast = dict(zip(names, fmodel.parameters(time=-1)))
+        params = {n: fast[n] for n in pb.adapted}
+
+        def forward(x: Tensor) -> Tensor:
+            pb.set_step(fmodel, steps - 1)
+            out: Tensor = fmodel(x)
+            return out
+
+        return MAMLLearner(forward, params)

@@ -1,0 +1,327 @@
+"""The torch.func backends: ``func`` (task by task) and ``vmap`` (chunks of tasks).
+
+Both split a meta-batch into *units* (one task for ``func``, ``chunk`` tasks for ``vmap``),
+compute each unit's query losses and meta-gradient, free its graph, and accumulate. Units
+run one after the other or, with ``workers > 1``, in threads (each on its own replica of the
+model, because ``functional_call`` swaps tensors into the module it is given). With
+``compile=True`` a unit is one ``torch.compile``d pure function (see ``_compiled.py``).
+
+Internal module: use :class:`~metakd.meta.MAMLWrapper`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from metakd.data.batch import TaskBatch
+from metakd.meta._backends import (
+    Backend,
+    InnerProblem,
+    MAMLLearner,
+    Mode,
+    accuracy,
+    buffer_writers,
+    sgd_step,
+    vmap_unsafe,
+)
+from metakd.meta._params import replicate
+
+__all__ = ["FuncBackend", "Unit", "VmapBackend"]
+
+# unit(model, batch of the unit's tasks) -> (losses [t], logits [t, NQ, N], d sum(losses)/d inputs)
+Unit = Callable[[nn.Module, TaskBatch], tuple[Tensor, Tensor, Sequence[Tensor | None]]]
+
+
+class FuncBackend(Backend):
+    """``functional_call`` + ``torch.autograd.grad``, task after task (or in ``workers`` threads)."""
+
+    name = "func"
+
+    def __init__(
+        self, problem: InnerProblem, workers: int | None = None, compile: bool = False
+    ) -> None:
+        super().__init__(problem)
+        self.workers = workers
+        self.compile = compile
+        self._replicas: list[nn.Module] = []
+        self._replica_key: tuple[int, ...] = ()
+        self.compiled: dict[tuple[Any, ...], Callable[..., Any]] = {}
+
+    # ------------------------------------------------------------------------------- adapt
+    def adapt(
+        self,
+        sx: Tensor,
+        sy: Tensor,
+        steps: int,
+        lrs: Mapping[str, float | Tensor],
+        scale: float,
+        mode: Mode,
+        model: nn.Module | None = None,
+    ) -> MAMLLearner:
+        pb = self.problem
+        model = pb.model if model is None else model
+        meta = dict(model.named_parameters())
+        params: dict[str, Tensor] = {n: meta[n] for n in pb.adapted}
+        if mode == "none":
+            params = {n: p.detach().requires_grad_() for n, p in params.items()}
+        if steps > 0:
+            with torch.enable_grad():
+                h = None
+                if not pb.per_step_bn:  # ANIL: features once; without a meta-graph at eval
+                    with torch.no_grad() if mode == "none" else contextlib.nullcontext():
+                        h = pb.encode(model, sx)
+                for k in range(steps):
+                    pb.set_step(model, k)
+                    hk = pb.encode(model, sx) if h is None else h
+                    loss = pb.inner_objective(pb.decode(model, params, hk), sy, scale)
+                    grads = torch.autograd.grad(
+                        loss,
+                        list(params.values()),
+                        create_graph=mode == "second",
+                        allow_unused=True,
+                    )
+                    params = sgd_step(params, grads, lrs, mode)
+
+        def forward(x: Tensor, _p: dict[str, Tensor] = params) -> Tensor:
+            pb.set_step(model, steps - 1)
+            return pb.decode(model, _p, pb.encode(model, x))
+
+        return MAMLLearner(forward, params)
+
+    # ---------------------------------------------------------------------- meta-gradients
+    def unit_size(self) -> int:
+        """Tasks per unit."""
+        return 1
+
+    def eager_unit(
+        self,
+        steps: int,
+        lrs: Mapping[str, float | Tensor],
+        scale: float,
+        first_order: bool,
+        inputs: Sequence[Tensor],
+    ) -> Unit:
+        mode: Mode = "first" if first_order else "second"
+        pb = self.problem
+
+        def unit(model: nn.Module, b: TaskBatch) -> tuple[Tensor, Tensor, Sequence[Tensor | None]]:
+            learner = self.adapt(b.support_x[0], b.support_y[0], steps, lrs, scale, mode, model)
+            logits = learner(b.query_x[0])
+            loss = pb.loss_fn(logits, b.query_y[0])
+            grads = torch.autograd.grad(loss, list(inputs), allow_unused=True)
+            return loss[None], logits[None], grads
+
+        return unit
+
+    def meta_gradients(
+        self,
+        batch: TaskBatch,
+        steps: int,
+        lrs: Mapping[str, float | Tensor],
+        scale: float,
+        first_order: bool,
+        inputs: Sequence[Tensor],
+    ) -> tuple[Tensor, Tensor, list[Tensor]]:
+        n = len(batch)
+        units = batch.slice_tasks_by(self.unit_size())
+        workers = self._resolve_workers(len(units))
+        models = self._get_replicas(workers) if workers > 1 else [self.problem.model]
+        if self.compile:
+            from metakd.meta._compiled import compiled_unit
+
+            unit = compiled_unit(self, steps, lrs, scale, first_order, inputs)
+        else:
+            unit = self.eager_unit(steps, lrs, scale, first_order, inputs)
+        results: list[tuple[Tensor, Tensor] | None] = [None] * len(units)
+        partial = [[torch.zeros_like(t) for t in inputs] for _ in range(workers)]
+
+        def work(w: int) -> None:
+            for u in range(w, len(units), workers):
+                b = units[u]
+                losses, logits, grads = unit(models[w], b)
+                for acc, g in zip(partial[w], grads):
+                    if g is not None:
+                        acc.add_(g, alpha=1.0 / n)
+                results[u] = (losses.detach(), accuracy(logits.detach(), b.query_y))
+
+        if workers > 1:
+            run_threads(work, workers)
+        else:
+            work(0)
+        grads = partial[0] if workers == 1 else [torch.stack(g).sum(0) for g in zip(*partial)]
+        done = [r for r in results if r is not None]
+        return torch.cat([r[0] for r in done]), torch.cat([r[1] for r in done]), grads
+
+    def _resolve_workers(self, units: int) -> int:
+        """How many threads to use for ``units`` units (see ``MAMLWrapper``'s ``workers``)."""
+        model = self.problem.model
+        writers = buffer_writers(model)
+        if self.workers is None:
+            on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+            # Two workers on CPU: measured faster than one (benchmarks/maml_speed.py); more
+            # would multiply the memory held by task graphs for little gain.
+            workers = 2 if on_cpu and torch.get_num_threads() >= 2 and not writers else 1
+        else:
+            workers = self.workers
+            if workers > 1 and writers:
+                raise ValueError(
+                    f"workers={workers}: {writers} update running BatchNorm statistics in "
+                    "train() mode, which concurrent tasks would race on; use workers=1, "
+                    "bn_mode='transductive' or model.eval()"
+                )
+        return max(1, min(workers, units))
+
+    def _get_replicas(self, workers: int) -> list[nn.Module]:
+        model = self.problem.model
+        key = tuple(id(t) for t in (*model.parameters(), *model.buffers()))
+        if key != self._replica_key or len(self._replicas) < workers:
+            self._replicas = [replicate(model) for _ in range(workers)]
+            self._replica_key = key
+            self.compiled.clear()
+        for r in self._replicas:
+            r.train(model.training)
+        return self._replicas
+
+
+@contextmanager
+def _intra_op_threads(n: int) -> Iterator[None]:
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def run_threads(work: Callable[[int], None], workers: int) -> None:
+    """Run ``work(0..workers-1)`` in threads that share the intra-op threads; re-raise errors.
+
+    Task-level parallelism scales better than intra-op parallelism here: a task's tensors are
+    small (5 to 75 images), so each op's OpenMP fork/join and the idle core at every barrier
+    cost a good part of the op itself.
+    """
+    errors: list[BaseException] = []
+    per_worker = max(1, torch.get_num_threads() // workers)
+
+    def target(w: int) -> None:
+        try:
+            with _intra_op_threads(per_worker):
+                work(w)
+        except BaseException as e:  # re-raised in the calling thread below
+            errors.append(e)
+
+    with _intra_op_threads(per_worker):
+        threads = [threading.Thread(target=target, args=(w,)) for w in range(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    if errors:
+        raise errors[0]
+
+
+class VmapBackend(FuncBackend):
+    """``torch.func.vmap`` over chunks of tasks, ``torch.func.grad`` for the inner steps.
+
+    Single-task :meth:`adapt` is the func backend's.
+    """
+
+    name = "vmap"
+
+    def __init__(
+        self,
+        problem: InnerProblem,
+        chunk: int | None = None,
+        workers: int | None = None,
+        compile: bool = False,
+    ) -> None:
+        super().__init__(problem, workers, compile=compile)
+        self.chunk = chunk
+
+    def unit_size(self) -> int:
+        return 2**31 if self.chunk is None else self.chunk
+
+    def _resolve_workers(self, units: int) -> int:
+        # A chunk is already a batch of tasks: by default one chunk at a time, which keeps
+        # memory at one chunk's graph.
+        if self.workers is None:
+            return 1
+        return super()._resolve_workers(units)
+
+    def task_fn(
+        self,
+        model: nn.Module,
+        steps: int,
+        lrs: Mapping[str, float | Tensor],
+        scale: float,
+        first_order: bool,
+    ) -> Callable[..., tuple[Tensor, Tensor]]:
+        """``vmap`` of one task's ``(query loss, query logits)`` over the tasks of a chunk."""
+        reason = vmap_unsafe(model)
+        if reason is not None:
+            raise ValueError(f"backend='vmap': {reason}")
+        pb = self.problem
+        meta = dict(model.named_parameters())
+        init: dict[str, Tensor] = {n: meta[n] for n in pb.adapted}
+
+        def task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
+            hs = None if pb.per_step_bn else pb.encode(model, sx)
+
+            def inner(p: dict[str, Tensor]) -> Tensor:
+                h = pb.encode(model, sx) if hs is None else hs
+                return pb.inner_objective(pb.decode(model, p, h), sy, scale)
+
+            p = init
+            for k in range(steps):
+                pb.set_step(model, k)
+                g = torch.func.grad(inner)(p)
+                p = {n: p[n] - lrs[n] * (g[n].detach() if first_order else g[n]) for n in p}
+            pb.set_step(model, steps - 1)
+            logits = pb.decode(model, p, pb.encode(model, qx))
+            return pb.loss_fn(logits, qy), logits
+
+        return torch.func.vmap(task, randomness="different")
+
+    def eager_unit(
+        self,
+        steps: int,
+        lrs: Mapping[str, float | Tensor],
+        scale: float,
+        first_order: bool,
+        inputs: Sequence[Tensor],
+    ) -> Unit:
+        fns: dict[int, Callable[..., tuple[Tensor, Tensor]]] = {}
+
+        def unit(model: nn.Module, b: TaskBatch) -> tuple[Tensor, Tensor, Sequence[Tensor | None]]:
+            fn = fns.get(id(model))
+            if fn is None:
+                fn = fns[id(model)] = self.task_fn(model, steps, lrs, scale, first_order)
+            losses, logits = fn(b.support_x, b.support_y, b.query_x, b.query_y)
+            grads = torch.autograd.grad(losses.sum(), list(inputs), allow_unused=True)
+            return losses, logits, grads
+
+        return unit
+
+    def evaluate(
+        self,
+        batch: TaskBatch,
+        steps: int,
+        lrs: Mapping[str, float | Tensor],
+        scale: float,
+    ) -> tuple[Tensor, Tensor]:
+        fn = self.task_fn(self.problem.model, steps, lrs, scale, first_order=True)
+        losses, accs = [], []
+        # torch.func.grad ignores an outer no_grad, so the inner steps still get gradients.
+        with torch.no_grad():
+            for b in batch.slice_tasks_by(self.unit_size()):
+                loss, logits = fn(b.support_x, b.support_y, b.query_x, b.query_y)
+                losses.append(loss)
+                accs.append(accuracy(logits, b.query_y))
+        return torch.cat(losses), torch.cat(accs)
