@@ -1,11 +1,12 @@
 """MAML on the bundled Omniglot: metakd against learn2learn, same tasks, same time budget.
 
-Both meta-train the same network (``maml_omniglot``: the reference 4 x conv3x3-64-stride-2
-net) from the same initial weights, with the same reference settings (5-way 1-shot, 1 query
-per class in training as in the reference code, meta-batch 32, second order, one inner step
-of 0.4 on the support loss summed over the support set and divided by K, Adam 1e-3) on the
-same stream of training episodes, each for the same wall-clock budget. Both are then tested
-on the same 600 held-out episodes (3 inner steps, 15 queries per class) with the same code
+Both meta-train the same network (``maml_omniglot``: the reference 4 x conv3x3-stride-2 net,
+with the demo's 32 filters and Xavier head) from the same initial weights, with the settings
+of ``metakd demo`` (5-way 1-shot, 1 query per class in training as in the reference code,
+meta-batch 16, second order, one inner step of 0.4 on the support loss summed over the
+support set and divided by K as in the reference, Adam 3e-3) on the same stream of training
+episodes, each for the same wall-clock budget. Both are then tested on the same 600 held-out
+episodes (10 inner steps as in the reference code, 15 queries per class) with the same code
 path for the accuracy and its 95% interval.
 
 learn2learn is used as its documentation shows: ``MAML(model, lr)``, then per task
@@ -32,9 +33,10 @@ from metakd.engine import evaluate, fit, mean_confidence_interval
 from metakd.meta import MAMLWrapper
 from metakd.nn import create
 
-WAYS, SHOTS, META_BATCH = 5, 1, 32
+WAYS, SHOTS, META_BATCH = 5, 1, 16
 TEST_QUERIES = 15
-INNER_LR, TRAIN_STEPS, TEST_STEPS, META_LR = 0.4, 1, 3, 1e-3
+INNER_LR, TRAIN_STEPS, TEST_STEPS, META_LR = 0.4, 1, 10, 3e-3
+MODEL_KWARGS = {"hidden": 32, "head_init": "xavier"}
 
 
 def reference_inner_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -92,7 +94,7 @@ def main() -> None:
     train = Omniglot(split="train", rotations=(0, 90, 180, 270))
     test = Omniglot(split="test", rotations=(0, 90, 180, 270))
     torch.manual_seed(args.seed)
-    init = create("maml_omniglot", num_classes=WAYS)
+    init = create("maml_omniglot", num_classes=WAYS, **MODEL_KWARGS)
 
     def stream():  # the same training episodes for both
         return few_shot(train, WAYS, SHOTS, args.queries, meta_batch_size=META_BATCH,
@@ -118,7 +120,8 @@ def main() -> None:
     out = {
         "benchmark": "maml_omniglot",
         "setting": f"bundled Omniglot, 5-way 1-shot, {args.queries} training queries per class, "
-                   "meta-batch 32, 2nd order, 1 inner step (3 at test, 15 test queries), same "
+                   f"meta-batch {META_BATCH}, 2nd order, 1 inner step ({TEST_STEPS} at test, 15 test "
+                   "queries), Conv-4 with 32 filters, same "
                    "tasks and time budget",
         "budget_s": args.seconds,
         "metakd": {"test_accuracy": ours_test.mean, "ci95": ours_test.ci95,

@@ -85,7 +85,9 @@ def _demo(args: argparse.Namespace) -> int:
     cfg = MAMLConfig.paper(
         "omniglot", ways=args.ways, shots=args.shots, out_dir=str(out), steps=args.steps,
         max_seconds=args.minutes * 60, test_tasks=args.test_tasks, seed=args.seed,
-        meta_batch_size=args.meta_batch, inner_loss_reduction="mean",
+        meta_batch_size=args.meta_batch, meta_lr=args.meta_lr,
+        model_kwargs={"head_init": "xavier", "hidden": args.filters}, lr_schedule="cosine",
+        test_inner_steps=args.test_inner_steps,
         **({"queries": args.queries} if args.queries is not None else {}),
     )
     print("metakd demo: MAML on the bundled Omniglot (MIT licence; Lake et al. 2015)")
@@ -93,7 +95,7 @@ def _demo(args: argparse.Namespace) -> int:
           "meta-test: Japanese_(katakana), Sanskrit, Tagalog")
     print(f"  {cfg.ways}-way {cfg.shots}-shot, meta-batch {cfg.meta_batch_size}, inner lr "
           f"{cfg.inner_lr} x {cfg.inner_steps} step (test: {cfg.test_inner_steps}), "
-          f"second order, budget {args.minutes:g} min")
+          f"second order, Conv-4 with {args.filters} filters, budget {args.minutes:g} min")
     t0 = time.perf_counter()
     res = run_maml(cfg, progress=not args.no_progress, resume=not args.fresh)
     _print_results(res, out)
@@ -101,6 +103,27 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"  picture of a test episode (rows: classes; left: support, right: query): {pic}")
     print(f"  total time {time.perf_counter() - t0:.0f} s")
     return 0
+
+
+def _parse_model_args(items: Sequence[str]) -> dict[str, Any]:
+    """``["head_init=xavier", "bn_scale=true", "hidden=32"]`` -> typed keyword arguments."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--model-arg {item!r}: expected KEY=VALUE, e.g. head_init=xavier")
+        value: Any = raw
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        else:
+            for cast in (int, float):
+                try:
+                    value = cast(raw)
+                    break
+                except ValueError:
+                    pass
+        out[key.strip().replace("-", "_")] = value
+    return out
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -111,6 +134,8 @@ def _train(args: argparse.Namespace) -> int:
     given.pop("dataset", None)
     given.pop("ways", None)
     given.pop("shots", None)
+    if args.model_arg:
+        given["model_kwargs"] = _parse_model_args(args.model_arg)
     cfg = MAMLConfig.paper(args.dataset, args.ways, args.shots, **given)
     res = run_maml(cfg, progress=not args.no_progress, resume=not args.fresh)
     _print_results(res, Path(cfg.out_dir))
@@ -152,7 +177,12 @@ def _build_parser() -> argparse.ArgumentParser:
     d.add_argument("--shots", type=int, default=1, help="support images per class (default: %(default)s)")
     d.add_argument("--queries", type=int, default=None,
                    help="query images per class in meta-training (default: K, as the reference)")
-    d.add_argument("--meta-batch", type=int, default=32, help="tasks per meta-batch (default: %(default)s)")
+    d.add_argument("--meta-batch", type=int, default=16, help="tasks per meta-batch (default: %(default)s)")
+    d.add_argument("--filters", type=int, default=32,
+                   help="filters per conv of the MAML Omniglot net (default: %(default)s)")
+    d.add_argument("--meta-lr", type=float, default=3e-3, help="Adam learning rate (default: %(default)s)")
+    d.add_argument("--test-inner-steps", type=int, default=10,
+                   help="inner steps at test, as the reference code (default: %(default)s)")
     d.add_argument("--test-tasks", type=int, default=600, help="test episodes (default: %(default)s)")
     d.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     d.add_argument("--fresh", action="store_true", help="do not resume from the run folder")
@@ -172,6 +202,8 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="query images per class in training (default: K on Omniglot, else 15)")
     t.add_argument("--test-queries", type=int, help="query images per class in val/test (default: 15)")
     t.add_argument("--model", help=f"backbone name {paper}")
+    t.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="backbone option, repeatable (e.g. head_init=xavier, bn_scale=true)")
     t.add_argument("--inner-lr", type=float, help=f"inner learning rate alpha {paper}")
     t.add_argument("--inner-steps", type=int, help=f"inner steps in training {paper}")
     t.add_argument("--test-inner-steps", type=int, help=f"inner steps at test {paper}")
@@ -179,6 +211,8 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--inner-loss-reduction", choices=["sum_over_k", "mean"],
                    help="inner loss scale (default: sum_over_k, the reference)")
     t.add_argument("--meta-lr", type=float, help="Adam learning rate (default: 0.001)")
+    t.add_argument("--lr-schedule", choices=["constant", "cosine"],
+                   help="meta learning-rate schedule (default: constant)")
     t.add_argument("--meta-batch-size", type=int, help=f"tasks per meta-batch {paper}")
     t.add_argument("--steps", type=int, help="meta-iterations (default: 60000)")
     t.add_argument("--clip-grad-value", type=float, help=f"meta-gradient clipping {paper}")

@@ -22,6 +22,8 @@ VARIANTS = [
     ("func", {"workers": 2}),
     ("vmap", {"vmap_chunk": 2, "workers": 1}),
     ("vmap", {"vmap_chunk": 2, "workers": 2}),
+    ("vmap", {}),
+    ("auto", {}),
     ("learn2learn", {}),
     ("higher", {}),
 ]
@@ -91,18 +93,19 @@ def test_backends_agree_conv4_bn(dtype: torch.dtype, steps: int, first_order: bo
         assert_same(ref, got, dtype)
 
 
+@pytest.mark.parametrize("steps", [1, 5])
 @pytest.mark.parametrize("first_order", [False, True])
-def test_backends_agree_resnet12(first_order: bool) -> None:
-    """A narrow ResNet-12 (4-8-8-8 channels, 16 px, transductive BN), 2 steps, float64."""
+def test_backends_agree_resnet12(steps: int, first_order: bool) -> None:
+    """A narrow ResNet-12 (4-8-8-8 channels, 16 px, transductive BN), float64."""
     for name in ("learn2learn", "higher"):
         pytest.importorskip(name)
     torch.manual_seed(0)
     model = create("resnet12", channels=(4, 8, 8, 8), num_classes=3,
                    bn_mode="transductive").double()
     batch = make_batch(2, 3, 2, 3, 16, torch.float64)
-    _, ref = meta_grads(model, batch, "func", 2, first_order, workers=1)
+    _, ref = meta_grads(model, batch, "func", steps, first_order, workers=1)
     for backend, kw in VARIANTS:
-        _, got = meta_grads(model, batch, backend, 2, first_order, **kw)
+        _, got = meta_grads(model, batch, backend, steps, first_order, **kw)
         assert_same(ref, got, torch.float64)
 
 

@@ -97,8 +97,8 @@ def test_bad_inputs_raise_value_error() -> None:
 
 
 def test_default_backend() -> None:
-    assert default_backend("cpu") == "func"
-    assert MAMLWrapper(small_net(), 0.1, 1).backend_name == "func"
+    assert default_backend("cpu") == "auto"
+    assert MAMLWrapper(small_net(), 0.1, 1).backend_name == "auto"
 
 
 # ------------------------------------------------------------------------------- imports
@@ -306,3 +306,30 @@ def test_per_step_batchnorm_uses_one_row_per_step() -> None:
     counts = net.encoder.block1.bn.num_batches_tracked
     # 3 tasks: support at steps 0, 1, 2 and the query at the last step's row
     assert counts.tolist() == [3, 3, 6]
+
+
+def test_auto_backend_picks_vmap_for_small_tasks_and_func_for_large() -> None:
+    from metakd.meta._func import AUTO_MIN_CHUNK, auto_chunk
+
+    torch.manual_seed(0)
+    net = create("maml_omniglot", num_classes=5, hidden=8).double()
+    y = torch.arange(5)
+
+    def batch(tasks: int, queries: int) -> TaskBatch:
+        return TaskBatch(torch.randn(tasks, 5, 1, 28, 28, dtype=torch.float64), y.repeat(tasks, 1),
+                         torch.randn(tasks, 5 * queries, 1, 28, 28, dtype=torch.float64),
+                         y.repeat_interleave(queries).repeat(tasks, 1))
+
+    small, large = batch(10, 1), batch(3, 15)
+    assert auto_chunk(small) == 10 >= AUTO_MIN_CHUNK and auto_chunk(large) == 3
+    auto = MAMLWrapper(copy.deepcopy(net), 0.4, 1)
+    picked = auto._backend.pick  # type: ignore[attr-defined]
+    assert picked(small).name == "vmap" and picked(large).name == "func"
+    for b in (small, large):  # same meta-gradients as the sequential func backend, float64
+        ref = MAMLWrapper(copy.deepcopy(net), 0.4, 1, backend="func", workers=1)
+        got = MAMLWrapper(copy.deepcopy(net), 0.4, 1)
+        for m in (ref, got):
+            m.meta_loss(b)[0].backward()
+        for (n, p), q in zip(ref.named_parameters(), got.parameters()):
+            assert p.grad is not None and q.grad is not None
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-10, atol=1e-12, msg=n)

@@ -47,6 +47,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("func", "vmap", "learn2learn", "higher")
+# "auto" (the default) picks func or vmap for each meta-batch: see _func.AutoBackend.
 # "second": differentiate through the inner updates; "first": inner gradients are constants
 # (FOMAML); "none": no meta-graph at all (evaluation).
 Mode = Literal["second", "first", "none"]
@@ -294,9 +295,11 @@ def make_backend(
     compile: bool = False,
 ) -> Backend:
     """Build the backend called ``name`` (one of :data:`BACKENDS`)."""
-    if name in ("func", "vmap"):
-        from metakd.meta._func import FuncBackend, VmapBackend
+    if name in ("func", "vmap", "auto"):
+        from metakd.meta._func import AutoBackend, FuncBackend, VmapBackend
 
+        if name == "auto":
+            return AutoBackend(problem, workers=workers)
         if name == "func":
             return FuncBackend(problem, workers=workers, compile=compile)
         return VmapBackend(problem, chunk=vmap_chunk, workers=workers, compile=compile)

@@ -99,7 +99,7 @@ def compiled_unit(
             f"compile=True: {writers} update running BatchNorm statistics in train() mode; "
             "use compile=False, bn_mode='transductive' or model.eval()"
         )
-    vmapped = backend.unit_size() > 1
+    vmapped = backend.name == "vmap"
     if vmapped:
         reason = vmap_unsafe(pb.model)
         if reason is not None:

@@ -30,31 +30,32 @@ REDUCTIONS = ("mean", "sum_over_k")
 
 
 def default_backend(device: torch.device | str | None = None) -> str:
-    """The backend that ``backend="auto"`` picks on ``device``: ``"func"``.
+    """The backend that ``backend="auto"`` means on ``device``: ``"auto"``, a per-meta-batch
+    choice between ``vmap`` (small tasks) and ``func`` (large tasks).
 
-    Decided from ``python -m benchmarks.maml_speed`` (2-core CPU, torch 2.14.1, second-order
-    ``maml_omniglot``, 5-way 1-shot, meta-batch 32; numbers in the benchmark's JSON output):
+    Decided from measurements on the 2-core CPU (torch 2.14.1, second-order ``maml_omniglot``,
+    5-way 1-shot, meta-batch 32, same run; ``python -m benchmarks.maml_speed`` has the full
+    table and learn2learn's figures):
 
-    - eager, 15 queries per class: ``func`` with 2 worker threads is the fastest eager
-      backend (1.1–1.3x learn2learn); ``vmap`` in chunks of 4–8 is no faster (large query
-      sets are compute-bound, not overhead-bound) and holds one task graph per task of a
-      chunk (3–6x learn2learn's working memory);
-    - eager, 1 query per class: ``vmap`` is faster (~1.6x learn2learn against ~1.3x) but
-      again at several times the memory, so ``func`` stays the default;
-    - ``compile=True`` (either backend) is the fast path, ~1.6–2.3x with ``func`` and ~2.9x
-      with ``vmap`` on small tasks, after a one-off compile: opt-in, because a one- to
-      two-minute stall is wrong for a default.
+    - 1 query per class (the reference's Omniglot training episodes): ``func`` 53 tasks/s,
+      ``vmap`` with the whole meta-batch in one chunk 132 tasks/s;
+    - 15 queries per class: ``func`` 23.4 (1 step) and 13.8 (5 steps) tasks/s, ``vmap`` in
+      chunks of 4 tasks 20.4 and 11.2.
 
-    No accelerator was available to measure on; ``func`` is also chosen there, as the
-    backend with learn2learn's memory profile. Run the benchmark with ``--device cuda`` to
-    compare with ``vmap``.
+    So ``"auto"`` sends a meta-batch to ``vmap`` when at least 8 of its tasks fit in one chunk
+    of about 320 Omniglot-sized images and the model is vmap-safe, and to ``func`` otherwise
+    (see ``metakd.meta._func.AutoBackend``). ``compile=True`` is faster still once compiled,
+    but its one-off compile of one to two minutes is opt-in.
+
+    No accelerator was available to measure on; the same rule is used there. Run the
+    benchmark with ``--device cuda`` to compare.
 
     Example:
         >>> default_backend("cpu")
-        'func'
+        'auto'
     """
-    del device  # the same choice everywhere until another device is measured
-    return "func"
+    del device  # the same rule everywhere until another device is measured
+    return "auto"
 
 
 class MAMLWrapper(nn.Module):
@@ -103,7 +104,10 @@ class MAMLWrapper(nn.Module):
         inner_loss: ``loss(logits, labels) -> scalar`` with mean reduction; used for the
             support (inner) and query (outer) losses.
         inner_loss_reduction: ``"mean"`` or ``"sum_over_k"`` (TF reference, see above).
-        vmap_chunk: tasks per ``vmap`` call with ``backend="vmap"`` (``None``: 4).
+        vmap_chunk: tasks per ``vmap`` call with ``backend="vmap"``. ``None``: as many as
+            hold about 320 Omniglot-sized images (support + query), e.g. all 32 tasks of a
+            5-way 1-shot 1-query meta-batch, 4 tasks with 15 queries, 1 on miniImageNet;
+            measured fastest on CPU (see ``metakd.meta._func.CHUNK_ELEMENTS``).
         workers: threads that run tasks (func) or chunks (vmap) concurrently, sharing the
             intra-op threads; each holds one task's (chunk's) graph. ``None``: func 2 on a
             CPU with at least 2 threads, else 1 (and 1 whenever a module writes running
@@ -204,8 +208,8 @@ class MAMLWrapper(nn.Module):
             for n in self.adapted_names:
                 self.inner_lrs[_lr_key(n)] = nn.Parameter(torch.full_like(params[n], inner_lr))
 
-        device = next(iter(params.values())).device
         if backend == "auto":
+            device = next(iter(params.values())).device
             backend = "func" if compile else default_backend(device)
         self.backend_name = backend
         problem = InnerProblem(model, layout, self.adapted_names, inner_loss)
@@ -214,7 +218,7 @@ class MAMLWrapper(nn.Module):
             problem,
             inner_lr=self.inner_lr,
             first_order=self.first_order,
-            vmap_chunk=4 if vmap_chunk is None else vmap_chunk,
+            vmap_chunk=vmap_chunk,
             workers=workers,
             compile=bool(compile),
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +48,15 @@ class MAMLConfig:
         image_size: side of the images (default: the data set's).
         rotations: add 90/180/270-degree rotation classes (Omniglot).
         model: backbone name in :func:`metakd.nn.create`.
+        model_kwargs: extra arguments of the backbone (for example
+            ``{"head_init": "xavier"}`` for ``maml_omniglot``).
         inner_lr, inner_steps, test_inner_steps: the inner loop (``alpha`` and step counts).
         first_order: first-order MAML (FOMAML).
         inner_loss_reduction: ``"sum_over_k"`` (the reference) or ``"mean"``.
         meta_lr, meta_batch_size, steps: the outer loop (Adam).
+        lr_schedule: ``"constant"`` (the reference) or ``"cosine"``: the meta learning rate
+            decays to 0 over ``steps`` or over ``max_seconds``, whichever ends first
+            (:class:`metakd.engine.BudgetCosine`).
         clip_grad_value: clip meta-gradient entries (the reference uses 10 on miniImageNet).
         val_every, val_tasks, test_tasks: validation period and episode counts.
         backend: inner-loop backend of :class:`metakd.meta.MAMLWrapper`.
@@ -70,6 +75,7 @@ class MAMLConfig:
     image_size: int | None = None
     rotations: bool = True
     model: str = "maml_omniglot"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
     inner_lr: float = 0.4
     inner_steps: int = 1
     test_inner_steps: int = 3
@@ -78,6 +84,7 @@ class MAMLConfig:
     meta_lr: float = 1e-3
     meta_batch_size: int = 32
     steps: int = 60_000
+    lr_schedule: str = "constant"
     clip_grad_value: float | None = None
     val_every: int = 500
     val_tasks: int = 600
@@ -129,7 +136,10 @@ def build(cfg: MAMLConfig) -> dict[str, Any]:
     test_set = get_dataset(cfg.dataset, cfg.root, test_split, **extra)
     size = cfg.image_size or train_set.default_image_size
     channels = 1 if train_set.image_mode == "L" else 3
-    model = create(cfg.model, in_channels=channels, num_classes=cfg.ways)
+    try:
+        model = create(cfg.model, in_channels=channels, num_classes=cfg.ways, **cfg.model_kwargs)
+    except TypeError as e:  # an option the backbone does not take
+        raise ValueError(f"model {cfg.model!r} with options {cfg.model_kwargs}: {e}") from e
     learner = MAMLWrapper(model, inner_lr=cfg.inner_lr, inner_steps=cfg.inner_steps,
                           first_order=cfg.first_order, test_inner_steps=cfg.test_inner_steps,
                           inner_loss_reduction=cfg.inner_loss_reduction, backend=cfg.backend)
@@ -144,7 +154,14 @@ def build(cfg: MAMLConfig) -> dict[str, Any]:
                                seed=cfg.seed + 2, **common),
         "val_tasks": None,
         "optimizer": torch.optim.Adam(learner.parameters(), lr=cfg.meta_lr),
+        "scheduler": None,
     }
+    if cfg.lr_schedule == "cosine":
+        from metakd.engine import BudgetCosine
+
+        out["scheduler"] = BudgetCosine(out["optimizer"], cfg.steps, cfg.max_seconds)
+    elif cfg.lr_schedule != "constant":
+        raise ValueError(f"lr_schedule={cfg.lr_schedule!r} is unknown; use 'constant' or 'cosine'")
     if val_split is not None:
         val_set = get_dataset(cfg.dataset, cfg.root, val_split, **extra)
         out["val_tasks"] = few_shot(val_set, cfg.ways, cfg.shots, cfg.test_queries,
@@ -174,6 +191,7 @@ def run_maml(cfg: MAMLConfig, progress: bool = True, resume: bool = True) -> dic
     learner = parts["learner"]
     result = fit(learner, parts["train_tasks"], parts["optimizer"], cfg.steps,
                  val_tasks=parts["val_tasks"], val_every=cfg.val_every,
+                 scheduler=parts["scheduler"],
                  clip_grad_value=cfg.clip_grad_value, out_dir=out, resume=resume,
                  max_seconds=cfg.max_seconds, progress=progress, device=cfg.device)
     if rank != 0:  # rank 0 alone tests and writes the results
