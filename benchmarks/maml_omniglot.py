@@ -63,7 +63,7 @@ def train_learn2learn(model: torch.nn.Module, tasks, seconds: float):  # type: i
                 learner.adapt(reference_inner_loss(learner(task.support_x), task.support_y))
             loss = F.cross_entropy(learner(task.query_x), task.query_y) / len(batch)
             loss.backward()
-            total += float(loss)
+            total += float(loss.detach())
         opt.step()
         steps += 1
         n_tasks += len(batch)

@@ -8,7 +8,8 @@ initial weights and the same tasks (random images, fixed seed), for:
 - ``maml_miniimagenet`` (84 px, 32 filters), 5-way 1-shot, 15 queries, meta-batch 4,
   5 steps, second order, inner lr 0.01.
 
-Methods: ``metakd:auto`` (the default: func backend, 2 worker threads on CPU),
+Methods: ``metakd:auto`` (the default: vmap over the whole meta-batch when its tasks are
+small, else the func backend with 2 worker threads on CPU),
 ``metakd:func:workers=1`` (one task at a time), ``metakd:vmap`` (chunks of 4 tasks),
 ``metakd:auto:compile=1`` and ``metakd:vmap:compile=1+vmap_chunk=8`` (``torch.compile``; their
 ``warmup_s`` is the one-off compile, shorter when Inductor's disk cache already holds the

@@ -86,7 +86,7 @@ def _demo(args: argparse.Namespace) -> int:
         "omniglot", ways=args.ways, shots=args.shots, out_dir=str(out), steps=args.steps,
         max_seconds=args.minutes * 60, test_tasks=args.test_tasks, seed=args.seed,
         meta_batch_size=args.meta_batch, meta_lr=args.meta_lr,
-        model_kwargs={"head_init": "xavier", "hidden": args.filters}, lr_schedule="cosine",
+        model_kwargs={"head_init": "xavier", "hidden": args.filters},
         test_inner_steps=args.test_inner_steps,
         **({"queries": args.queries} if args.queries is not None else {}),
     )

@@ -189,3 +189,30 @@ def test_two_gloo_processes_equal_one_process_with_the_whole_meta_batch(tmp_path
 
 def test_linear_maml_is_importable_for_spawned_workers() -> None:
     assert LinearMAML(4, 2).lin.weight.shape == (2, 4)
+
+
+def test_budget_cosine_steps_and_resume() -> None:
+    from metakd.engine import BudgetCosine
+
+    p = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([p], lr=2.0)
+    sched = BudgetCosine(opt, steps=4, final_factor=0.5)
+    lrs = []
+    for _ in range(4):
+        opt.step()
+        sched.step()
+        lrs.append(sched.get_last_lr()[0])
+    # lr = 2 * (0.5 + 0.5 * (1 + cos(pi * k / 4)) / 2), by hand for k = 1..4
+    expected = [2 * (0.5 + 0.25 * (1 + math.cos(math.pi * k / 4))) for k in range(1, 5)]
+    assert lrs == pytest.approx(expected, abs=1e-12)
+    state = sched.state_dict()
+    opt2 = torch.optim.SGD([p], lr=2.0)
+    resumed = BudgetCosine(opt2, steps=4, final_factor=0.5)
+    resumed.load_state_dict(state)
+    assert resumed.step_count == 4 and resumed.progress() == 1.0
+    # a time budget ends the schedule even when the steps are far from done
+    timed = BudgetCosine(torch.optim.SGD([p], lr=1.0), steps=10**9, max_seconds=1e-9)
+    timed.step()
+    assert timed.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="final_factor"):
+        BudgetCosine(opt, steps=3, final_factor=2.0)
