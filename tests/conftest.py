@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -73,3 +74,12 @@ def write_omniglot(
                 p.parent.mkdir(parents=True, exist_ok=True)
                 p.write_bytes(data)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_intra_op_thread() -> Iterator[None]:
+    """Tiny tensors: one intra-op thread is as fast, and immune to OpenMP stalls on a busy CPU."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

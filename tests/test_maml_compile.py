@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -12,14 +11,8 @@ from metakd.data import TaskBatch
 from metakd.meta import MAMLWrapper
 from metakd.nn import create
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread() -> Iterator[None]:
-    """Tiny tensors: one intra-op thread is as fast, and immune to OpenMP stalls on a busy CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# Tiny tensors: one intra-op thread (see conftest.one_intra_op_thread).
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def _batch() -> TaskBatch:

@@ -34,9 +34,10 @@ class BudgetCosine:
         >>> import torch
         >>> opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
         >>> sched = BudgetCosine(opt, steps=4)
+        >>> lrs = []
         >>> for _ in range(4):
-        ...     opt.step(); sched.step()
-        >>> [round(r, 3) for r in sched.history]
+        ...     opt.step(); sched.step(); lrs.append(round(sched.get_last_lr()[0], 3))
+        >>> lrs
         [0.854, 0.5, 0.146, 0.0]
     """
 
@@ -61,7 +62,6 @@ class BudgetCosine:
         self.step_count = 0
         self.elapsed = 0.0
         self._t0 = time.perf_counter()
-        self.history: list[float] = []
 
     def progress(self) -> float:
         """Fraction of the budget used, in ``[0, 1]``."""
@@ -81,7 +81,6 @@ class BudgetCosine:
         f = self.factor()
         for group, lr0 in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = lr0 * f
-        self.history.append(f)
 
     def get_last_lr(self) -> list[float]:
         return [float(g["lr"]) for g in self.optimizer.param_groups]

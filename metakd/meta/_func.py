@@ -199,8 +199,8 @@ class FuncBackend(Backend):
 
 
 # Input elements (images x channels x pixels) per vmap chunk when ``chunk=None``: 320 Omniglot
-# images of 28 x 28. Measured (benchmarks/maml_speed.py conditions, 2-core CPU, maml_omniglot,
-# meta-batch 32, second order): with 1 query per class (10 images a task) chunks of 8/16/32
+# images of 28 x 28. Measured in one run on random 28 px tasks (2-core CPU, maml_omniglot,
+# meta-batch 32, second order, 1 inner step): with 1 query per class (10 images a task) chunks of 8/16/32
 # tasks ran at 71/81/89 tasks/s; with 15 queries (80 images a task) chunks of 2/4/8/16 ran at
 # 18.6/18.3/16.9/15.2. Small tasks gain from wide vmaps (fewer, larger ops); large ones lose
 # (the grouped convolutions and their graphs outgrow the caches).
