@@ -205,3 +205,37 @@ def test_running_mode_eval_under_vmap_and_batched_buffer_updates() -> None:
     torch.testing.assert_close(
         buffers["running_mean"][2], 0.9 * bn.running_mean + 0.1 * x[2].mean(dim=(0, 2, 3))
     )
+
+
+@pytest.mark.parametrize("scale", [True, False])
+def test_native_kernel_outside_vmap_only_and_same_second_order(
+    scale: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eager transductive BN calls F.batch_norm; under vmap it must not (wrong 2nd order)."""
+    calls: list[bool] = []
+    real = F.batch_norm
+
+    def spy(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(True)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "batch_norm", spy)
+    net, params, (xs, ys, xq, yq) = _maml_setup(BatchNorm2d(4, affine=True, scale=scale))
+
+    def loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(functional_call(net, p, (x,)), y)
+
+    def meta_loss(p: dict[str, torch.Tensor], sx, sy, qx, qy):
+        g = grad(loss)(p, sx, sy)
+        return loss({k: p[k] - 0.3 * g[k] for k in p}, qx, qy)
+
+    vmapped = vmap(grad(meta_loss), in_dims=(None, 0, 0, 0, 0))(params, xs, ys, xq, yq)
+    assert not calls, "F.batch_norm ran under vmap"
+    for t in range(3):
+        p = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+        g = torch.autograd.grad(loss(p, xs[t], ys[t]), list(p.values()), create_graph=True)
+        fast = {k: v - 0.3 * gk for (k, v), gk in zip(p.items(), g)}
+        ref = torch.autograd.grad(loss(fast, xq[t], yq[t]), list(p.values()))
+        for (k, _), r in zip(params.items(), ref):
+            torch.testing.assert_close(vmapped[k][t], r, atol=1e-10, rtol=1e-10)
+    assert calls, "eager transductive BatchNorm did not use the native kernel"
