@@ -292,17 +292,23 @@ def make_backend(
     first_order: bool,
     vmap_chunk: int | None,
     workers: int | None,
-    compile: bool = False,
+    compile: bool | str = False,
+    compile_after_s: float | None = None,
 ) -> Backend:
     """Build the backend called ``name`` (one of :data:`BACKENDS`)."""
     if name in ("func", "vmap", "auto"):
+        from metakd.meta._autocompile import AUTO_COMPILE_AFTER_S
         from metakd.meta._func import AutoBackend, FuncBackend, VmapBackend
 
+        mode: bool | Literal["auto"] = "auto" if compile == "auto" else bool(compile)
+        after = AUTO_COMPILE_AFTER_S if compile_after_s is None else compile_after_s
         if name == "auto":
-            return AutoBackend(problem, workers=workers)
+            return AutoBackend(problem, workers=workers, compile=mode, compile_after_s=after)
         if name == "func":
-            return FuncBackend(problem, workers=workers, compile=compile)
-        return VmapBackend(problem, chunk=vmap_chunk, workers=workers, compile=compile)
+            return FuncBackend(problem, workers=workers, compile=mode, compile_after_s=after)
+        return VmapBackend(
+            problem, chunk=vmap_chunk, workers=workers, compile=mode, compile_after_s=after
+        )
     if name in ("learn2learn", "higher"):
         from metakd.meta._external import HigherBackend, Learn2LearnBackend
 

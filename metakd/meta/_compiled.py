@@ -13,7 +13,7 @@ Internal module: use ``MAMLWrapper(..., compile=True)``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -26,7 +26,24 @@ from metakd.meta._params import functional_forward
 if TYPE_CHECKING:
     from metakd.meta._func import FuncBackend, Unit
 
-__all__ = ["compiled_unit"]
+__all__ = ["CHANNELS_LAST", "compiled_unit"]
+
+# Run the compiled graph's 4-d weights and per-task images in channels_last (NHWC) order. On
+# the 2-core CPU (maml_omniglot, 15 queries, one task per call) this made a compiled task 1.5x
+# faster (59 -> 38 ms): oneDNN's NHWC backward-data kernels are 3.7x faster than NCHW's on the
+# second layer's shape, and Inductor stops transposing between its kernels and the convolutions.
+CHANNELS_LAST = True
+
+# Inductor options. ``cpp_wrapper``: the whole graph runs as one C++ function that releases
+# the GIL, so the func backend's two worker threads overlap their fused kernels (with the
+# Python wrapper they took turns holding the GIL): 2 workers, 15 queries, same run,
+# 36.6 vs 31.9 tasks/s.
+COMPILE_OPTIONS: dict[str, Any] = {"cpp_wrapper": True}
+
+
+def _nhwc(t: Tensor) -> Tensor:
+    """A 4-d tensor in ``channels_last`` memory order (other tensors as they are)."""
+    return t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t
 
 
 def _build(
@@ -38,6 +55,7 @@ def _build(
     const_lrs: Mapping[str, float] | None,
     vmapped: bool,
 ) -> Callable[..., Any]:
+    channels_last = CHANNELS_LAST
     pb = backend.problem
     layout, adapted = pb.layout, set(pb.adapted)
     names = layout.names
@@ -65,10 +83,12 @@ def _build(
     task = torch.func.vmap(one_task, in_dims=(None, None, 0, 0, 0, 0), randomness="different")
 
     def outer(params: dict[str, Tensor], lr_params: dict[str, Tensor], *data: Tensor) -> Any:
+        if channels_last:
+            params = {n: _nhwc(p) for n, p in params.items()}
         if vmapped:
             losses, logits = task(params, lr_params, *data)
         else:
-            loss, logit = one_task(params, lr_params, *(d[0] for d in data))
+            loss, logit = one_task(params, lr_params, *(_nhwc(d[0]) for d in data))
             losses, logits = loss[None], logit[None]
         return losses.sum(), (losses, logits)
 
@@ -78,7 +98,7 @@ def _build(
         )(params, lr_params, *data)
         return grads[0], grads[1], losses, logits
 
-    return torch.compile(unit_meta, fullgraph=True, dynamic=False)
+    return torch.compile(unit_meta, fullgraph=True, dynamic=False, options=COMPILE_OPTIONS)
 
 
 def compiled_unit(
@@ -88,8 +108,14 @@ def compiled_unit(
     scale: float,
     first_order: bool,
     inputs: Sequence[Tensor],
+    cache: dict[Hashable, Callable[..., Any]] | None = None,
 ) -> Unit:
-    """The compiled counterpart of ``FuncBackend.eager_unit`` (same contract)."""
+    """The compiled counterpart of ``FuncBackend.eager_unit`` (same contract).
+
+    Compiled functions are kept in ``cache`` (default ``backend.compiled``), one per model
+    object (replica) and (steps, order, scale, learning rates).
+    """
+    store = backend.compiled if cache is None else cache
     pb = backend.problem
     if pb.per_step_bn:
         raise ValueError("compile=True does not support per-step BatchNorm; use compile=False")
@@ -116,10 +142,10 @@ def compiled_unit(
 
     def unit(model: nn.Module, b: TaskBatch) -> tuple[Tensor, Tensor, Sequence[Tensor | None]]:
         key = (id(model), steps, first_order, scale, lr_key)
-        fn = backend.compiled.get(key)
+        fn = store.get(key)
         if fn is None:
             fn = _build(backend, model, steps, first_order, scale, const_lrs, vmapped)
-            backend.compiled[key] = fn
+            store[key] = fn
         g_params, g_lrs, losses, logits = fn(
             params, lr_params, b.support_x, b.support_y, b.query_x, b.query_y
         )

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from metakd.data.batch import TaskBatch
+from metakd.meta._autocompile import AUTO_COMPILE_AFTER_S, AutoCompiler, CompileEntry
 from metakd.meta._backends import (
     Backend,
     InnerProblem,
@@ -32,6 +34,8 @@ from metakd.meta._backends import (
     vmap_unsafe,
 )
 from metakd.meta._params import replicate
+
+CompileMode = bool | Literal["auto"]
 
 __all__ = [
     "AUTO_MIN_CHUNK",
@@ -53,14 +57,19 @@ class FuncBackend(Backend):
     name = "func"
 
     def __init__(
-        self, problem: InnerProblem, workers: int | None = None, compile: bool = False
+        self,
+        problem: InnerProblem,
+        workers: int | None = None,
+        compile: CompileMode = False,
+        compile_after_s: float = AUTO_COMPILE_AFTER_S,
     ) -> None:
         super().__init__(problem)
         self.workers = workers
         self.compile = compile
         self._replicas: list[nn.Module] = []
         self._replica_key: tuple[int, ...] = ()
-        self.compiled: dict[tuple[Any, ...], Callable[..., Any]] = {}
+        self.compiled: dict[Hashable, Callable[..., Any]] = {}
+        self.auto_compiler = AutoCompiler(compile_after_s) if compile == "auto" else None
 
     # ------------------------------------------------------------------------------- adapt
     def adapt(
@@ -138,15 +147,31 @@ class FuncBackend(Backend):
         inputs: Sequence[Tensor],
     ) -> tuple[Tensor, Tensor, list[Tensor]]:
         n = len(batch)
-        units = batch.slice_tasks_by(self.unit_size(batch))
+        size = self.unit_size(batch)
+        units = batch.slice_tasks_by(size)
         workers = self._resolve_workers(len(units))
         models = self._get_replicas(workers) if workers > 1 else [self.problem.model]
-        if self.compile:
+        auto, key = self.auto_compiler, None
+        unit: Unit | None = None
+        if self.compile is True:
             from metakd.meta._compiled import compiled_unit
 
             unit = compiled_unit(self, steps, lrs, scale, first_order, inputs)
-        else:
+        elif auto is not None:
+            key = self._signature(batch, size, steps, lrs, scale, first_order, workers)
+            entry = auto.ready(key)
+            if entry is not None and entry.param_ids != self._param_ids():
+                auto.invalidate(key)  # the model's tensors were replaced since the compile
+            elif entry is not None:
+                from metakd.meta._compiled import compiled_unit
+
+                unit = compiled_unit(
+                    self, steps, lrs, scale, first_order, inputs, cache=entry.cache
+                )
+                models, key = entry.models, None
+        if unit is None:
             unit = self.eager_unit(steps, lrs, scale, first_order, inputs)
+        started = time.perf_counter()
         results: list[tuple[Tensor, Tensor] | None] = [None] * len(units)
         partial = [[torch.zeros_like(t) for t in inputs] for _ in range(workers)]
 
@@ -165,7 +190,84 @@ class FuncBackend(Backend):
             work(0)
         grads = partial[0] if workers == 1 else [torch.stack(g).sum(0) for g in zip(*partial)]
         done = [r for r in results if r is not None]
+        if auto is not None and key is not None:
+            prepare = None
+            if self._compilable(batch, size):
+                sample = units[0]
+
+                def prepare() -> Callable[[CompileEntry], None]:
+                    return self._compile_job(
+                        steps, lrs, scale, first_order, inputs, sample, workers
+                    )
+
+            auto.record(key, time.perf_counter() - started, prepare)
         return torch.cat([r[0] for r in done]), torch.cat([r[1] for r in done]), grads
+
+    # ----------------------------------------------------------------- compile="auto" policy
+    def _param_ids(self) -> tuple[int, ...]:
+        model = self.problem.model
+        return tuple(id(t) for t in (*model.parameters(), *model.buffers()))
+
+    def _signature(
+        self,
+        batch: TaskBatch,
+        size: int,
+        steps: int,
+        lrs: Mapping[str, float | Tensor],
+        scale: float,
+        first_order: bool,
+        workers: int,
+    ) -> Hashable:
+        """What a compiled unit is specialised to (``dynamic=False``: shapes included)."""
+        learned = any(isinstance(v, Tensor) for v in lrs.values())
+        lr_key = "learned" if learned else tuple(sorted((n, float(v)) for n, v in lrs.items()))
+        x = batch.support_x
+        return (
+            self.name, size, len(batch) % size == 0, workers, steps, first_order, scale, lr_key,
+            tuple(x.shape[1:]), tuple(batch.query_x.shape[1:]), x.dtype, x.device.type,
+        )
+
+    def _compilable(self, batch: TaskBatch, size: int) -> bool:
+        """Whether ``compile="auto"`` may compile this meta-batch's units.
+
+        Not for per-step or running-statistics BatchNorm (``compile=True`` refuses them),
+        not when the last unit would be smaller (a second shape to compile), and only on
+        CPU, the one device measured.
+        """
+        pb = self.problem
+        if pb.per_step_bn or buffer_writers(pb.model) or len(batch) % size:
+            return False
+        if self.name == "vmap" and vmap_unsafe(pb.model) is not None:
+            return False
+        return all(p.device.type == "cpu" for p in pb.model.parameters())
+
+    def _compile_job(
+        self,
+        steps: int,
+        lrs: Mapping[str, float | Tensor],
+        scale: float,
+        first_order: bool,
+        inputs: Sequence[Tensor],
+        sample: TaskBatch,
+        workers: int,
+    ) -> Callable[[CompileEntry], None]:
+        """Make replicas here, in the calling thread (``functional_call`` is not running on
+        the model now), and return the background job that compiles the unit on them by
+        running it once on each."""
+        param_ids = self._param_ids()
+        models = [replicate(self.problem.model) for _ in range(workers)]
+        for model in models:
+            model.train(self.problem.model.training)
+
+        def job(entry: CompileEntry) -> None:
+            from metakd.meta._compiled import compiled_unit
+
+            unit = compiled_unit(self, steps, lrs, scale, first_order, inputs, cache=entry.cache)
+            for model in models:
+                unit(model, sample)
+            entry.models, entry.param_ids = models, param_ids
+
+        return job
 
     def _resolve_workers(self, units: int) -> int:
         """How many threads to use for ``units`` units (see ``MAMLWrapper``'s ``workers``)."""
@@ -263,9 +365,10 @@ class VmapBackend(FuncBackend):
         problem: InnerProblem,
         chunk: int | None = None,
         workers: int | None = None,
-        compile: bool = False,
+        compile: CompileMode = False,
+        compile_after_s: float = AUTO_COMPILE_AFTER_S,
     ) -> None:
-        super().__init__(problem, workers, compile=compile)
+        super().__init__(problem, workers, compile=compile, compile_after_s=compile_after_s)
         self.chunk = chunk
 
     def unit_size(self, batch: TaskBatch) -> int:
@@ -370,10 +473,20 @@ class AutoBackend(Backend):
 
     name = "auto"
 
-    def __init__(self, problem: InnerProblem, workers: int | None = None) -> None:
+    def __init__(
+        self,
+        problem: InnerProblem,
+        workers: int | None = None,
+        compile: CompileMode = False,
+        compile_after_s: float = AUTO_COMPILE_AFTER_S,
+    ) -> None:
         super().__init__(problem)
-        self.func = FuncBackend(problem, workers=workers)
-        self.vmap = VmapBackend(problem, chunk=None, workers=None)
+        self.func = FuncBackend(
+            problem, workers=workers, compile=compile, compile_after_s=compile_after_s
+        )
+        self.vmap = VmapBackend(
+            problem, chunk=None, workers=None, compile=compile, compile_after_s=compile_after_s
+        )
 
     def pick(self, batch: TaskBatch) -> FuncBackend:
         """The backend that runs ``batch``."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -44,8 +44,8 @@ def default_backend(device: torch.device | str | None = None) -> str:
 
     So ``"auto"`` sends a meta-batch to ``vmap`` when at least 8 of its tasks fit in one chunk
     of about 320 Omniglot-sized images and the model is vmap-safe, and to ``func`` otherwise
-    (see ``metakd.meta._func.AutoBackend``). ``compile=True`` is faster still once compiled,
-    but its one-off compile of one to two minutes is opt-in.
+    (see ``metakd.meta._func.AutoBackend``). On top of either, ``MAMLWrapper``'s default
+    ``compile="auto"`` compiles a signature in the background once a run has spent 30 s on it.
 
     No accelerator was available to measure on; the same rule is used there. Run the
     benchmark with ``--device cuda`` to compare.
@@ -114,10 +114,18 @@ class MAMLWrapper(nn.Module):
             statistics); vmap 1. More than 1 needs a forward that writes no buffers. Only
             the func and vmap backends use it.
         compile: ``torch.compile`` each task's (func) or chunk's (vmap) whole meta-gradient
-            computation. About 2x faster meta-training on CPU, after a one-off compile of one to
-            two minutes per (inner steps, order, task shape) that Inductor caches on disk
-            (a few seconds in later processes): worth it for long runs. Evaluation stays
-            eager.
+            computation (``channels_last`` inside, Inductor's C++ wrapper), 1.5-3x faster
+            meta-training on CPU once compiled; the first compile of a (inner steps, order,
+            task shape) signature takes one to three minutes, a few seconds in later
+            processes (Inductor's disk cache). ``"auto"`` (default): tiered, as in a JIT:
+            each signature runs eager until it has cost ``compile_after_s`` seconds, then
+            compiles in a background thread while training goes on eager, and runs compiled
+            from then on; short runs and tests never compile and no call waits for a compile
+            (only on CPU; see ``metakd.meta._autocompile``). ``True``: compile at the first
+            meta-batch (and wait). ``False``: always eager. Evaluation stays eager. Ignored
+            (except ``True``, an error) by the learn2learn and higher backends.
+        compile_after_s: eager seconds per signature before ``compile="auto"`` compiles it
+            (default 30; 0 compiles from the first meta-batch, in the background).
 
     Shapes:
         ``meta_loss`` takes a :class:`metakd.data.TaskBatch` (``support_x [T, N*K, C, H, W]``,
@@ -158,7 +166,8 @@ class MAMLWrapper(nn.Module):
         inner_loss_reduction: str = "mean",
         vmap_chunk: int | None = None,
         workers: int | None = None,
-        compile: bool = False,
+        compile: bool | Literal["auto"] = "auto",
+        compile_after_s: float | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -185,8 +194,14 @@ class MAMLWrapper(nn.Module):
             raise ValueError(f"vmap_chunk applies to backend='vmap' only, not {backend!r}")
         if workers is not None and (isinstance(workers, bool) or workers < 1):
             raise ValueError(f"workers must be a positive int or None, got {workers!r}")
-        if compile and backend not in ("func", "vmap", "auto"):
+        if compile not in (True, False, "auto"):
+            raise ValueError(f"compile must be True, False or 'auto', got {compile!r}")
+        if compile is True and backend not in ("func", "vmap", "auto"):
             raise ValueError(f"compile=True needs backend 'func', 'vmap' or 'auto', not {backend!r}")
+        if compile_after_s is not None and not (
+            isinstance(compile_after_s, (int, float)) and compile_after_s >= 0
+        ):
+            raise ValueError(f"compile_after_s must be a number >= 0, got {compile_after_s!r}")
 
         self.model = model
         self.inner_lr = float(inner_lr)
@@ -210,8 +225,11 @@ class MAMLWrapper(nn.Module):
 
         if backend == "auto":
             device = next(iter(params.values())).device
-            backend = "func" if compile else default_backend(device)
+            backend = "func" if compile is True else default_backend(device)
         self.backend_name = backend
+        self.compile_mode: bool | Literal["auto"] = (
+            compile if backend in ("func", "vmap", "auto") else False
+        )
         problem = InnerProblem(model, layout, self.adapted_names, inner_loss)
         self._backend: Backend = make_backend(
             self.backend_name,
@@ -220,9 +238,10 @@ class MAMLWrapper(nn.Module):
             first_order=self.first_order,
             vmap_chunk=vmap_chunk,
             workers=workers,
-            compile=bool(compile),
+            compile=self.compile_mode,
+            compile_after_s=compile_after_s,
         )
-        logger.debug("MAMLWrapper: backend %s, compile=%s", self.backend_name, compile)
+        logger.debug("MAMLWrapper: backend %s, compile=%s", self.backend_name, self.compile_mode)
 
     # ------------------------------------------------------------------------------ helpers
     def _lrs(self) -> dict[str, float | Tensor]:
@@ -326,6 +345,28 @@ class MAMLWrapper(nn.Module):
             "task_accuracy": accs,
         }
         return loss, metrics
+
+    def _auto_compilers(self) -> list[Any]:
+        backend = self._backend
+        parts = [getattr(backend, "func", None), getattr(backend, "vmap", None), backend]
+        found = [getattr(b, "auto_compiler", None) for b in parts if b is not None]
+        return [a for a in found if a is not None]
+
+    def compile_status(self) -> list[dict[str, Any]]:
+        """With ``compile="auto"``: one dict per meta-gradient signature seen so far.
+
+        Keys: ``signature``, ``state`` (``"eager"``, ``"compiling"``, ``"compiled"`` or
+        ``"failed"``), ``eager_s`` (eager seconds spent on it), ``compile_s`` (the background
+        compile's wall time) and ``error``. Empty for other ``compile`` settings.
+        """
+        return [row for a in self._auto_compilers() for row in a.status()]
+
+    def wait_for_compile(self, timeout: float | None = None) -> bool:
+        """Block until the background compiles under way finish (``compile="auto"``).
+
+        Returns ``False`` if one is still running after ``timeout`` seconds.
+        """
+        return all(a.wait(timeout) for a in self._auto_compilers())
 
     def extra_repr(self) -> str:
         return (

@@ -209,9 +209,8 @@ class _BatchNorm(nn.Module):
         """Normalize ``x`` of shape ``[B, C]``, ``[B, C, L]`` or ``[B, C, H, W]``."""
         self._check_input(x)
         if self.mode == "transductive" and native_batch_stats_ok():
-            weight = self.weight
-            if weight is None:  # the native double backward needs a defined weight
-                weight = x.new_ones(self.num_features)
+            # The native double backward needs a defined weight.
+            weight = x.new_ones(self.num_features) if self.weight is None else self.weight
             return F.batch_norm(x, None, None, weight, self.bias, True, 0.0, self.eps)
         reduce_dims = (0, *range(2, x.dim()))
         view = (1, self.num_features) + (1,) * (x.dim() - 2)
