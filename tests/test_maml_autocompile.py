@@ -168,3 +168,19 @@ def test_real_background_compile_matches_eager_float64() -> None:
     assert maml.compile_status()[0]["state"] == "compiled"
     for a, r in zip(_grads(maml, batch), _grads(eager, batch)):
         torch.testing.assert_close(a, r, rtol=0, atol=1e-10)
+
+
+def test_compiled_vmap_runs_half_chunks_in_two_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeCompile()
+    monkeypatch.setattr(compiled_mod, "compiled_unit", fake)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    batch = _batch(tasks=16)  # eager: one vmap chunk of 16; compiled: 2 threads x 8 tasks
+    maml = MAMLWrapper(_net(), 0.1, 1, backend="vmap", compile_after_s=0.0)
+    eager = MAMLWrapper(copy.deepcopy(maml.model), 0.1, 1, backend="vmap", compile=False)
+    _grads(maml, batch)
+    assert maml.wait_for_compile(timeout=60)
+    calls = len(fake.models)
+    compiled = _grads(maml, batch)
+    assert len(fake.models) - calls == 2 and len(set(fake.models[calls:])) == 2
+    for a, r in zip(compiled, _grads(eager, batch)):
+        torch.testing.assert_close(a, r)

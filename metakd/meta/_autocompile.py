@@ -48,6 +48,7 @@ class CompileEntry:
     models: list[nn.Module] = field(default_factory=list)
     cache: dict[Hashable, Callable[..., object]] = field(default_factory=dict)
     param_ids: tuple[int, ...] = ()
+    unit_size: int = 1
     compile_s: float | None = None
     error: str | None = None
     thread: threading.Thread | None = None
