@@ -487,9 +487,10 @@ AUTO_MIN_CHUNK = 8
 class AutoBackend(Backend):
     """``backend="auto"``: ``vmap`` for meta-batches of small tasks, ``func`` otherwise.
 
-    Measured on the 2-core CPU (maml_omniglot, second order, meta-batch 32, same run):
-    1 query per class, 1 step: func 53.2 tasks/s, vmap (one chunk of 32) 131.5; 15 queries,
-    1 step: func 23.4, vmap (chunks of 4) 20.4; 15 queries, 5 steps: func 13.8, vmap 11.2.
+    Measured on the 2-core CPU (maml_omniglot, second order, meta-batch 32, eager, same run;
+    figures in :func:`metakd.meta.default_backend` and docs/benchmarks.md): with 1 query per
+    class one vmap chunk of 32 tasks is 2.2-2.5x faster than func, with 15 queries func in 2
+    threads is 1.6x faster than vmap in chunks of 4.
     Small tasks are overhead-bound and a wide vmap turns 32 small ops into one; large ones are
     compute-bound and the per-task path wins. So a batch goes to vmap when
     :func:`auto_chunk` puts at least :data:`AUTO_MIN_CHUNK` tasks in a chunk and the model is

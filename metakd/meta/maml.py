@@ -34,13 +34,13 @@ def default_backend(device: torch.device | str | None = None) -> str:
     choice between ``vmap`` (small tasks) and ``func`` (large tasks).
 
     Decided from measurements on the 2-core CPU (torch 2.14.1, second-order ``maml_omniglot``,
-    5-way 1-shot, meta-batch 32, same run; ``python -m benchmarks.maml_speed`` has the full
-    table and learn2learn's figures):
+    5-way 1-shot, meta-batch 32, eager, one run of ``python -m benchmarks.maml_speed``, which
+    has the full table and learn2learn's figures; docs/benchmarks.md):
 
-    - 1 query per class (the reference's Omniglot training episodes): ``func`` 53 tasks/s,
-      ``vmap`` with the whole meta-batch in one chunk 132 tasks/s;
-    - 15 queries per class: ``func`` 23.4 (1 step) and 13.8 (5 steps) tasks/s, ``vmap`` in
-      chunks of 4 tasks 20.4 and 11.2.
+    - 1 query per class (the reference's Omniglot training episodes): ``func`` one task at a
+      time 49.8 tasks/s, ``vmap`` in one chunk of 32 tasks 107.9-122.4;
+    - 15 queries per class: ``func`` in 2 worker threads 31.4 (1 step) and 16.2 (5 steps)
+      tasks/s, ``vmap`` in chunks of 4 tasks 19.1 and 10.2.
 
     So ``"auto"`` sends a meta-batch to ``vmap`` when at least 8 of its tasks fit in one chunk
     of about 320 Omniglot-sized images and the model is vmap-safe, and to ``func`` otherwise

@@ -15,7 +15,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -60,6 +60,8 @@ class MAMLConfig:
         clip_grad_value: clip meta-gradient entries (the reference uses 10 on miniImageNet).
         val_every, val_tasks, test_tasks: validation period and episode counts.
         backend: inner-loop backend of :class:`metakd.meta.MAMLWrapper`.
+        compile: ``"auto"`` (compile in the background after 30 s of a task shape), ``"on"``
+            (compile at the first meta-batch) or ``"off"``; see ``MAMLWrapper``'s ``compile``.
         seed: seeds the weights and the task streams.
         out_dir: run folder (checkpoints, log, plot, results).
         max_seconds: stop meta-training after this long (then test).
@@ -93,6 +95,7 @@ class MAMLConfig:
     # (1 training query, meta-batch 32, 2-core CPU) vmap trained at 56 tasks/s against 34 and
     # evaluated 128 episodes in 4.8 s against 154 s; its extra memory is small at this size.
     backend: str = "vmap"
+    compile: str = "auto"
     seed: int = 0
     out_dir: str = "runs/maml"
     max_seconds: float | None = None
@@ -120,6 +123,8 @@ def _splits(cfg: MAMLConfig) -> tuple[str, str | None, str]:
     return "train", "val", "test"
 
 
+_COMPILE_MODES: dict[str, bool | Literal["auto"]] = {"auto": "auto", "on": True, "off": False}
+
 def build(cfg: MAMLConfig) -> dict[str, Any]:
     """Data, model, meta-learner and optimiser of a run (nothing is trained)."""
     from metakd.data import few_shot
@@ -131,6 +136,8 @@ def build(cfg: MAMLConfig) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if cfg.dataset.lower() == "omniglot" and cfg.rotations:
         extra["rotations"] = (0, 90, 180, 270)
+    if cfg.compile not in _COMPILE_MODES:
+        raise ValueError(f"compile={cfg.compile!r} is unknown; use 'auto', 'on' or 'off'")
     train_split, val_split, test_split = _splits(cfg)
     train_set = get_dataset(cfg.dataset, cfg.root, train_split, **extra)
     test_set = get_dataset(cfg.dataset, cfg.root, test_split, **extra)
@@ -142,7 +149,8 @@ def build(cfg: MAMLConfig) -> dict[str, Any]:
         raise ValueError(f"model {cfg.model!r} with options {cfg.model_kwargs}: {e}") from e
     learner = MAMLWrapper(model, inner_lr=cfg.inner_lr, inner_steps=cfg.inner_steps,
                           first_order=cfg.first_order, test_inner_steps=cfg.test_inner_steps,
-                          inner_loss_reduction=cfg.inner_loss_reduction, backend=cfg.backend)
+                          inner_loss_reduction=cfg.inner_loss_reduction, backend=cfg.backend,
+                          compile=_COMPILE_MODES[cfg.compile])
     learner.to(cfg.device)
     common: dict[str, Any] = {"image_size": size, "device": cfg.device}
     out: dict[str, Any] = {
