@@ -12,7 +12,7 @@ Methods: ``metakd:auto`` (``MAMLWrapper``'s defaults: backend ``"auto"``, i.e. v
 whole meta-batch when its tasks are small, else the func backend with 2 worker threads on
 CPU, and ``compile="auto"``, measured once its background compile is done: the wrapper is
 built with ``compile_after_s=0`` so that the compile starts at the first meta-batch instead
-of after 30 s, and ``warmup_s`` is the time from the first meta-batch until the compiled
+of after 120 s, and ``warmup_s`` is the time from the first meta-batch until the compiled
 function is in use, ``compile_s`` the compile thread's own time; both are shorter when
 Inductor's disk cache already holds the graph, and ``eager_tasks_per_s`` is the first,
 eager meta-batch), ``metakd:auto:compile=0`` (the same, never compiled),

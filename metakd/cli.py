@@ -222,7 +222,7 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--backend", choices=["auto", "func", "vmap", "learn2learn", "higher"],
                    help="inner-loop backend (default: vmap)")
     t.add_argument("--compile", choices=["auto", "on", "off"],
-                   help="torch.compile the meta-gradient: auto (in the background after 30 s "
+                   help="torch.compile the meta-gradient: auto (in the background after 120 s "
                         "of one task shape), on (at once) or off (default: auto)")
     t.add_argument("--seed", type=int, help="seed (default: 0)")
     t.add_argument("--out-dir", help="run folder (default: runs/maml)")

@@ -92,12 +92,12 @@ def test_compiles_in_background_then_runs_compiled(
 def test_short_runs_never_compile(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeCompile()
     monkeypatch.setattr(compiled_mod, "compiled_unit", fake)
-    maml = MAMLWrapper(_net(), 0.1, 1)  # default: compile="auto" after 30 s
+    maml = MAMLWrapper(_net(), 0.1, 1)  # default: compile="auto" after 120 s
     assert maml.compile_mode == "auto"
     for _ in range(3):
         _grads(maml, _batch())
     (status,) = maml.compile_status()
-    assert status["state"] == "eager" and 0 < status["eager_s"] < 30
+    assert status["state"] == "eager" and 0 < status["eager_s"] < 120
     assert fake.models == []
 
 
@@ -184,3 +184,14 @@ def test_compiled_vmap_runs_half_chunks_in_two_threads(monkeypatch: pytest.Monke
     assert len(fake.models) - calls == 2 and len(set(fake.models[calls:])) == 2
     for a, r in zip(compiled, _grads(eager, batch)):
         torch.testing.assert_close(a, r)
+
+
+def test_recipe_skips_auto_compile_for_short_budgets() -> None:
+    from metakd.recipes import MAMLConfig
+    from metakd.recipes.maml import SHORT_RUN_S, _compile_mode
+
+    assert _compile_mode(MAMLConfig()) == "auto"  # no budget: a long run
+    assert _compile_mode(MAMLConfig(max_seconds=240.0)) is False  # the demo's 4 minutes
+    assert _compile_mode(MAMLConfig(max_seconds=SHORT_RUN_S)) == "auto"
+    assert _compile_mode(MAMLConfig(compile="on", max_seconds=60.0)) is True
+    assert _compile_mode(MAMLConfig(compile="off")) is False

@@ -12,8 +12,10 @@ every short run, test and notebook cell slower, so the default is tiered, as in 
    training loop goes on eager;
 3. when the thread is done, later meta-batches of that signature run compiled.
 
-A run shorter than ``after_s`` never compiles, and no run ever waits for a compile. A compile
-that fails leaves the signature eager and emits a :class:`RuntimeWarning` with the error.
+A run shorter than ``after_s`` never compiles, and no call waits for a compile, but while a
+cold compile runs the eager loop slows to about a tenth of its speed on a 2-core CPU (see
+:data:`AUTO_COMPILE_AFTER_S`). A compile that fails leaves the signature eager and emits a
+:class:`RuntimeWarning` with the error.
 
 Internal module: use ``MAMLWrapper(..., compile="auto")`` (the default).
 """
@@ -31,10 +33,13 @@ from torch import nn
 
 __all__ = ["AUTO_COMPILE_AFTER_S", "AutoCompiler", "CompileEntry"]
 
-# Eager seconds on one signature before its background compile starts. A cold compile of
-# maml_omniglot's meta-gradient took 30-150 s of one core on the 2-core CPU; 30 s keeps tests
-# and short runs eager, and starts early enough in a run of minutes to pay back.
-AUTO_COMPILE_AFTER_S = 30.0
+# Eager seconds on one signature before its background compile starts: about what a cold
+# compile costs. On the 2-core CPU a cold compile of maml_omniglot's meta-gradient took
+# 50-320 s, and while it ran the eager loop went at about a tenth of its speed (the compiler's
+# Python thread holds the GIL and its C++ builds take the other core): a compile is nearly a
+# stop of that length. Starting it once the signature has cost as much eager time bounds the
+# loss at 2x in the worst case (the rent-or-buy rule); a warm disk cache makes it seconds.
+AUTO_COMPILE_AFTER_S = 120.0
 
 State = Literal["eager", "compiling", "compiled", "failed"]
 

@@ -45,7 +45,7 @@ def default_backend(device: torch.device | str | None = None) -> str:
     So ``"auto"`` sends a meta-batch to ``vmap`` when at least 8 of its tasks fit in one chunk
     of about 320 Omniglot-sized images and the model is vmap-safe, and to ``func`` otherwise
     (see ``metakd.meta._func.AutoBackend``). On top of either, ``MAMLWrapper``'s default
-    ``compile="auto"`` compiles a signature in the background once a run has spent 30 s on it.
+    ``compile="auto"`` compiles a signature in the background once a run has spent 120 s on it.
 
     No accelerator was available to measure on; the same rule is used there. Run the
     benchmark with ``--device cuda`` to compare.
@@ -120,12 +120,13 @@ class MAMLWrapper(nn.Module):
             processes (Inductor's disk cache). ``"auto"`` (default): tiered, as in a JIT:
             each signature runs eager until it has cost ``compile_after_s`` seconds, then
             compiles in a background thread while training goes on eager, and runs compiled
-            from then on; short runs and tests never compile and no call waits for a compile
-            (only on CPU; see ``metakd.meta._autocompile``). ``True``: compile at the first
+            from then on; short runs and tests never compile and no call waits for a compile,
+            though a cold compile slows the eager loop while it runs (only on CPU; see
+            ``metakd.meta._autocompile``). ``True``: compile at the first
             meta-batch (and wait). ``False``: always eager. Evaluation stays eager. Ignored
             (except ``True``, an error) by the learn2learn and higher backends.
         compile_after_s: eager seconds per signature before ``compile="auto"`` compiles it
-            (default 30; 0 compiles from the first meta-batch, in the background).
+            (default 120; 0 compiles from the first meta-batch, in the background).
 
     Shapes:
         ``meta_loss`` takes a :class:`metakd.data.TaskBatch` (``support_x [T, N*K, C, H, W]``,
