@@ -78,23 +78,25 @@ class AutoCompiler:
         self,
         key: Hashable,
         eager_s: float,
-        prepare: Callable[[], Callable[[CompileEntry], None]] | None,
+        prepare: Callable[[], Callable[[CompileEntry], None] | None],
     ) -> None:
         """Add ``eager_s`` seconds to ``key``; start its compile once over the threshold.
 
         ``prepare()`` runs in the calling thread when the threshold is crossed and returns
         the job for the background thread: ``job(entry)`` fills ``entry.models`` (replicas
         of the model for the compiled unit alone) and ``entry.cache`` (their compiled
-        functions) by running one unit on each. ``prepare=None``: this signature cannot be
-        compiled and stays eager.
+        functions) by running one unit on each. ``prepare()`` returns ``None`` when the
+        signature cannot be compiled now: it stays eager (and is asked again next time).
         """
         with self._lock:
             entry = self.entries.setdefault(key, CompileEntry())
             entry.eager_s += eager_s
-            if prepare is None or entry.state != "eager" or entry.eager_s < self.after_s:
+            if entry.state != "eager" or entry.eager_s < self.after_s:
+                return
+            start = prepare()
+            if start is None:
                 return
             entry.state = "compiling"
-        start = prepare()
         thread = threading.Thread(
             target=self._compile, args=(entry, start), name="metakd-compile", daemon=True
         )

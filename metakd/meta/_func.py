@@ -192,15 +192,14 @@ class FuncBackend(Backend):
         grads = partial[0] if workers == 1 else [torch.stack(g).sum(0) for g in zip(*partial)]
         done = [r for r in results if r is not None]
         if auto is not None and key is not None:
-            prepare = None
-            c_size, c_workers = self.compiled_layout(batch, size, workers)
-            if self._compilable(batch, c_size):
-                sample = batch.slice_tasks_by(c_size)[0]
 
-                def prepare() -> Callable[[CompileEntry], None]:
-                    return self._compile_job(
-                        steps, lrs, scale, first_order, inputs, sample, c_workers
-                    )
+            def prepare() -> Callable[[CompileEntry], None] | None:
+                # Called only when the signature crosses the threshold, not on every batch.
+                c_size, c_workers = self.compiled_layout(batch, size, workers)
+                if not self._compilable(batch, c_size):
+                    return None
+                sample = batch.slice_tasks_by(c_size)[0]
+                return self._compile_job(steps, lrs, scale, first_order, inputs, sample, c_workers)
 
             auto.record(key, time.perf_counter() - started, prepare)
         return torch.cat([r[0] for r in done]), torch.cat([r[1] for r in done]), grads
@@ -228,9 +227,10 @@ class FuncBackend(Backend):
         learned = any(isinstance(v, Tensor) for v in lrs.values())
         lr_key = "learned" if learned else tuple(sorted((n, float(v)) for n, v in lrs.items()))
         x = batch.support_x
+        # The whole shapes, task count included: the compiled units' layout depends on it.
         return (
-            self.name, size, len(batch) % size == 0, workers, steps, first_order, scale, lr_key,
-            tuple(x.shape[1:]), tuple(batch.query_x.shape[1:]), x.dtype, x.device.type,
+            self.name, size, workers, steps, first_order, scale, lr_key,
+            tuple(x.shape), tuple(batch.query_x.shape), x.dtype, x.device.type,
         )
 
     def _compilable(self, batch: TaskBatch, size: int) -> bool:

@@ -56,6 +56,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch._C._functorch import TransformType
+from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 __all__ = [
     "BN_MODES",
@@ -73,9 +75,6 @@ BN_MODES: tuple[str, ...] = ("transductive", "running", "per_step")
 
 def _under_vmap() -> bool:
     """Whether the calling code runs inside ``torch.func.vmap`` (at any nesting level)."""
-    from torch._C._functorch import TransformType
-    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
-
     return any(i.key() == TransformType.Vmap for i in retrieve_all_functorch_interpreters())
 
 
