@@ -71,6 +71,8 @@ def _save_episode_picture(cfg_dataset_split: tuple[int, int, int], out: Path, se
 
 
 def _print_results(res: dict[str, Any], out: Path) -> None:
+    if "test" not in res:  # a rank other than 0 under torchrun: rank 0 tests and reports
+        return
     print(f"  meta-trained {res['steps']} meta-iterations"
           + (" (time budget reached)" if res["stopped_early"] else ""))
     print(f"  model: {res['selected']}")

@@ -160,7 +160,7 @@ def test_time_budget_and_learning_curve(tmp_path: Path) -> None:
 def _worker(rank: int, world_size: int, init: str, out: str) -> None:
     import torch.distributed as dist
 
-    from metakd.engine import all_reduce_gradients, rank_slice
+    from metakd.engine import all_reduce_gradients, rank_slice, shutdown_distributed
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world_size)
     model, train, _, _, _ = build()
@@ -170,7 +170,8 @@ def _worker(rank: int, world_size: int, init: str, out: str) -> None:
     all_reduce_gradients(model.parameters())
     if rank == 0:
         torch.save({k: p.grad for k, p in model.named_parameters()}, out)
-    dist.destroy_process_group()
+    shutdown_distributed()
+    assert not dist.is_initialized()
 
 
 def test_two_gloo_processes_equal_one_process_with_the_whole_meta_batch(tmp_path: Path) -> None:
@@ -216,3 +217,19 @@ def test_budget_cosine_steps_and_resume() -> None:
     assert timed.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match="final_factor"):
         BudgetCosine(opt, steps=3, final_factor=2.0)
+
+
+def test_torchrun_two_ranks_train_and_only_rank_0_reports(tmp_path: Path) -> None:
+    """`metakd train` under torchrun: both ranks train, leave the group together, exit 0."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
+           "--standalone", "-m", "metakd.cli", "train", "maml", "--steps", "3",
+           "--meta-batch-size", "4", "--test-tasks", "4", "--out-dir", str(out), "--no-progress",
+           "--compile", "off"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("held-out 5-way 1-shot accuracy") == 1  # rank 0 alone
+    steps = [r["step"] for r in read_log(out / "log.jsonl") if r["kind"] == "train"]
+    assert steps[-1] == 3
+    assert (out / "results.json").exists() and (out / "last.pt").exists()

@@ -1,7 +1,12 @@
 """Training engine: the meta-training loop, evaluation with confidence intervals, checkpoints."""
 
 from metakd.engine.checkpoint import load_checkpoint, save_checkpoint
-from metakd.engine.distributed import all_reduce_gradients, init_distributed, rank_slice
+from metakd.engine.distributed import (
+    all_reduce_gradients,
+    init_distributed,
+    rank_slice,
+    shutdown_distributed,
+)
 from metakd.engine.logger import JsonlLogger, plot_learning_curve, read_log
 from metakd.engine.schedule import BudgetCosine
 from metakd.engine.stats import EvalResult, mean_confidence_interval, student_t_quantile
@@ -24,5 +29,6 @@ __all__ = [
     "rank_slice",
     "read_log",
     "save_checkpoint",
+    "shutdown_distributed",
     "student_t_quantile",
 ]

@@ -17,7 +17,13 @@ import torch.distributed as dist
 
 from metakd.data.batch import TaskBatch
 
-__all__ = ["all_reduce_gradients", "init_distributed", "rank_slice", "world"]
+__all__ = [
+    "all_reduce_gradients",
+    "init_distributed",
+    "rank_slice",
+    "shutdown_distributed",
+    "world",
+]
 
 
 def init_distributed(backend: str | None = None) -> tuple[int, int]:
@@ -34,6 +40,19 @@ def init_distributed(backend: str | None = None) -> tuple[int, int]:
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     return dist.get_rank(), dist.get_world_size()
+
+
+def shutdown_distributed() -> None:
+    """Leave the default process group cleanly: a barrier, then ``destroy_process_group``.
+
+    Without the barrier a rank that finishes first can tear its gloo transport down while a
+    peer still talks to it, and a gloo worker thread then aborts the process (``terminate
+    called without an active exception``, SIGABRT). A no-op without a process group.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def world() -> tuple[int, int]:

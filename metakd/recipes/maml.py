@@ -200,8 +200,18 @@ def run_maml(cfg: MAMLConfig, progress: bool = True, resume: bool = True) -> dic
     """
     import os
 
-    from metakd.engine import evaluate, fit, init_distributed, load_checkpoint, plot_learning_curve
+    import torch.distributed as dist
 
+    from metakd.engine import (
+        evaluate,
+        fit,
+        init_distributed,
+        load_checkpoint,
+        plot_learning_curve,
+        shutdown_distributed,
+    )
+
+    own_group = not (dist.is_available() and dist.is_initialized())
     rank, world_size = init_distributed()  # torchrun: each rank takes a slice of every meta-batch
     if world_size > 1 and cfg.device == "cuda":
         cfg = dataclasses.replace(cfg, device=f"cuda:{os.environ.get('LOCAL_RANK', 0)}")
@@ -216,8 +226,10 @@ def run_maml(cfg: MAMLConfig, progress: bool = True, resume: bool = True) -> dic
                  scheduler=parts["scheduler"],
                  clip_grad_value=cfg.clip_grad_value, out_dir=out, resume=resume,
                  max_seconds=cfg.max_seconds, progress=progress, device=cfg.device)
+    if world_size > 1 and own_group:
+        shutdown_distributed()  # every rank is done training; leave the group together
     if rank != 0:  # rank 0 alone tests and writes the results
-        return {"rank": rank, "steps": result.step}
+        return {"rank": rank, "steps": result.step, "stopped_early": result.stopped_early}
     selected = "last"
     if parts["val_tasks"] is not None and (out / "best.pt").exists():
         learner.load_state_dict(load_checkpoint(out / "best.pt")["model"])
