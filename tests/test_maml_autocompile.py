@@ -44,6 +44,7 @@ class FakeCompile:
     def __init__(self, fail: bool = False) -> None:
         self.fail = fail
         self.models: list[int] = []
+        self.threads: list[int] = []  # torch.get_num_threads() at each call
 
     def __call__(self, backend: Any, steps: int, lrs: Any, scale: float, first_order: bool,
                  inputs: Any, cache: Any = None) -> Any:
@@ -53,6 +54,7 @@ class FakeCompile:
 
         def unit(model: torch.nn.Module, b: TaskBatch) -> Any:
             self.models.append(id(model))
+            self.threads.append(torch.get_num_threads())
             return eager(model, b)
 
         return unit
@@ -161,29 +163,52 @@ def test_compile_argument_validation() -> None:
 def test_real_background_compile_matches_eager_float64() -> None:
     net = _net().double()
     batch = _batch(torch.float64)
+    torch.set_num_threads(2)  # 1 intra-op thread per worker: what the compile must match
     maml = MAMLWrapper(net, 0.1, 2, backend="func", workers=2, compile_after_s=0.0)
     eager = MAMLWrapper(copy.deepcopy(net), 0.1, 2, backend="func", compile=False)
     _grads(maml, batch)
     assert maml.wait_for_compile(timeout=600)
     assert maml.compile_status()[0]["state"] == "compiled"
-    for a, r in zip(_grads(maml, batch), _grads(eager, batch)):
+    from torch._dynamo import config as dynamo_config
+
+    with dynamo_config.patch(error_on_recompile=True):  # no compile in the loop
+        compiled = _grads(maml, batch)
+    for a, r in zip(compiled, _grads(eager, batch)):
         torch.testing.assert_close(a, r, rtol=0, atol=1e-10)
 
 
-def test_compiled_vmap_runs_half_chunks_in_two_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compiled_vmap_runs_chunks_of_8_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = FakeCompile()
     monkeypatch.setattr(compiled_mod, "compiled_unit", fake)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
-    batch = _batch(tasks=16)  # eager: one vmap chunk of 16; compiled: 2 threads x 8 tasks
+    batch = _batch(tasks=16)  # eager: one vmap chunk of 16; compiled: 2 chunks of 8
     maml = MAMLWrapper(_net(), 0.1, 1, backend="vmap", compile_after_s=0.0)
     eager = MAMLWrapper(copy.deepcopy(maml.model), 0.1, 1, backend="vmap", compile=False)
     _grads(maml, batch)
     assert maml.wait_for_compile(timeout=60)
     calls = len(fake.models)
     compiled = _grads(maml, batch)
-    assert len(fake.models) - calls == 2 and len(set(fake.models[calls:])) == 2
+    assert len(fake.models) - calls == 2 and len(set(fake.models[calls:])) == 1
     for a, r in zip(compiled, _grads(eager, batch)):
         torch.testing.assert_close(a, r)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_background_compile_runs_with_the_workers_intra_op_threads(
+    workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dynamo guards on torch.get_num_threads(): the compile thread must use the count the
+    worker threads will (2 cores over 2 workers: 1 each), else the first compiled meta-batch
+    compiles again, in the training loop."""
+    fake = FakeCompile()
+    monkeypatch.setattr(compiled_mod, "compiled_unit", fake)
+    torch.set_num_threads(2)  # the fixture restores its own setting afterwards
+    maml = MAMLWrapper(_net(), 0.1, 1, backend="func", workers=workers, compile_after_s=0.0)
+    _grads(maml, _batch())
+    assert maml.wait_for_compile(timeout=60)
+    at_compile = set(fake.threads)
+    fake.threads.clear()
+    _grads(maml, _batch())
+    assert fake.threads and set(fake.threads) == at_compile == {2 // workers}
 
 
 def test_recipe_skips_auto_compile_for_short_budgets() -> None:

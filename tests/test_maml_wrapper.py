@@ -322,9 +322,15 @@ def test_auto_backend_picks_vmap_for_small_tasks_and_func_for_large() -> None:
 
     small, large = batch(10, 1), batch(3, 15)
     assert auto_chunk(small) == 10 >= AUTO_MIN_CHUNK and auto_chunk(large) == 3
+    # second order keeps every inner step's graph: the support counts once per step
+    # (5 x 5 + 5 = 30 images a task, room for 10 in 320), spread evenly over the chunks
+    assert auto_chunk(batch(32, 1), kept_steps=1) == 32
+    assert auto_chunk(batch(32, 1), kept_steps=5) == 8  # 4 chunks of 8, not 10 + 10 + 10 + 2
+    assert auto_chunk(batch(12, 1), kept_steps=5) == 6
     auto = MAMLWrapper(copy.deepcopy(net), 0.4, 1)
     picked = auto._backend.pick  # type: ignore[attr-defined]
     assert picked(small).name == "vmap" and picked(large).name == "func"
+    assert picked(batch(12, 1), 1).name == "vmap" and picked(batch(12, 1), 5).name == "func"
     for b in (small, large):  # same meta-gradients as the sequential func backend, float64
         ref = MAMLWrapper(copy.deepcopy(net), 0.4, 1, backend="func", workers=1)
         got = MAMLWrapper(copy.deepcopy(net), 0.4, 1)

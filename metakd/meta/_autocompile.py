@@ -22,6 +22,9 @@ Internal module: use ``MAMLWrapper(..., compile="auto")`` (the default).
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import gc
 import threading
 import time
 import warnings
@@ -31,7 +34,7 @@ from typing import Literal
 
 from torch import nn
 
-__all__ = ["AUTO_COMPILE_AFTER_S", "AutoCompiler", "CompileEntry"]
+__all__ = ["AUTO_COMPILE_AFTER_S", "AutoCompiler", "CompileEntry", "release_free_memory"]
 
 # Eager seconds on one signature before its background compile starts: about what a cold
 # compile costs. On the 2-core CPU a cold compile of maml_omniglot's meta-gradient took
@@ -42,6 +45,32 @@ __all__ = ["AUTO_COMPILE_AFTER_S", "AutoCompiler", "CompileEntry"]
 AUTO_COMPILE_AFTER_S = 120.0
 
 State = Literal["eager", "compiling", "compiled", "failed"]
+
+@functools.cache
+def _libc_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return None
+    return trim
+
+
+def release_free_memory() -> bool:
+    """Collect garbage and hand the C heap's free pages back to the OS (glibc ``malloc_trim``).
+
+    Called twice per compile: when the background compile ends (its transient memory sits
+    free in that thread's heap arena) and after the first compiled meta-batch (the eager
+    meta-batches' memory sits free in the arenas of the threads that ran them). glibc keeps
+    freed memory of each thread's arena for reuse by that arena alone, so without it the
+    process holds the peaks of the eager phase, of the compiler and of the compiled phase at
+    once. Returns ``False`` where the C library has no ``malloc_trim`` (not glibc).
+    """
+    gc.collect()
+    trim = _libc_malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 @dataclass
@@ -57,6 +86,7 @@ class CompileEntry:
     compile_s: float | None = None
     error: str | None = None
     thread: threading.Thread | None = None
+    released: bool = False  # free memory handed back after the first compiled meta-batch
 
 
 class AutoCompiler:
@@ -110,6 +140,7 @@ class AutoCompiler:
         except Exception as e:  # reported as a warning; the signature stays eager
             entry.error = f"{type(e).__name__}: {e}"
             entry.state = "failed"
+            release_free_memory()
             warnings.warn(
                 f"metakd: the background torch.compile of a MAML meta-gradient failed, "
                 f"training goes on eager (pass compile=False to skip it): {entry.error}",
@@ -118,6 +149,7 @@ class AutoCompiler:
             )
             return
         entry.compile_s = time.perf_counter() - t0
+        release_free_memory()
         entry.state = "compiled"
 
     def invalidate(self, key: Hashable) -> None:

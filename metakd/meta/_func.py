@@ -22,7 +22,12 @@ import torch
 from torch import Tensor, nn
 
 from metakd.data.batch import TaskBatch
-from metakd.meta._autocompile import AUTO_COMPILE_AFTER_S, AutoCompiler, CompileEntry
+from metakd.meta._autocompile import (
+    AUTO_COMPILE_AFTER_S,
+    AutoCompiler,
+    CompileEntry,
+    release_free_memory,
+)
 from metakd.meta._backends import (
     Backend,
     InnerProblem,
@@ -113,8 +118,8 @@ class FuncBackend(Backend):
         return MAMLLearner(forward, params)
 
     # ---------------------------------------------------------------------- meta-gradients
-    def unit_size(self, batch: TaskBatch) -> int:
-        """Tasks per unit for ``batch``."""
+    def unit_size(self, batch: TaskBatch, kept_steps: int = 1) -> int:
+        """Tasks per unit for ``batch`` (``kept_steps``: see :func:`auto_chunk`)."""
         return 1
 
     def eager_unit(
@@ -147,11 +152,12 @@ class FuncBackend(Backend):
         inputs: Sequence[Tensor],
     ) -> tuple[Tensor, Tensor, list[Tensor]]:
         n = len(batch)
-        size = self.unit_size(batch)
+        size = self.unit_size(batch, 1 if first_order else steps)
         units = batch.slice_tasks_by(size)
         workers = self._resolve_workers(len(units))
         models = self._get_replicas(workers) if workers > 1 else [self.problem.model]
         auto, key = self.auto_compiler, None
+        first_compiled: CompileEntry | None = None
         unit: Unit | None = None
         if self.compile is True:
             from metakd.meta._compiled import compiled_unit
@@ -170,6 +176,8 @@ class FuncBackend(Backend):
                 )
                 models, key = entry.models, None
                 units, workers = batch.slice_tasks_by(entry.unit_size), len(entry.models)
+                if not entry.released:
+                    first_compiled = entry
         if unit is None:
             unit = self.eager_unit(steps, lrs, scale, first_order, inputs)
         started = time.perf_counter()
@@ -191,6 +199,9 @@ class FuncBackend(Backend):
             work(0)
         grads = partial[0] if workers == 1 else [torch.stack(g).sum(0) for g in zip(*partial)]
         done = [r for r in results if r is not None]
+        if first_compiled is not None:  # the eager phase's freed memory goes back to the OS
+            first_compiled.released = True
+            release_free_memory()
         if auto is not None and key is not None:
 
             def prepare() -> Callable[[CompileEntry], None] | None:
@@ -264,13 +275,19 @@ class FuncBackend(Backend):
         models = [replicate(self.problem.model) for _ in range(workers)]
         for model in models:
             model.train(self.problem.model.training)
+        # The intra-op threads the units will run with (run_threads splits them over the
+        # workers): Dynamo guards on torch.get_num_threads(), so a unit compiled under another
+        # count would be compiled again on its first real call, in the training loop.
+        threads = torch.get_num_threads()
+        intra = max(1, threads // workers) if workers > 1 else threads
 
         def job(entry: CompileEntry) -> None:
             from metakd.meta._compiled import compiled_unit
 
             unit = compiled_unit(self, steps, lrs, scale, first_order, inputs, cache=entry.cache)
-            for model in models:
-                unit(model, sample)
+            with _intra_op_threads(intra):
+                for model in models:
+                    unit(model, sample)
             entry.models, entry.param_ids, entry.unit_size = models, param_ids, len(sample)
 
         return job
@@ -307,21 +324,33 @@ class FuncBackend(Backend):
 
 
 # Input elements (images x channels x pixels) per vmap chunk when ``chunk=None``: 320 Omniglot
-# images of 28 x 28. Measured in one run on random 28 px tasks (2-core CPU, maml_omniglot,
-# meta-batch 32, second order, 1 inner step): with 1 query per class (10 images a task) chunks of 8/16/32
-# tasks ran at 71/81/89 tasks/s; with 15 queries (80 images a task) chunks of 2/4/8/16 ran at
-# 18.6/18.3/16.9/15.2. Small tasks gain from wide vmaps (fewer, larger ops); large ones lose
-# (the grouped convolutions and their graphs outgrow the caches).
+# images of 28 x 28, where a second-order task counts its support images once per inner step
+# (the graph of every step is kept for the meta-gradient). Measured in one run on random 28 px
+# tasks (2-core CPU, maml_omniglot, meta-batch 32, second order):
+# - speed, 1 inner step: with 1 query per class (10 images a task) chunks of 8/16/32 tasks ran
+#   at 71/81/89 tasks/s; with 15 queries (80 images a task) chunks of 2/4/8/16 ran at
+#   18.6/18.3/16.9/15.2. Small tasks gain from wide vmaps (fewer, larger ops); large ones lose
+#   (the grouped convolutions and their graphs outgrow the caches).
+# - memory, 5 inner steps, 1 query per class: a chunk of 32 tasks ran at 30.0 tasks/s with a
+#   peak RSS of 1,523 MB (1.90x learn2learn's 804 MB), chunks of 8 at 25.4 tasks/s and 968 MB
+#   (1.20x); learn2learn 16.2 tasks/s. Counting the support once per step gives chunks of 8.
 CHUNK_ELEMENTS = 320 * 28 * 28
 
-# Tasks per compiled vmap chunk when the eager chunk is larger (VmapBackend.compiled_layout).
+# Most tasks per compiled vmap chunk (VmapBackend.compiled_layout).
 COMPILED_CHUNK = 8
 
 
-def auto_chunk(batch: TaskBatch) -> int:
-    """Tasks per vmap call for ``batch``: as many as fit in :data:`CHUNK_ELEMENTS` inputs."""
-    per_task = batch.support_x[0].numel() + batch.query_x[0].numel()
-    return max(1, min(len(batch), CHUNK_ELEMENTS // max(per_task, 1)))
+def auto_chunk(batch: TaskBatch, kept_steps: int = 1) -> int:
+    """Tasks per vmap call for ``batch``: as many as fit in :data:`CHUNK_ELEMENTS` inputs.
+
+    ``kept_steps`` is the number of inner steps whose graph the meta-gradient keeps (the
+    inner steps in second order, else 1); each counts the support images once. The tasks
+    are then spread evenly: 32 tasks with room for 10 a chunk run as 4 chunks of 8.
+    """
+    per_task = batch.support_x[0].numel() * max(kept_steps, 1) + batch.query_x[0].numel()
+    most = max(1, min(len(batch), CHUNK_ELEMENTS // max(per_task, 1)))
+    chunks = -(-len(batch) // most)
+    return -(-len(batch) // chunks)
 
 
 @contextmanager
@@ -380,26 +409,30 @@ class VmapBackend(FuncBackend):
         super().__init__(problem, workers, compile=compile, compile_after_s=compile_after_s)
         self.chunk = chunk
 
-    def unit_size(self, batch: TaskBatch) -> int:
+    def unit_size(self, batch: TaskBatch, kept_steps: int = 1) -> int:
         if self.chunk is not None:
             return self.chunk
-        return auto_chunk(batch)
+        return auto_chunk(batch, kept_steps)
 
     def compiled_layout(self, batch: TaskBatch, size: int, workers: int) -> tuple[int, int]:
-        """Compiled chunks of at most :data:`COMPILED_CHUNK` tasks in 2 worker threads (CPU).
+        """Compiled chunks of at most :data:`COMPILED_CHUNK` tasks, one at a time.
 
         Eager vmap is fastest in one wide chunk (fewer, larger ops); compiled, the per-op
-        overhead is gone and two threads on half-size chunks were faster, with half the
-        graph in memory at a time (1 query per class, meta-batch 32, same run: chunks of 8
-        in 2 threads 180.9 tasks/s, one chunk of 32 167.7). A ``vmap_chunk`` or ``workers``
-        given by the user is kept.
+        overhead is gone and smaller chunks were as fast or faster, with a fraction of the
+        graph in memory. Measured in one run (maml_omniglot, 1 query per class, meta-batch
+        32, second order, best of 2 interleaved rounds; tasks/s and peak RSS against
+        learn2learn): 1 step, chunks of 8 one at a time 182.0 (3.24x, 1.04x), chunks of 8 in
+        2 threads 147.1 (2.62x, 1.12x), one chunk of 32 141.5 (2.52x, 1.22x); 5 steps,
+        33.7 (2.81x, 1.18x), 36.6 (3.05x, 1.39x) and 36.8 (3.07x, 1.70x). A ``vmap_chunk``
+        or ``workers`` given by the user is kept.
         """
-        if self.chunk is not None or self.workers is not None:
+        if self.chunk is not None or self.workers is not None or size <= COMPILED_CHUNK:
             return size, workers
-        c_size = min(size, COMPILED_CHUNK)
-        if len(batch) % c_size or len(batch) // c_size < 2 or torch.get_num_threads() < 2:
+        chunks = -(-len(batch) // COMPILED_CHUNK)
+        c_size = -(-len(batch) // chunks)
+        if len(batch) % c_size:
             return size, workers
-        return c_size, 2
+        return c_size, 1
 
     def _resolve_workers(self, units: int) -> int:
         # A chunk is already a batch of tasks: by default one chunk at a time, which keeps
@@ -514,9 +547,12 @@ class AutoBackend(Backend):
             problem, chunk=None, workers=None, compile=compile, compile_after_s=compile_after_s
         )
 
-    def pick(self, batch: TaskBatch) -> FuncBackend:
-        """The backend that runs ``batch``."""
-        if auto_chunk(batch) >= AUTO_MIN_CHUNK and vmap_unsafe(self.problem.model) is None:
+    def pick(self, batch: TaskBatch, kept_steps: int = 1) -> FuncBackend:
+        """The backend that runs ``batch`` (``kept_steps``: see :func:`auto_chunk`)."""
+        if (
+            auto_chunk(batch, kept_steps) >= AUTO_MIN_CHUNK
+            and vmap_unsafe(self.problem.model) is None
+        ):
             return self.vmap
         return self.func
 
@@ -540,7 +576,8 @@ class AutoBackend(Backend):
         first_order: bool,
         inputs: Sequence[Tensor],
     ) -> tuple[Tensor, Tensor, list[Tensor]]:
-        return self.pick(batch).meta_gradients(batch, steps, lrs, scale, first_order, inputs)
+        backend = self.pick(batch, 1 if first_order else steps)
+        return backend.meta_gradients(batch, steps, lrs, scale, first_order, inputs)
 
     def evaluate(
         self,
