@@ -27,9 +27,9 @@ outside ``vmap``, as ``torch.nn.BatchNorm2d`` in learn2learn's own ``OmniglotCNN
 Each (config, method) runs in a fresh subprocess, so that ``ru_maxrss`` is that method's
 peak resident memory; ``peak_rss_mb`` is the absolute peak, ``rss_delta_mb`` the peak minus
 the process's resident size just before the first meta-batch (imports, model and data
-already there), ``steady_peak_rss_mb`` the peak of the timed meta-batches alone (sampled
-every 5 ms; for ``metakd:auto`` after its compile, so it leaves out the eager phase and the
-compiler). On CUDA ``torch.cuda.max_memory_allocated`` is reported instead. The rounds
+already there), ``steady_peak_rss_mb`` the peak of the timed meta-batches alone (the
+kernel's peak mark, ``VmHWM``, reset before them through ``/proc/self/clear_refs``; for
+``metakd:auto`` after its compile, so it leaves out the eager phase and the compiler). On CUDA ``torch.cuda.max_memory_allocated`` is reported instead. The rounds
 run the methods interleaved and keep each one's best meta-batch time, because this machine
 is shared and other jobs steal cycles; ``warmup_s`` is the first meta-batch's time minus
 the best one (compilation, allocator and oneDNN primitive caches).
@@ -49,7 +49,6 @@ import platform
 import resource
 import subprocess
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -214,35 +213,22 @@ def make_step(method: str, cfg: Config, model: nn.Module, batch: Any) -> Callabl
     raise ValueError(f"unknown method {method!r}")
 
 
-class _RSSSampler:
-    """Peak resident memory (``VmRSS``) over a stretch of time, read every 5 ms in a thread.
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark of this process (``VmHWM``; Linux 4.0 and later)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
 
-    ``ru_maxrss`` is the peak of the process's whole life; this is the peak of the timed
-    meta-batches alone, after the warm-up and, for ``compile="auto"``, after the compile.
-    """
 
-    def __init__(self) -> None:
-        self.peak_kb = self._rss_kb()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    @staticmethod
-    def _rss_kb() -> int:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        return 0
-
-    def _run(self) -> None:
-        while not self._done.wait(0.005):
-            self.peak_kb = max(self.peak_kb, self._rss_kb())
-
-    def stop(self) -> float:
-        self._done.set()
-        self._thread.join()
-        return max(self.peak_kb, self._rss_kb()) / 1024
+def _peak_rss_since_reset_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def measure(
@@ -295,14 +281,16 @@ def measure(
         failed = [row["error"] for row in states if row["state"] == "failed"]
         if failed:
             raise RuntimeError(f"{method}: the background compile failed: {failed[0]}")
-    sampler = _RSSSampler() if dev.type != "cuda" else None
+    # Resetting VmHWM also lowers ru_maxrss (both read the kernel's mark): keep the peak so far.
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    steady = dev.type != "cuda" and _reset_peak_rss()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         step()
         sync()
         times.append(time.perf_counter() - t0)
-    steady_mb = sampler.stop() if sampler is not None else None
+    steady_mb = _peak_rss_since_reset_mb() if steady else None
     times.sort()
     grad_norm = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     out: dict[str, Any] = {
@@ -317,7 +305,7 @@ def measure(
     if dev.type == "cuda":
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = max(peak_before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
         out["peak_rss_mb"] = peak / 1024  # Linux: kilobytes
         out["rss_delta_mb"] = (peak - rss0) / 1024
         out["steady_peak_rss_mb"] = steady_mb

@@ -105,9 +105,12 @@ class MAMLWrapper(nn.Module):
             support (inner) and query (outer) losses.
         inner_loss_reduction: ``"mean"`` or ``"sum_over_k"`` (TF reference, see above).
         vmap_chunk: tasks per ``vmap`` call with ``backend="vmap"``. ``None``: as many as
-            hold about 320 Omniglot-sized images (support + query), e.g. all 32 tasks of a
-            5-way 1-shot 1-query meta-batch, 4 tasks with 15 queries, 1 on miniImageNet;
-            measured fastest on CPU (see ``metakd.meta._func.CHUNK_ELEMENTS``).
+            hold about 320 Omniglot-sized images (support + query, the support counted once
+            per inner step in second order, whose graphs are all kept), spread evenly, e.g.
+            all 32 tasks of a 5-way 1-shot 1-query meta-batch at 1 step, 4 chunks of 8 at 5
+            steps, 4 tasks with 15 queries, 1 on miniImageNet; measured fastest on CPU within
+            a memory bound (see ``metakd.meta._func.CHUNK_ELEMENTS``). Compiled, chunks of at
+            most 8 tasks.
         workers: threads that run tasks (func) or chunks (vmap) concurrently, sharing the
             intra-op threads; each holds one task's (chunk's) graph. ``None``: func 2 on a
             CPU with at least 2 threads, else 1 (and 1 whenever a module writes running
