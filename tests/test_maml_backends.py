@@ -46,10 +46,11 @@ def make_batch(
 
 
 def meta_grads(
-    model: nn.Module, batch: TaskBatch, backend: str, steps: int, first_order: bool, **kw: object
+    model: nn.Module, batch: TaskBatch, backend: str, steps: int, first_order: bool,
+    inner_lr: float = 0.1, **kw: object
 ) -> tuple[float, list[Tensor]]:
     model = copy.deepcopy(model)
-    maml = MAMLWrapper(model, inner_lr=0.1, inner_steps=steps, first_order=first_order,
+    maml = MAMLWrapper(model, inner_lr=inner_lr, inner_steps=steps, first_order=first_order,
                        backend=backend, **kw)  # type: ignore[arg-type]
     loss, metrics = maml.meta_loss(batch)
     loss.backward()
@@ -103,20 +104,48 @@ def test_backends_agree_resnet12(steps: int, first_order: bool) -> None:
         assert_same(ref, got, torch.float64)
 
 
+def _flat(grads: list[Tensor]) -> Tensor:
+    return torch.cat([g.flatten().double() for g in grads])
+
+
+def _rel(a: Tensor, b: Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("steps", [1, 5])
 def test_backends_agree_resnet12_full_width(dtype: torch.dtype, steps: int) -> None:
-    """The real ResNet-12 (64-128-256-512) at 32 px, second order."""
+    """The real ResNet-12 (64-128-256-512) at 32 px, second order, inner lr 0.01.
+
+    0.01 is the usual MAML inner lr for a ResNet; at 0.1 its 5-step inner loop diverges
+    (meta-gradient norm 5e4) and float32 cannot resolve the meta-gradient at all (the
+    sequential float32 result was 70% off the float64 one). Even at 0.01 and 5 steps it is
+    9% off: the problem is ill-conditioned in float32, and two float32 paths that round
+    differently (the native BatchNorm kernel outside vmap, the var_mean form under it)
+    differ by far more than 1e-3. So in float32 each backend must be as accurate as the
+    sequential float32 path, measured against the float64 meta-gradient; in float64 every
+    backend is within 1e-10 (relative, over all parameters) of the sequential one.
+    """
     for name in ("learn2learn", "higher"):
         pytest.importorskip(name)
     torch.manual_seed(0)
-    model = create("resnet12", num_classes=5, bn_mode="transductive").to(dtype)
-    batch = make_batch(2, 5, 1, 3, 32, dtype)
-    _, ref = meta_grads(model, batch, "func", steps, False, workers=1)
+    model = create("resnet12", num_classes=5, bn_mode="transductive").double()
+    batch = make_batch(2, 5, 1, 3, 32, torch.float64)
+    _, truth = meta_grads(model, batch, "func", steps, False, inner_lr=0.01, workers=1)
+    if dtype == torch.float32:
+        model = model.float()  # the same weights and images, rounded to float32
+        batch = TaskBatch(batch.support_x.float(), batch.support_y, batch.query_x.float(),
+                          batch.query_y)
+        _, seq32 = meta_grads(model, batch, "func", steps, False, inner_lr=0.01, workers=1)
+        bound = max(1e-3, 1.5 * _rel(_flat(seq32), _flat(truth)))
     for backend, kw in VARIANTS:
-        _, got = meta_grads(model, batch, backend, steps, False, **kw)
-        assert_same(ref, got, dtype)
+        _, got = meta_grads(model, batch, backend, steps, False, inner_lr=0.01, **kw)
+        err = _rel(_flat(got), _flat(truth))
+        if dtype == torch.float64:
+            assert err < 1e-10, (backend, kw, err)
+        else:
+            assert err <= bound, (backend, kw, err, bound)
 
 
 def test_backends_agree_maml_omniglot_float32() -> None:
