@@ -46,6 +46,7 @@ AUTO_COMPILE_AFTER_S = 120.0
 
 State = Literal["eager", "compiling", "compiled", "failed"]
 
+
 @functools.cache
 def _libc_malloc_trim() -> Callable[[int], int] | None:
     try:
@@ -139,8 +140,10 @@ class AutoCompiler:
             start(entry)
         except Exception as e:  # reported as a warning; the signature stays eager
             entry.error = f"{type(e).__name__}: {e}"
+        compile_s = time.perf_counter() - t0
+        release_free_memory()  # the compiler's transient memory, whether it succeeded or not
+        if entry.error is not None:
             entry.state = "failed"
-            release_free_memory()
             warnings.warn(
                 f"metakd: the background torch.compile of a MAML meta-gradient failed, "
                 f"training goes on eager (pass compile=False to skip it): {entry.error}",
@@ -148,8 +151,7 @@ class AutoCompiler:
                 stacklevel=1,
             )
             return
-        entry.compile_s = time.perf_counter() - t0
-        release_free_memory()
+        entry.compile_s = compile_s
         entry.state = "compiled"
 
     def invalidate(self, key: Hashable) -> None:

@@ -348,9 +348,14 @@ def auto_chunk(batch: TaskBatch, kept_steps: int = 1) -> int:
     are then spread evenly: 32 tasks with room for 10 a chunk run as 4 chunks of 8.
     """
     per_task = batch.support_x[0].numel() * max(kept_steps, 1) + batch.query_x[0].numel()
-    most = max(1, min(len(batch), CHUNK_ELEMENTS // max(per_task, 1)))
-    chunks = -(-len(batch) // most)
-    return -(-len(batch) // chunks)
+    return _even_chunk(len(batch), CHUNK_ELEMENTS // max(per_task, 1))
+
+
+def _even_chunk(tasks: int, most: int) -> int:
+    """Tasks per chunk when ``tasks`` are spread evenly over chunks of at most ``most``."""
+    most = max(1, min(tasks, most))
+    chunks = -(-tasks // most)
+    return -(-tasks // chunks)
 
 
 @contextmanager
@@ -428,8 +433,7 @@ class VmapBackend(FuncBackend):
         """
         if self.chunk is not None or self.workers is not None or size <= COMPILED_CHUNK:
             return size, workers
-        chunks = -(-len(batch) // COMPILED_CHUNK)
-        c_size = -(-len(batch) // chunks)
+        c_size = _even_chunk(len(batch), COMPILED_CHUNK)
         if len(batch) % c_size:
             return size, workers
         return c_size, 1

@@ -139,6 +139,7 @@ def _compile_mode(cfg: MAMLConfig) -> bool | Literal["auto"]:
         return False
     return mode
 
+
 def build(cfg: MAMLConfig) -> dict[str, Any]:
     """Data, model, meta-learner and optimiser of a run (nothing is trained)."""
     from metakd.data import few_shot
