@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, fields, replace
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -20,6 +20,7 @@ class Task:
         query_x: ``[N*Q, C, H, W]`` query images.
         query_y: ``[N*Q]`` int64 episode labels.
         classes: ``[N]`` global class index of each episode label, or ``None``.
+        extras: per-task tensors carried with the episode (see :class:`TaskBatch`).
     """
 
     support_x: torch.Tensor
@@ -27,6 +28,7 @@ class Task:
     query_x: torch.Tensor
     query_y: torch.Tensor
     classes: torch.Tensor | None = None
+    extras: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,10 @@ class TaskBatch:
         query_x: ``[T, N*Q, C, H, W]`` float query images.
         query_y: ``[T, N*Q]`` int64 labels.
         classes: ``[T, N]`` int64 global class indices, or ``None`` when unknown.
+        extras: named per-task tensors, each with ``T`` along dim 0, that travel with the
+            episodes to the meta-learner's objectives (for example a teacher's query logits
+            ``[T, N*Q, N]``); sliced, moved and split with the batch. Add them with
+            :meth:`with_extras`.
 
     Example:
         >>> import torch
@@ -57,15 +63,17 @@ class TaskBatch:
     query_x: torch.Tensor
     query_y: torch.Tensor
     classes: torch.Tensor | None = None
+    extras: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         t = self.support_x.shape[0]
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if v is not None and v.shape[0] != t:
-                raise ValueError(
-                    f"TaskBatch.{f.name} has {v.shape[0]} tasks along dim 0, support_x has {t}"
-                )
+        named = [("support_y", self.support_y), ("query_x", self.query_x),
+                 ("query_y", self.query_y), ("classes", self.classes)]
+        named += [(f"extras[{k!r}]", v) for k, v in self.extras.items()]
+        for name, v in named:
+            if v is not None and (v.dim() == 0 or v.shape[0] != t):
+                got = "a 0-d tensor" if v.dim() == 0 else f"{v.shape[0]} tasks along dim 0"
+                raise ValueError(f"TaskBatch.{name} has {got}, support_x has {t} tasks")
         if self.support_y.shape[:2] != self.support_x.shape[:2]:
             raise ValueError(
                 f"support_y {tuple(self.support_y.shape)} does not match support_x "
@@ -87,11 +95,24 @@ class TaskBatch:
             self.query_x[i],
             self.query_y[i],
             None if self.classes is None else self.classes[i],
+            {k: v[i] for k, v in self.extras.items()},
         )
 
     def __iter__(self) -> Iterator[Task]:
         for i in range(len(self)):
             yield self[i]
+
+    def with_extras(self, **extras: torch.Tensor) -> TaskBatch:
+        """A copy with ``extras`` added (replacing those of the same names).
+
+        Example:
+            >>> import torch
+            >>> b = TaskBatch(torch.zeros(2, 5, 3), torch.arange(5).repeat(2, 1),
+            ...               torch.zeros(2, 5, 3), torch.arange(5).repeat(2, 1))
+            >>> b.with_extras(teacher_logits=torch.zeros(2, 5, 5)).extras["teacher_logits"].shape
+            torch.Size([2, 5, 5])
+        """
+        return replace(self, extras={**self.extras, **extras})
 
     @property
     def ways(self) -> int:
@@ -125,6 +146,7 @@ class TaskBatch:
             mv(self.query_x, True),  # type: ignore[arg-type]
             mv(self.query_y, False),  # type: ignore[arg-type]
             mv(self.classes, False),
+            {k: v.to(device=device, non_blocking=non_blocking) for k, v in self.extras.items()},
         )
 
     def split(self, chunks: int) -> list[TaskBatch]:
@@ -145,6 +167,7 @@ class TaskBatch:
                     query_x=self.query_x[sl],
                     query_y=self.query_y[sl],
                     classes=None if self.classes is None else self.classes[sl],
+                    extras={k: v[sl] for k, v in self.extras.items()},
                 )
             )
         return out

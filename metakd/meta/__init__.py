@@ -1,9 +1,12 @@
 """Meta-learners: adapt on a task's support set, score on its query set.
 
-:class:`MAMLWrapper` covers MAML (Finn et al., ICML 2017), first-order MAML, Meta-SGD (Li et
-al., 2017) and ANIL (Raghu et al., ICLR 2020) with four interchangeable inner-loop backends
-(``func``, ``vmap``, ``learn2learn``, ``higher``). Importing this package imports neither
-learn2learn nor higher: a backend imports its package when it is chosen.
+The pieces are values: an update rule (:mod:`metakd.meta.rules`: :class:`SGD`,
+:class:`MetaSGD`, or your own), objectives with named loss terms
+(:mod:`metakd.meta.objectives`), and one inner-loop definition (:mod:`metakd.meta.inner`)
+that every execution path calls. :class:`MAMLWrapper` puts them together for MAML
+(Finn et al., ICML 2017), first-order MAML, Meta-SGD (Li et al., 2017) and ANIL (Raghu et
+al., ICLR 2020) with interchangeable backends (``func``, ``vmap``, ``learn2learn``,
+``higher``). Importing this package imports neither learn2learn nor higher.
 
 Example:
     >>> import torch
@@ -13,6 +16,32 @@ Example:
     torch.Size([3, 5])
 """
 
+from metakd.meta.functional import (
+    ParamLayout,
+    flatten_params,
+    functional_forward,
+    unflatten_params,
+)
+from metakd.meta.inner import InnerLoop, run_task
 from metakd.meta.maml import MAMLLearner, MAMLWrapper, default_backend
+from metakd.meta.objectives import CrossEntropy, LossObjective, Objective, total
+from metakd.meta.rules import SGD, MetaSGD, UpdateRule
 
-__all__ = ["MAMLLearner", "MAMLWrapper", "default_backend"]
+__all__ = [
+    "SGD",
+    "CrossEntropy",
+    "InnerLoop",
+    "LossObjective",
+    "MAMLLearner",
+    "MAMLWrapper",
+    "MetaSGD",
+    "Objective",
+    "ParamLayout",
+    "UpdateRule",
+    "default_backend",
+    "flatten_params",
+    "functional_forward",
+    "run_task",
+    "total",
+    "unflatten_params",
+]

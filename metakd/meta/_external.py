@@ -14,12 +14,30 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metakd.meta._backends import Backend, InnerProblem, MAMLLearner, Mode
+from metakd.meta._backends import Backend, MAMLLearner
+from metakd.meta.inner import InnerLoop, Mode
+from metakd.meta.objectives import total
 
 __all__ = ["HigherBackend", "Learn2LearnBackend"]
 
 
 # -------------------------------------------------------------------------------- learn2learn
+def _sgd_rates(loop: InnerLoop, backend: str) -> dict[str, float | Tensor]:
+    rates = getattr(loop.rule, "sgd_rates", lambda names: None)(loop.adapted)
+    if rates is None:
+        raise ValueError(
+            f"backend={backend!r} implements only the update rules of the form p - lr * g "
+            f"(metakd.meta.SGD, MetaSGD), not {type(loop.rule).__name__}; use backend='func', "
+            "'vmap' or 'auto'"
+        )
+    return rates
+
+
+def _support_loss(loop: InnerLoop, logits: Tensor, sy: Tensor, extras: Mapping[str, Tensor],
+                  k: int) -> Tensor:
+    return total(loop.support(logits, sy, extras, k))
+
+
 def _import_learn2learn() -> Any:
     try:
         import learn2learn
@@ -37,27 +55,25 @@ class Learn2LearnBackend(Backend):
 
     name = "learn2learn"
 
-    def __init__(self, problem: InnerProblem, inner_lr: float, first_order: bool) -> None:
-        super().__init__(problem)
+    def __init__(self, loop: InnerLoop, first_order: bool) -> None:
+        super().__init__(loop)
+        rates = _sgd_rates(loop, "learn2learn")
         self.l2l = _import_learn2learn()
+        first = next(iter(rates.values()))
+        lr = float(first) if not isinstance(first, Tensor) else 1.0
         # Kept in a list so that nn.Module attribute registration never sees it.
         self._maml = [
             self.l2l.algorithms.MAML(
-                problem.model, lr=inner_lr, first_order=first_order, allow_unused=True,
+                loop.model, lr=lr, first_order=first_order, allow_unused=True,
                 allow_nograd=True,
             )
         ]
 
     def adapt(
-        self,
-        sx: Tensor,
-        sy: Tensor,
-        steps: int,
-        lrs: Mapping[str, float | Tensor],
-        scale: float,
-        mode: Mode,
+        self, sx: Tensor, sy: Tensor, extras: Mapping[str, Tensor], steps: int, mode: Mode
     ) -> MAMLLearner:
-        pb = self.problem
+        pb = self.loop
+        lrs = _sgd_rates(pb, "learn2learn")
         clone = self._maml[0].clone()
         module = clone.module
         adapted = set(pb.adapted)
@@ -69,7 +85,7 @@ class Learn2LearnBackend(Backend):
                 pb.set_step(module, k)
                 named = list(module.named_parameters())
                 targets = [(n, p) for n, p in named if n in adapted]
-                loss = pb.inner_objective(module(sx), sy, scale)
+                loss = _support_loss(pb, module(sx), sy, extras, k)
                 grads = torch.autograd.grad(
                     loss, [p for _, p in targets], create_graph=mode == "second",
                     allow_unused=True,
@@ -115,22 +131,18 @@ class HigherBackend(Backend):
 
     name = "higher"
 
-    def __init__(self, problem: InnerProblem, inner_lr: float) -> None:
-        super().__init__(problem)
+    def __init__(self, loop: InnerLoop) -> None:
+        super().__init__(loop)
+        _sgd_rates(loop, "higher")
         self.higher = _import_higher()
-        meta = dict(problem.model.named_parameters())
-        self._opt = torch.optim.SGD([{"params": [meta[n]]} for n in problem.adapted], lr=inner_lr)
+        meta = dict(loop.model.named_parameters())
+        self._opt = torch.optim.SGD([{"params": [meta[n]]} for n in loop.adapted], lr=1.0)
 
     def adapt(
-        self,
-        sx: Tensor,
-        sy: Tensor,
-        steps: int,
-        lrs: Mapping[str, float | Tensor],
-        scale: float,
-        mode: Mode,
+        self, sx: Tensor, sy: Tensor, extras: Mapping[str, Tensor], steps: int, mode: Mode
     ) -> MAMLLearner:
-        pb = self.problem
+        pb = self.loop
+        lrs = _sgd_rates(pb, "higher")
         override = {"lr": [lrs[n] for n in pb.adapted]}
         ctx = self.higher.innerloop_ctx(
             pb.model, self._opt, copy_initial_weights=False, override=override,
@@ -145,7 +157,7 @@ class HigherBackend(Backend):
 
             for k in range(steps):
                 pb.set_step(fmodel, k)
-                diffopt.step(pb.inner_objective(fmodel(sx), sy, scale), grad_callback=callback)
+                diffopt.step(_support_loss(pb, fmodel(sx), sy, extras, k), grad_callback=callback)
         names = [n for n, _ in pb.model.named_parameters()]
         fast = dict(zip(names, fmodel.parameters(time=-1)))
         params = {n: fast[n] for n in pb.adapted}

@@ -1,119 +1,103 @@
-"""The torch.func backends: ``func`` (task by task) and ``vmap`` (chunks of tasks).
+"""The torch.func paths: ``func`` (task by task) and ``vmap`` (chunks of tasks), and ``auto``.
 
 Both split a meta-batch into *units* (one task for ``func``, ``chunk`` tasks for ``vmap``),
-compute each unit's query losses and meta-gradient, free its graph, and accumulate. Units
-run one after the other or, with ``workers > 1``, in threads (each on its own replica of the
-model, because ``functional_call`` swaps tensors into the module it is given). With
-``compile=True`` a unit is one ``torch.compile``d pure function (see ``_compiled.py``).
+compute each unit's query terms and meta-gradient with :func:`metakd.meta.inner.run_task`,
+free its graph, and accumulate. Units run one after the other; ``workers > 1`` (opt-in) and
+``compile=True`` (opt-in) are the accelerations of :mod:`metakd.meta.accel`.
 
 Internal module: use :class:`~metakd.meta.MAMLWrapper`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import threading
-import time
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from typing import Any, Literal
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from metakd.data.batch import TaskBatch
-from metakd.meta._autocompile import (
-    AUTO_COMPILE_AFTER_S,
-    AutoCompiler,
-    CompileEntry,
-    release_free_memory,
-)
+from metakd.meta import accel
 from metakd.meta._backends import (
     Backend,
-    InnerProblem,
     MAMLLearner,
-    Mode,
-    accuracy,
+    Terms,
     buffer_writers,
-    sgd_step,
+    cat_terms,
+    task_extras,
     vmap_unsafe,
 )
-from metakd.meta._params import replicate
-
-CompileMode = bool | Literal["auto"]
+from metakd.meta.inner import InnerLoop, Mode, autograd_grad, func_grad, run_task
+from metakd.meta.objectives import total
 
 __all__ = [
     "AUTO_MIN_CHUNK",
     "CHUNK_ELEMENTS",
     "AutoBackend",
     "FuncBackend",
+    "MetaInputs",
     "Unit",
     "VmapBackend",
     "auto_chunk",
 ]
 
-# unit(model, batch of the unit's tasks) -> (losses [t], logits [t, NQ, N], d sum(losses)/d inputs)
-Unit = Callable[[nn.Module, TaskBatch], tuple[Tensor, Tensor, Sequence[Tensor | None]]]
+# unit(model, batch of the unit's tasks, meta_step) -> (terms {name: [t]}, logits [t, NQ, N],
+# d sum_t(total terms) / d inputs)
+Unit = Callable[[nn.Module, TaskBatch, Tensor], tuple[Terms, Tensor, Sequence[Tensor | None]]]
+
+
+class MetaInputs:
+    """The meta-parameters a meta-gradient is taken with respect to, grouped by the module
+    they belong to (``model``, ``rule``, ``support``, ``objective``), each tensor once."""
+
+    def __init__(self, groups: Mapping[str, Mapping[str, Tensor]]) -> None:
+        seen: set[int] = set()
+        self.groups: dict[str, dict[str, Tensor]] = {}
+        for g, named in groups.items():
+            kept = {}
+            for n, t in named.items():
+                if id(t) not in seen:
+                    seen.add(id(t))
+                    kept[n] = t
+            self.groups[g] = kept
+        self.flat: list[Tensor] = [t for named in self.groups.values() for t in named.values()]
+
+    def __len__(self) -> int:
+        return len(self.flat)
 
 
 class FuncBackend(Backend):
-    """``functional_call`` + ``torch.autograd.grad``, task after task (or in ``workers`` threads)."""
+    """``torch.autograd.grad`` task after task (or in ``workers`` threads, opt-in)."""
 
     name = "func"
 
-    def __init__(
-        self,
-        problem: InnerProblem,
-        workers: int | None = None,
-        compile: CompileMode = False,
-        compile_after_s: float = AUTO_COMPILE_AFTER_S,
-    ) -> None:
-        super().__init__(problem)
+    def __init__(self, loop: InnerLoop, workers: int | None = None, compile: bool = False) -> None:
+        super().__init__(loop)
         self.workers = workers
         self.compile = compile
-        self._replicas: list[nn.Module] = []
-        self._replica_key: tuple[int, ...] = ()
-        self.compiled: dict[Hashable, Callable[..., Any]] = {}
-        self.auto_compiler = AutoCompiler(compile_after_s) if compile == "auto" else None
+        self.threads = accel.TaskThreads(loop.model)
+        self.compiled = accel.CompiledUnits()
+
+    def __getstate__(self) -> dict[str, object]:
+        # copy.deepcopy / pickle: replicas and compiled functions are rebuilt on demand.
+        state = dict(self.__dict__)
+        state["threads"] = accel.TaskThreads(self.loop.model)
+        state["compiled"] = accel.CompiledUnits()
+        return state
 
     # ------------------------------------------------------------------------------- adapt
     def adapt(
-        self,
-        sx: Tensor,
-        sy: Tensor,
-        steps: int,
-        lrs: Mapping[str, float | Tensor],
-        scale: float,
-        mode: Mode,
+        self, sx: Tensor, sy: Tensor, extras: Mapping[str, Tensor], steps: int, mode: Mode,
         model: nn.Module | None = None,
     ) -> MAMLLearner:
-        pb = self.problem
-        model = pb.model if model is None else model
-        meta = dict(model.named_parameters())
-        params: dict[str, Tensor] = {n: meta[n] for n in pb.adapted}
-        if mode == "none":
-            params = {n: p.detach().requires_grad_() for n, p in params.items()}
-        if steps > 0:
-            with torch.enable_grad():
-                h = None
-                if not pb.per_step_bn:  # ANIL: features once; without a meta-graph at eval
-                    with torch.no_grad() if mode == "none" else contextlib.nullcontext():
-                        h = pb.encode(model, sx)
-                for k in range(steps):
-                    pb.set_step(model, k)
-                    hk = pb.encode(model, sx) if h is None else h
-                    loss = pb.inner_objective(pb.decode(model, params, hk), sy, scale)
-                    grads = torch.autograd.grad(
-                        loss,
-                        list(params.values()),
-                        create_graph=mode == "second",
-                        allow_unused=True,
-                    )
-                    params = sgd_step(params, grads, lrs, mode)
+        loop = self.loop
+        model = loop.model if model is None else model
+        grad = autograd_grad(create_graph=mode == "second" and not loop.constant_grads)
+        with torch.enable_grad():
+            params, _, _ = run_task(loop, model, sx, sy, None, None, extras, steps, mode, grad)
 
         def forward(x: Tensor, _p: dict[str, Tensor] = params) -> Tensor:
-            pb.set_step(model, steps - 1)
-            return pb.decode(model, _p, pb.encode(model, x))
+            loop.set_step(model, steps - 1)
+            return loop.decode(model, _p, loop.encode(model, x, None), None)
 
         return MAMLLearner(forward, params)
 
@@ -122,205 +106,71 @@ class FuncBackend(Backend):
         """Tasks per unit for ``batch`` (``kept_steps``: see :func:`auto_chunk`)."""
         return 1
 
-    def eager_unit(
-        self,
-        steps: int,
-        lrs: Mapping[str, float | Tensor],
-        scale: float,
-        first_order: bool,
-        inputs: Sequence[Tensor],
-    ) -> Unit:
+    def eager_unit(self, steps: int, first_order: bool, inputs: MetaInputs) -> Unit:
         mode: Mode = "first" if first_order else "second"
-        pb = self.problem
+        loop = self.loop
+        grad = autograd_grad(create_graph=mode == "second" and not loop.constant_grads)
 
-        def unit(model: nn.Module, b: TaskBatch) -> tuple[Tensor, Tensor, Sequence[Tensor | None]]:
-            learner = self.adapt(b.support_x[0], b.support_y[0], steps, lrs, scale, mode, model)
-            logits = learner(b.query_x[0])
-            loss = pb.loss_fn(logits, b.query_y[0])
-            grads = torch.autograd.grad(loss, list(inputs), allow_unused=True)
-            return loss[None], logits[None], grads
+        def unit(model: nn.Module, b: TaskBatch, meta_step: Tensor) -> tuple[Terms, Tensor, Sequence[Tensor | None]]:
+            _, terms, logits = run_task(
+                loop, model, b.support_x[0], b.support_y[0], b.query_x[0], b.query_y[0],
+                task_extras(b, 0), steps, mode, grad, meta_step,
+            )
+            assert terms is not None and logits is not None
+            grads = torch.autograd.grad(total(terms), inputs.flat, allow_unused=True)
+            return {k: v[None] for k, v in terms.items()}, logits[None], grads
 
         return unit
 
-    def meta_gradients(
+    def meta_gradients(  # type: ignore[override]
         self,
         batch: TaskBatch,
         steps: int,
-        lrs: Mapping[str, float | Tensor],
-        scale: float,
         first_order: bool,
-        inputs: Sequence[Tensor],
-    ) -> tuple[Tensor, Tensor, list[Tensor]]:
+        inputs: MetaInputs,
+        meta_step: Tensor,
+    ) -> tuple[Terms, Tensor, list[Tensor]]:
         n = len(batch)
-        size = self.unit_size(batch, 1 if first_order else steps)
-        units = batch.slice_tasks_by(size)
+        units = batch.slice_tasks_by(self.unit_size(batch, 1 if first_order else steps))
         workers = self._resolve_workers(len(units))
-        models = self._get_replicas(workers) if workers > 1 else [self.problem.model]
-        auto, key = self.auto_compiler, None
-        first_compiled: CompileEntry | None = None
-        unit: Unit | None = None
-        if self.compile is True:
-            from metakd.meta._compiled import compiled_unit
-
-            unit = compiled_unit(self, steps, lrs, scale, first_order, inputs)
-        elif auto is not None:
-            key = self._signature(batch, size, steps, lrs, scale, first_order, workers)
-            entry = auto.ready(key)
-            if entry is not None and entry.param_ids != self._param_ids():
-                auto.invalidate(key)  # the model's tensors were replaced since the compile
-            elif entry is not None:
-                from metakd.meta._compiled import compiled_unit
-
-                unit = compiled_unit(
-                    self, steps, lrs, scale, first_order, inputs, cache=entry.cache
-                )
-                models, key = entry.models, None
-                units, workers = batch.slice_tasks_by(entry.unit_size), len(entry.models)
-                if not entry.released:
-                    first_compiled = entry
-        if unit is None:
-            unit = self.eager_unit(steps, lrs, scale, first_order, inputs)
-        started = time.perf_counter()
-        results: list[tuple[Tensor, Tensor] | None] = [None] * len(units)
-        partial = [[torch.zeros_like(t) for t in inputs] for _ in range(workers)]
+        models = self.threads.replicas(workers) if workers > 1 else [self.loop.model]
+        if self.compile:
+            unit = self.compiled.unit(self, steps, first_order, inputs)
+        else:
+            unit = self.eager_unit(steps, first_order, inputs)
+        results: list[tuple[Terms, Tensor] | None] = [None] * len(units)
+        partial = [[torch.zeros_like(t) for t in inputs.flat] for _ in range(workers)]
 
         def work(w: int) -> None:
             for u in range(w, len(units), workers):
-                b = units[u]
-                losses, logits, grads = unit(models[w], b)
+                terms, logits, grads = unit(models[w], units[u], meta_step)
                 for acc, g in zip(partial[w], grads):
                     if g is not None:
                         acc.add_(g, alpha=1.0 / n)
-                results[u] = (losses.detach(), accuracy(logits.detach(), b.query_y))
+                results[u] = ({k: v.detach() for k, v in terms.items()}, logits.detach())
 
         if workers > 1:
-            run_threads(work, workers)
+            accel.run_threads(work, workers)
         else:
             work(0)
+        if self.compile:
+            self.compiled.after_first_batch()
         grads = partial[0] if workers == 1 else [torch.stack(g).sum(0) for g in zip(*partial)]
         done = [r for r in results if r is not None]
-        if first_compiled is not None:  # the eager phase's freed memory goes back to the OS
-            first_compiled.released = True
-            release_free_memory()
-        if auto is not None and key is not None:
-
-            def prepare() -> Callable[[CompileEntry], None] | None:
-                # Called only when the signature crosses the threshold, not on every batch.
-                c_size, c_workers = self.compiled_layout(batch, size, workers)
-                if not self._compilable(batch, c_size):
-                    return None
-                sample = batch.slice_tasks_by(c_size)[0]
-                return self._compile_job(steps, lrs, scale, first_order, inputs, sample, c_workers)
-
-            auto.record(key, time.perf_counter() - started, prepare)
-        return torch.cat([r[0] for r in done]), torch.cat([r[1] for r in done]), grads
-
-    # ----------------------------------------------------------------- compile="auto" policy
-    def compiled_layout(self, batch: TaskBatch, size: int, workers: int) -> tuple[int, int]:
-        """(tasks per unit, worker threads) of the compiled units: here the eager ones."""
-        return size, workers
-
-    def _param_ids(self) -> tuple[int, ...]:
-        model = self.problem.model
-        return tuple(id(t) for t in (*model.parameters(), *model.buffers()))
-
-    def _signature(
-        self,
-        batch: TaskBatch,
-        size: int,
-        steps: int,
-        lrs: Mapping[str, float | Tensor],
-        scale: float,
-        first_order: bool,
-        workers: int,
-    ) -> Hashable:
-        """What a compiled unit is specialised to (``dynamic=False``: shapes included)."""
-        learned = any(isinstance(v, Tensor) for v in lrs.values())
-        lr_key = "learned" if learned else tuple(sorted((n, float(v)) for n, v in lrs.items()))
-        x = batch.support_x
-        # The whole shapes, task count included: the compiled units' layout depends on it.
-        return (
-            self.name, size, workers, steps, first_order, scale, lr_key,
-            tuple(x.shape), tuple(batch.query_x.shape), x.dtype, x.device.type,
-        )
-
-    def _compilable(self, batch: TaskBatch, size: int) -> bool:
-        """Whether ``compile="auto"`` may compile this meta-batch's units.
-
-        Not for per-step or running-statistics BatchNorm (``compile=True`` refuses them),
-        not when the last unit would be smaller (a second shape to compile), and only on
-        CPU, the one device measured.
-        """
-        pb = self.problem
-        if pb.per_step_bn or buffer_writers(pb.model) or len(batch) % size:
-            return False
-        if self.name == "vmap" and vmap_unsafe(pb.model) is not None:
-            return False
-        return all(p.device.type == "cpu" for p in pb.model.parameters())
-
-    def _compile_job(
-        self,
-        steps: int,
-        lrs: Mapping[str, float | Tensor],
-        scale: float,
-        first_order: bool,
-        inputs: Sequence[Tensor],
-        sample: TaskBatch,
-        workers: int,
-    ) -> Callable[[CompileEntry], None]:
-        """Make replicas here, in the calling thread (``functional_call`` is not running on
-        the model now), and return the background job that compiles the unit on them by
-        running it once on each."""
-        param_ids = self._param_ids()
-        models = [replicate(self.problem.model) for _ in range(workers)]
-        for model in models:
-            model.train(self.problem.model.training)
-        # The intra-op threads the units will run with (run_threads splits them over the
-        # workers): Dynamo guards on torch.get_num_threads(), so a unit compiled under another
-        # count would be compiled again on its first real call, in the training loop.
-        threads = torch.get_num_threads()
-        intra = max(1, threads // workers) if workers > 1 else threads
-
-        def job(entry: CompileEntry) -> None:
-            from metakd.meta._compiled import compiled_unit
-
-            unit = compiled_unit(self, steps, lrs, scale, first_order, inputs, cache=entry.cache)
-            with _intra_op_threads(intra):
-                for model in models:
-                    unit(model, sample)
-            entry.models, entry.param_ids, entry.unit_size = models, param_ids, len(sample)
-
-        return job
+        return cat_terms([r[0] for r in done]), torch.cat([r[1] for r in done]), grads
 
     def _resolve_workers(self, units: int) -> int:
-        """How many threads to use for ``units`` units (see ``MAMLWrapper``'s ``workers``)."""
-        model = self.problem.model
-        writers = buffer_writers(model)
-        if self.workers is None:
-            on_cpu = all(p.device.type == "cpu" for p in model.parameters())
-            # Two workers on CPU: measured faster than one (benchmarks/maml_speed.py); more
-            # would multiply the memory held by task graphs for little gain.
-            workers = 2 if on_cpu and torch.get_num_threads() >= 2 and not writers else 1
-        else:
-            workers = self.workers
-            if workers > 1 and writers:
+        """Threads for ``units`` units: 1 unless ``workers`` was asked for."""
+        workers = 1 if self.workers is None else self.workers
+        if workers > 1:
+            writers = buffer_writers(self.loop.model)
+            if writers:
                 raise ValueError(
                     f"workers={workers}: {writers} update running BatchNorm statistics in "
                     "train() mode, which concurrent tasks would race on; use workers=1, "
                     "bn_mode='transductive' or model.eval()"
                 )
         return max(1, min(workers, units))
-
-    def _get_replicas(self, workers: int) -> list[nn.Module]:
-        model = self.problem.model
-        key = tuple(id(t) for t in (*model.parameters(), *model.buffers()))
-        if key != self._replica_key or len(self._replicas) < workers:
-            self._replicas = [replicate(model) for _ in range(workers)]
-            self._replica_key = key
-            self.compiled.clear()
-        for r in self._replicas:
-            r.train(model.training)
-        return self._replicas
 
 
 # Input elements (images x channels x pixels) per vmap chunk when ``chunk=None``: 320 Omniglot
@@ -336,9 +186,6 @@ class FuncBackend(Backend):
 #   (1.20x); learn2learn 16.2 tasks/s. Counting the support once per step gives chunks of 8.
 CHUNK_ELEMENTS = 320 * 28 * 28
 
-# Most tasks per compiled vmap chunk (VmapBackend.compiled_layout).
-COMPILED_CHUNK = 8
-
 
 def auto_chunk(batch: TaskBatch, kept_steps: int = 1) -> int:
     """Tasks per vmap call for ``batch``: as many as fit in :data:`CHUNK_ELEMENTS` inputs.
@@ -348,173 +195,72 @@ def auto_chunk(batch: TaskBatch, kept_steps: int = 1) -> int:
     are then spread evenly: 32 tasks with room for 10 a chunk run as 4 chunks of 8.
     """
     per_task = batch.support_x[0].numel() * max(kept_steps, 1) + batch.query_x[0].numel()
-    return _even_chunk(len(batch), CHUNK_ELEMENTS // max(per_task, 1))
-
-
-def _even_chunk(tasks: int, most: int) -> int:
-    """Tasks per chunk when ``tasks`` are spread evenly over chunks of at most ``most``."""
-    most = max(1, min(tasks, most))
-    chunks = -(-tasks // most)
-    return -(-tasks // chunks)
-
-
-@contextmanager
-def _intra_op_threads(n: int) -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def run_threads(work: Callable[[int], None], workers: int) -> None:
-    """Run ``work(0..workers-1)`` in threads that share the intra-op threads; re-raise errors.
-
-    Task-level parallelism scales better than intra-op parallelism here: a task's tensors are
-    small (5 to 75 images), so each op's OpenMP fork/join and the idle core at every barrier
-    cost a good part of the op itself.
-    """
-    errors: list[BaseException] = []
-    per_worker = max(1, torch.get_num_threads() // workers)
-
-    def target(w: int) -> None:
-        try:
-            with _intra_op_threads(per_worker):
-                work(w)
-        except BaseException as e:  # re-raised in the calling thread below
-            errors.append(e)
-
-    with _intra_op_threads(per_worker):
-        threads = [threading.Thread(target=target, args=(w,)) for w in range(workers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    if errors:
-        raise errors[0]
+    return accel.even_chunk(len(batch), CHUNK_ELEMENTS // max(per_task, 1))
 
 
 class VmapBackend(FuncBackend):
-    """``torch.func.vmap`` over chunks of tasks, ``torch.func.grad`` for the inner steps.
-
-    Single-task :meth:`adapt` is the func backend's.
-    """
+    """``torch.func.vmap`` over chunks of tasks, ``torch.func.grad_and_value`` for the inner
+    steps. Single-task :meth:`adapt` is the func backend's."""
 
     name = "vmap"
 
     def __init__(
-        self,
-        problem: InnerProblem,
-        chunk: int | None = None,
-        workers: int | None = None,
-        compile: CompileMode = False,
-        compile_after_s: float = AUTO_COMPILE_AFTER_S,
+        self, loop: InnerLoop, chunk: int | None = None, workers: int | None = None,
+        compile: bool = False,
     ) -> None:
-        super().__init__(problem, workers, compile=compile, compile_after_s=compile_after_s)
+        super().__init__(loop, workers, compile=compile)
         self.chunk = chunk
 
     def unit_size(self, batch: TaskBatch, kept_steps: int = 1) -> int:
         if self.chunk is not None:
             return self.chunk
+        if self.compile:  # compiled: the per-op overhead is gone, small chunks are as fast
+            return accel.even_chunk(len(batch), accel.COMPILED_CHUNK)
         return auto_chunk(batch, kept_steps)
 
-    def compiled_layout(self, batch: TaskBatch, size: int, workers: int) -> tuple[int, int]:
-        """Compiled chunks of at most :data:`COMPILED_CHUNK` tasks, one at a time.
-
-        Eager vmap is fastest in one wide chunk (fewer, larger ops); compiled, the per-op
-        overhead is gone and smaller chunks were as fast or faster, with a fraction of the
-        graph in memory. Measured in one run (maml_omniglot, 1 query per class, meta-batch
-        32, second order, best of 2 interleaved rounds; tasks/s and peak RSS against
-        learn2learn): 1 step, chunks of 8 one at a time 182.0 (3.24x, 1.04x), chunks of 8 in
-        2 threads 147.1 (2.62x, 1.12x), one chunk of 32 141.5 (2.52x, 1.22x); 5 steps,
-        33.7 (2.81x, 1.18x), 36.6 (3.05x, 1.39x) and 36.8 (3.07x, 1.70x). A ``vmap_chunk``
-        or ``workers`` given by the user is kept.
-        """
-        if self.chunk is not None or self.workers is not None or size <= COMPILED_CHUNK:
-            return size, workers
-        c_size = _even_chunk(len(batch), COMPILED_CHUNK)
-        if len(batch) % c_size:
-            return size, workers
-        return c_size, 1
-
-    def _resolve_workers(self, units: int) -> int:
-        # A chunk is already a batch of tasks: by default one chunk at a time, which keeps
-        # memory at one chunk's graph.
-        if self.workers is None:
-            return 1
-        return super()._resolve_workers(units)
-
-    def task_fn(
-        self,
-        model: nn.Module,
-        steps: int,
-        lrs: Mapping[str, float | Tensor],
-        scale: float,
-        first_order: bool,
-    ) -> Callable[..., tuple[Tensor, Tensor]]:
-        """``vmap`` of one task's ``(query loss, query logits)`` over the tasks of a chunk."""
+    def task_fn(self, model: nn.Module, steps: int, mode: Mode) -> Callable[..., tuple[Terms, Tensor]]:
+        """``vmap`` of one task's ``(query terms, query logits)`` over the tasks of a chunk."""
         reason = vmap_unsafe(model)
         if reason is not None:
             raise ValueError(f"backend='vmap': {reason}")
-        pb = self.problem
-        meta = dict(model.named_parameters())
-        init: dict[str, Tensor] = {n: meta[n] for n in pb.adapted}
+        loop = self.loop
 
-        def task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor]:
-            hs = None if pb.per_step_bn else pb.encode(model, sx)
+        def task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor, extras: dict[str, Tensor],
+                 meta_step: Tensor) -> tuple[Terms, Tensor]:
+            _, terms, logits = run_task(
+                loop, model, sx, sy, qx, qy, extras, steps, mode, func_grad, meta_step
+            )
+            assert terms is not None and logits is not None
+            return terms, logits
 
-            def inner(p: dict[str, Tensor]) -> Tensor:
-                h = pb.encode(model, sx) if hs is None else hs
-                return pb.inner_objective(pb.decode(model, p, h), sy, scale)
+        return torch.func.vmap(task, in_dims=(0, 0, 0, 0, 0, None), randomness="different")
 
-            p = init
-            for k in range(steps):
-                pb.set_step(model, k)
-                g = torch.func.grad(inner)(p)
-                p = {n: p[n] - lrs[n] * (g[n].detach() if first_order else g[n]) for n in p}
-            pb.set_step(model, steps - 1)
-            logits = pb.decode(model, p, pb.encode(model, qx))
-            return pb.loss_fn(logits, qy), logits
+    def eager_unit(self, steps: int, first_order: bool, inputs: MetaInputs) -> Unit:
+        fns: dict[int, Callable[..., tuple[Terms, Tensor]]] = {}
+        mode: Mode = "first" if first_order else "second"
 
-        return torch.func.vmap(task, randomness="different")
-
-    def eager_unit(
-        self,
-        steps: int,
-        lrs: Mapping[str, float | Tensor],
-        scale: float,
-        first_order: bool,
-        inputs: Sequence[Tensor],
-    ) -> Unit:
-        fns: dict[int, Callable[..., tuple[Tensor, Tensor]]] = {}
-
-        def unit(model: nn.Module, b: TaskBatch) -> tuple[Tensor, Tensor, Sequence[Tensor | None]]:
+        def unit(model: nn.Module, b: TaskBatch, meta_step: Tensor) -> tuple[Terms, Tensor, Sequence[Tensor | None]]:
             fn = fns.get(id(model))
             if fn is None:
-                fn = fns[id(model)] = self.task_fn(model, steps, lrs, scale, first_order)
-            losses, logits = fn(b.support_x, b.support_y, b.query_x, b.query_y)
-            grads = torch.autograd.grad(losses.sum(), list(inputs), allow_unused=True)
-            return losses, logits, grads
+                fn = fns[id(model)] = self.task_fn(model, steps, mode)
+            terms, logits = fn(b.support_x, b.support_y, b.query_x, b.query_y, dict(b.extras),
+                               meta_step)
+            grads = torch.autograd.grad(total(terms).sum(), inputs.flat, allow_unused=True)
+            return terms, logits, grads
 
         return unit
 
-    def evaluate(
-        self,
-        batch: TaskBatch,
-        steps: int,
-        lrs: Mapping[str, float | Tensor],
-        scale: float,
-    ) -> tuple[Tensor, Tensor]:
-        fn = self.task_fn(self.problem.model, steps, lrs, scale, first_order=True)
-        losses, accs = [], []
+    def predict(self, batch: TaskBatch, steps: int, meta_step: Tensor) -> tuple[Terms, Tensor]:
+        fn = self.task_fn(self.loop.model, steps, "none")
+        terms, logits = [], []
         # torch.func.grad ignores an outer no_grad, so the inner steps still get gradients.
         with torch.no_grad():
-            for b in batch.slice_tasks_by(self.unit_size(batch)):
-                loss, logits = fn(b.support_x, b.support_y, b.query_x, b.query_y)
-                losses.append(loss)
-                accs.append(accuracy(logits, b.query_y))
-        return torch.cat(losses), torch.cat(accs)
+            for b in batch.slice_tasks_by(auto_chunk(batch)):
+                t, lg = fn(b.support_x, b.support_y, b.query_x, b.query_y, dict(b.extras),
+                           meta_step)
+                terms.append(t)
+                logits.append(lg)
+        return cat_terms(terms), torch.cat(logits)
 
 
 # A meta-batch goes to vmap when at least this many tasks fit in one chunk (auto_chunk).
@@ -526,68 +272,42 @@ class AutoBackend(Backend):
 
     Measured on the 2-core CPU (maml_omniglot, second order, meta-batch 32, eager, same run;
     figures in :func:`metakd.meta.default_backend` and docs/benchmarks.md): with 1 query per
-    class one vmap chunk of 32 tasks is 2.2-2.5x faster than func, with 15 queries func in 2
-    threads is 1.6x faster than vmap in chunks of 4.
-    Small tasks are overhead-bound and a wide vmap turns 32 small ops into one; large ones are
-    compute-bound and the per-task path wins. So a batch goes to vmap when
-    :func:`auto_chunk` puts at least :data:`AUTO_MIN_CHUNK` tasks in a chunk and the model is
-    vmap-safe (no running-statistics BatchNorm in ``train()``), else to func.
+    class one vmap chunk of 32 tasks is 2.2-2.5x faster than func, with 15 queries func is
+    faster than vmap in chunks of 4. Small tasks are overhead-bound and a wide vmap turns 32
+    small ops into one; large ones are compute-bound and the per-task path wins. So a batch
+    goes to vmap when :func:`auto_chunk` puts at least :data:`AUTO_MIN_CHUNK` tasks in a chunk
+    and the model is vmap-safe (no running-statistics BatchNorm in ``train()``), else to
+    func. The choice depends on the batch's shapes only, so a run's numbers never change.
     """
 
     name = "auto"
 
-    def __init__(
-        self,
-        problem: InnerProblem,
-        workers: int | None = None,
-        compile: CompileMode = False,
-        compile_after_s: float = AUTO_COMPILE_AFTER_S,
-    ) -> None:
-        super().__init__(problem)
-        self.func = FuncBackend(
-            problem, workers=workers, compile=compile, compile_after_s=compile_after_s
-        )
-        self.vmap = VmapBackend(
-            problem, chunk=None, workers=None, compile=compile, compile_after_s=compile_after_s
-        )
+    def __init__(self, loop: InnerLoop, workers: int | None = None, compile: bool = False) -> None:
+        super().__init__(loop)
+        self.func = FuncBackend(loop, workers=workers, compile=compile)
+        self.vmap = VmapBackend(loop, chunk=None, workers=None, compile=compile)
 
     def pick(self, batch: TaskBatch, kept_steps: int = 1) -> FuncBackend:
         """The backend that runs ``batch`` (``kept_steps``: see :func:`auto_chunk`)."""
         if (
             auto_chunk(batch, kept_steps) >= AUTO_MIN_CHUNK
-            and vmap_unsafe(self.problem.model) is None
+            and vmap_unsafe(self.loop.model) is None
         ):
             return self.vmap
         return self.func
 
     def adapt(
-        self,
-        sx: Tensor,
-        sy: Tensor,
-        steps: int,
-        lrs: Mapping[str, float | Tensor],
-        scale: float,
-        mode: Mode,
+        self, sx: Tensor, sy: Tensor, extras: Mapping[str, Tensor], steps: int, mode: Mode
     ) -> MAMLLearner:
-        return self.func.adapt(sx, sy, steps, lrs, scale, mode)
+        return self.func.adapt(sx, sy, extras, steps, mode)
 
-    def meta_gradients(
-        self,
-        batch: TaskBatch,
-        steps: int,
-        lrs: Mapping[str, float | Tensor],
-        scale: float,
-        first_order: bool,
-        inputs: Sequence[Tensor],
-    ) -> tuple[Tensor, Tensor, list[Tensor]]:
+    def meta_gradients(  # type: ignore[override]
+        self, batch: TaskBatch, steps: int, first_order: bool, inputs: MetaInputs,
+        meta_step: Tensor,
+    ) -> tuple[Terms, Tensor, list[Tensor]]:
         backend = self.pick(batch, 1 if first_order else steps)
-        return backend.meta_gradients(batch, steps, lrs, scale, first_order, inputs)
+        return backend.meta_gradients(batch, steps, first_order, inputs, meta_step)
 
-    def evaluate(
-        self,
-        batch: TaskBatch,
-        steps: int,
-        lrs: Mapping[str, float | Tensor],
-        scale: float,
-    ) -> tuple[Tensor, Tensor]:
-        return self.pick(batch).evaluate(batch, steps, lrs, scale)
+    def predict(self, batch: TaskBatch, steps: int, meta_step: Tensor) -> tuple[Terms, Tensor]:
+        return self.pick(batch).predict(batch, steps, meta_step)
+

@@ -1,72 +1,20 @@
-"""Parameter bookkeeping shared by the MAML backends: names, aliases, selection, functional calls.
+"""Which parameters the inner loop adapts: the ``adapt`` argument of the meta-learners.
 
-Internal module: nothing here is public API.
+Internal module: use ``MAMLWrapper(..., adapt=...)``.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeAlias
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-__all__ = [
-    "AdaptSpec",
-    "ParamLayout",
-    "functional_forward",
-    "replicate",
-    "select_adapted",
-]
+from metakd.meta.functional import ParamLayout
+
+__all__ = ["AdaptSpec", "select_adapted"]
 
 AdaptSpec: TypeAlias = str | Callable[[str, nn.Parameter], bool] | Sequence[str] | None
-
-
-class ParamLayout:
-    """Where each trainable parameter of a model lives, with aliases resolved.
-
-    A module registered twice (learn2learn's ``OmniglotCNN`` puts ``base`` both at ``base`` and
-    at ``features.1``) gives each of its parameters two names but only one slot (one
-    ``(module, attribute)`` pair). ``torch.func.functional_call`` with its default
-    ``tie_weights=True``, or with both names given, swaps that slot twice and restores the
-    wrong tensor, leaving plain tensors in the model and meta-gradients ``None``. So each slot
-    is listed once. A parameter object genuinely shared by two *different* modules (tied
-    weights) keeps one slot per module, and all of them get the same tensor.
-
-    Attributes:
-        names: canonical names of the trainable parameters, in ``named_parameters()`` order.
-        slots: canonical name -> the distinct ``functional_call`` names to set.
-        tied: whether any parameter has more than one slot.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        seen: set[tuple[int, str]] = set()
-        canonical: dict[int, str] = {}
-        slots: dict[str, list[str]] = {}
-        for mod_name, module in model.named_modules(remove_duplicate=False):
-            for attr, param in module._parameters.items():
-                if param is None or (id(module), attr) in seen:
-                    continue
-                seen.add((id(module), attr))
-                full = f"{mod_name}.{attr}" if mod_name else attr
-                name = canonical.setdefault(id(param), full)
-                slots.setdefault(name, []).append(full)
-        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        self.names: list[str] = [n for n in slots if n in trainable]
-        self.slots: dict[str, list[str]] = {n: slots[n] for n in self.names}
-        self.tied: bool = any(len(s) > 1 for s in self.slots.values())
-
-
-def functional_forward(
-    model: nn.Module, layout: ParamLayout, params: Mapping[str, Tensor], x: Tensor
-) -> Tensor:
-    """``model(x)`` with the parameters in ``params`` substituted (others stay the model's)."""
-    if layout.tied:
-        full = {slot: t for name, t in params.items() for slot in layout.slots[name]}
-    else:
-        full = dict(params)
-    return torch.func.functional_call(model, full, (x,), tie_weights=False, strict=False)
 
 
 def select_adapted(model: nn.Module, layout: ParamLayout, adapt: AdaptSpec) -> list[str]:
@@ -106,19 +54,3 @@ def select_adapted(model: nn.Module, layout: ParamLayout, adapt: AdaptSpec) -> l
             f"adapt={adapt!r} selects no trainable parameter; valid names: {names}"
         )
     return chosen
-
-
-def replicate(model: nn.Module) -> nn.Module:
-    """A structural copy of ``model`` that shares its parameter and buffer tensors.
-
-    ``functional_call`` swaps tensors into the module's attributes for the duration of a call,
-    so two threads must not run it on the same module object; each worker gets a replica.
-    """
-    memo: dict[int, object] = {id(t): t for t in model.parameters()}
-    memo.update({id(t): t for t in model.buffers()})
-    return copy.deepcopy(model, memo)
-
-
-def zeros_for_none(grads: Sequence[Tensor | None], like: Sequence[Tensor]) -> list[Tensor]:
-    """Replace the ``None`` gradients of unused inputs by zeros."""
-    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, like)]

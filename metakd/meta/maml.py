@@ -4,29 +4,23 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metakd.data.batch import TaskBatch
-from metakd.meta._backends import (
-    BACKENDS,
-    Backend,
-    InnerProblem,
-    MAMLLearner,
-    Mode,
-    make_backend,
-)
-from metakd.meta._params import AdaptSpec, ParamLayout, select_adapted
+from metakd.meta._backends import BACKENDS, Backend, MAMLLearner, accuracy, class_accuracy
+from metakd.meta._params import AdaptSpec, select_adapted
+from metakd.meta.functional import ParamLayout
+from metakd.meta.inner import InnerLoop, Mode
+from metakd.meta.objectives import REDUCTIONS, CrossEntropy, LossObjective, total
+from metakd.meta.rules import SGD, MetaSGD
 
 __all__ = ["MAMLLearner", "MAMLWrapper", "default_backend"]
 
 logger = logging.getLogger(__name__)
-
-REDUCTIONS = ("mean", "sum_over_k")
 
 
 def default_backend(device: torch.device | str | None = None) -> str:
@@ -44,8 +38,8 @@ def default_backend(device: torch.device | str | None = None) -> str:
 
     So ``"auto"`` sends a meta-batch to ``vmap`` when at least 8 of its tasks fit in one chunk
     of about 320 Omniglot-sized images and the model is vmap-safe, and to ``func`` otherwise
-    (see ``metakd.meta._func.AutoBackend``). On top of either, ``MAMLWrapper``'s default
-    ``compile="auto"`` compiles a signature in the background once a run has spent 120 s on it.
+    (see ``metakd.meta._func.AutoBackend``). The choice depends on the meta-batch's shapes
+    alone, so the same seed gives the same numbers.
 
     No accelerator was available to measure on; the same rule is used there. Run the
     benchmark with ``--device cuda`` to compare.
@@ -59,82 +53,78 @@ def default_backend(device: torch.device | str | None = None) -> str:
 
 
 class MAMLWrapper(nn.Module):
-    """Model-Agnostic Meta-Learning around any ``nn.Module`` (Finn, Abbeel, Levine, ICML 2017).
+    """Model-Agnostic Meta-Learning around any ``nn.Module`` (Finn, Abbeel, Levine, ICML 2017),
+    with a pluggable inner update rule and pluggable objectives.
 
-    The inner loop adapts the selected parameters to a task's support set with ``inner_steps``
-    gradient steps, ``θ' = θ − α ⊙ ∇_θ L_support(θ)``; the meta-loss is the mean over tasks of
-    the query loss at ``θ'`` (only after the last step, as in the paper). Options cover the
-    usual variants:
+    For each task the inner loop adapts the selected parameters to the support set with
+    ``inner_steps`` steps of an update rule (``θ' = θ − α ∇_θ L_support`` by default); the
+    meta-loss is the mean over tasks of the query objective's terms at ``θ'`` (only after the
+    last step, as in the paper). The mathematics is :func:`metakd.meta.inner.run_task`, the
+    same on every backend. Options cover the usual variants and the methods built on MAML:
 
     - ``first_order=True``: first-order MAML (FOMAML), inner gradients are constants.
-    - ``learn_inner_lr=True``: Meta-SGD (Li et al., 2017, arXiv:1707.09835): one learnable
-      learning rate per parameter entry, initialized to ``inner_lr`` and meta-learned.
-    - ``adapt="head"``: ANIL (Raghu et al., ICLR 2020): only the classifier head is adapted,
-      the body is meta-learned by the outer loss. With a :class:`metakd.nn.Backbone` whose
-      BatchNorms are transductive, the features are computed once per set instead of once
-      per step (same gradients, checked against learn2learn in the tests).
-    - ``inner_loss_reduction="sum_over_k"``: the TF reference's inner loss, the support loss
-      summed and divided by K, i.e. ``N · mean`` (cbfinn/maml ``utils.py``), so ``inner_lr``
-      has the meaning it has in the paper's hyperparameter tables.
+    - ``learn_inner_lr=True``: Meta-SGD (:class:`metakd.meta.MetaSGD`).
+    - ``rule=``: any update rule (:mod:`metakd.meta.rules`), e.g. a learned optimiser.
+    - ``adapt="head"``: ANIL (Raghu et al., ICLR 2020) and Meta-Transfer Learning's
+      classifier-only inner loop: only the ``head`` is adapted and the body's features are
+      computed once per set.
+    - ``support=`` / ``objective=``: the inner and outer objectives
+      (:mod:`metakd.meta.objectives`): named loss terms that may read per-task extras carried
+      by the batch (:attr:`metakd.data.TaskBatch.extras`, e.g. a teacher's query logits) and
+      the step.
+    - ``inner_loss_reduction="sum_over_k"``: the TF reference's support loss (sum / K), so
+      ``inner_lr`` has the meaning it has in the paper's tables.
 
     :meth:`meta_loss` computes the meta-gradient of each task (or chunk of tasks) as soon as
-    its query loss is known and frees that task's graph, so memory does not grow with the
+    its query terms are known and frees that task's graph, so memory does not grow with the
     meta-batch. The loss it returns is therefore a *surrogate*: its value is the mean query
-    loss, and ``loss.backward()`` puts exactly the meta-gradient into the ``.grad`` of the
-    model's trainable parameters (and of the Meta-SGD rates). It can be scaled and added to
-    other losses, but it is only differentiable once and only with respect to those
-    parameters; use :meth:`adapt` for a full graph.
+    loss, and ``loss.backward()`` puts exactly the meta-gradient into the ``.grad`` of every
+    trainable meta-parameter (the model's, and the rule's and objectives' learnable tensors).
+    It can be scaled and added to other losses, but it is only differentiable once and only
+    with respect to those parameters; use :meth:`adapt` for a full graph.
 
     Args:
         model: the network; its forward must depend only on its parameters and buffers
             (every :mod:`metakd.nn` model does). Freeze parameters (``requires_grad=False``)
             before wrapping: they are then neither adapted nor meta-learned.
-        inner_lr: inner learning rate α (> 0); the initial value of the rates with Meta-SGD.
+        inner_lr: inner learning rate α (> 0) of the default rule (SGD, or the initial
+            Meta-SGD rates); leave it out when passing ``rule``.
         inner_steps: inner steps at meta-training (``>= 0``).
         first_order: first-order MAML.
         backend: ``"func"``, ``"vmap"``, ``"learn2learn"``, ``"higher"`` or ``"auto"`` (see
             :func:`default_backend`). All give the same gradients; ``learn2learn`` and
-            ``higher`` are imported only when chosen.
-        test_inner_steps: inner steps at evaluation (``meta_loss(training=False)``);
-            defaults to ``inner_steps``.
+            ``higher`` are imported only when chosen and run only rules of the form
+            ``θ − α ⊙ g``.
+        test_inner_steps: inner steps at evaluation; defaults to ``inner_steps``.
         adapt: which parameters the inner loop adapts: ``None``/``"all"``, ``"head"`` (ANIL),
             a list of names from ``model.named_parameters()`` or a callable
             ``(name, param) -> bool``.
         learn_inner_lr: Meta-SGD.
-        inner_loss: ``loss(logits, labels) -> scalar`` with mean reduction; used for the
-            support (inner) and query (outer) losses.
-        inner_loss_reduction: ``"mean"`` or ``"sum_over_k"`` (TF reference, see above).
+        inner_loss: a plain ``loss(logits, labels) -> scalar`` used for the support and
+            query losses (instead of cross-entropy); ignored where ``support``/``objective``
+            are given.
+        inner_loss_reduction: ``"mean"`` or ``"sum_over_k"`` (TF reference) for the default
+            support objective.
+        rule: the update rule; default ``SGD(inner_lr)`` (``MetaSGD`` with
+            ``learn_inner_lr``).
+        support: the support objective; default cross-entropy with ``inner_loss_reduction``.
+        objective: the query objective; default cross-entropy (term ``"ce"``).
         vmap_chunk: tasks per ``vmap`` call with ``backend="vmap"``. ``None``: as many as
             hold about 320 Omniglot-sized images (support + query, the support counted once
-            per inner step in second order, whose graphs are all kept), spread evenly, e.g.
-            all 32 tasks of a 5-way 1-shot 1-query meta-batch at 1 step, 4 chunks of 8 at 5
-            steps, 4 tasks with 15 queries, 1 on miniImageNet; measured fastest on CPU within
-            a memory bound (see ``metakd.meta._func.CHUNK_ELEMENTS``). Compiled, chunks of at
-            most 8 tasks.
-        workers: threads that run tasks (func) or chunks (vmap) concurrently, sharing the
-            intra-op threads; each holds one task's (chunk's) graph. ``None``: func 2 on a
-            CPU with at least 2 threads, else 1 (and 1 whenever a module writes running
-            statistics); vmap 1. More than 1 needs a forward that writes no buffers. Only
-            the func and vmap backends use it.
-        compile: ``torch.compile`` each task's (func) or chunk's (vmap) whole meta-gradient
-            computation (``channels_last`` inside, Inductor's C++ wrapper): on CPU 1.15-1.7x
-            faster than eager once compiled (1.3-3x learn2learn's tasks/s); the first compile of a (inner steps, order,
-            task shape) signature takes one to three minutes, a few seconds in later
-            processes (Inductor's disk cache). ``"auto"`` (default): tiered, as in a JIT:
-            each signature runs eager until it has cost ``compile_after_s`` seconds, then
-            compiles in a background thread while training goes on eager, and runs compiled
-            from then on; short runs and tests never compile and no call waits for a compile,
-            though a cold compile slows the eager loop while it runs (only on CPU; see
-            ``metakd.meta._autocompile``). ``True``: compile at the first
-            meta-batch (and wait). ``False``: always eager. Evaluation stays eager. Ignored
-            (except ``True``, an error) by the learn2learn and higher backends.
-        compile_after_s: eager seconds per signature before ``compile="auto"`` compiles it
-            (default 120; 0 compiles from the first meta-batch, in the background).
+            per inner step in second order), spread evenly (see ``_func.CHUNK_ELEMENTS``).
+        workers: opt-in: threads that run tasks (func) or chunks (vmap) concurrently, each
+            on a replica of the model (:mod:`metakd.meta.accel`); default 1, no threads.
+        compile: opt-in: ``torch.compile`` each task's (func) or chunk's (vmap) whole
+            meta-gradient, compiled at the first meta-batch and cached on disk by Inductor
+            (one to three minutes the first time, seconds later); on CPU 1.15-1.7x faster
+            than eager once compiled. Evaluation stays eager. Not with the learn2learn and
+            higher backends, per-step batch norm or running statistics in ``train()``.
 
     Shapes:
         ``meta_loss`` takes a :class:`metakd.data.TaskBatch` (``support_x [T, N*K, C, H, W]``,
-        ``support_y [T, N*K]``, ``query_x [T, N*Q, C, H, W]``, ``query_y [T, N*Q]``);
-        ``adapt`` takes one task's ``support_x [N*K, C, H, W]`` and ``support_y [N*K]``.
+        ``support_y [T, N*K]``, ``query_x [T, N*Q, C, H, W]``, ``query_y [T, N*Q]``,
+        ``extras {name: [T, ...]}``); ``adapt`` takes one task's ``support_x [N*K, C, H, W]``
+        and ``support_y [N*K]``.
 
     Example:
         >>> import torch
@@ -147,10 +137,12 @@ class MAMLWrapper(nn.Module):
         >>> y = torch.arange(5)
         >>> batch = TaskBatch(torch.randn(2, 5, 1, 28, 28), y.repeat(2, 1),
         ...                   torch.randn(2, 10, 1, 28, 28), y.repeat_interleave(2).repeat(2, 1))
-        >>> loss, metrics = maml.meta_loss(batch)
+        >>> loss, metrics = maml.meta_loss(batch, step=0)
         >>> loss.backward(); opt.step(); opt.zero_grad()
         >>> sorted(metrics)
-        ['accuracy', 'loss', 'task_accuracy']
+        ['accuracy', 'class_accuracy', 'loss', 'task_accuracy', 'terms']
+        >>> maml.predict(batch).shape
+        torch.Size([2, 10, 5])
         >>> learner = maml.adapt(batch.support_x[0], batch.support_y[0])
         >>> learner(batch.query_x[0]).shape
         torch.Size([10, 5])
@@ -159,27 +151,25 @@ class MAMLWrapper(nn.Module):
     def __init__(
         self,
         model: nn.Module,
-        inner_lr: float,
-        inner_steps: int,
+        inner_lr: float | None = None,
+        inner_steps: int = 1,
         first_order: bool = False,
         backend: str = "auto",
         test_inner_steps: int | None = None,
         adapt: AdaptSpec = None,
         learn_inner_lr: bool = False,
-        inner_loss: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+        inner_loss: Callable[[Tensor, Tensor], Tensor] | None = None,
         inner_loss_reduction: str = "mean",
+        rule: Callable[..., Any] | None = None,
+        support: Callable[..., Any] | None = None,
+        objective: Callable[..., Any] | None = None,
         vmap_chunk: int | None = None,
         workers: int | None = None,
-        compile: bool | Literal["auto"] = "auto",
-        compile_after_s: float | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
-        if isinstance(inner_lr, bool) or not isinstance(inner_lr, (int, float)):
-            raise ValueError(f"inner_lr must be a positive float, got {inner_lr!r}")
-        if not math.isfinite(inner_lr) or inner_lr <= 0:
-            raise ValueError(f"inner_lr must be a positive finite float, got {inner_lr}")
         _check_steps("inner_steps", inner_steps)
         if test_inner_steps is not None:
             _check_steps("test_inner_steps", test_inner_steps)
@@ -190,31 +180,44 @@ class MAMLWrapper(nn.Module):
                 f"inner_loss_reduction={inner_loss_reduction!r} is unknown; use 'mean' "
                 "(mean over the support set) or 'sum_over_k' (TF reference: sum / K)"
             )
-        if not callable(inner_loss):
+        if inner_loss is not None and not callable(inner_loss):
             raise ValueError("inner_loss must be a callable loss(logits, labels) -> scalar")
+        for what, value in (("rule", rule), ("support", support), ("objective", objective)):
+            if value is not None and not callable(value):
+                raise ValueError(f"{what} must be callable, got {type(value).__name__}")
+        if rule is not None and (inner_lr is not None or learn_inner_lr):
+            raise ValueError("pass either rule= or inner_lr/learn_inner_lr (the default rule)")
+        if rule is None and inner_lr is None:
+            raise ValueError("inner_lr is required with the default update rule (SGD)")
+        if inner_lr is not None and (
+            isinstance(inner_lr, bool) or not isinstance(inner_lr, (int, float))
+            or not math.isfinite(inner_lr) or inner_lr <= 0
+        ):
+            raise ValueError(f"inner_lr must be a positive finite float, got {inner_lr!r}")
         if vmap_chunk is not None and (isinstance(vmap_chunk, bool) or vmap_chunk < 1):
             raise ValueError(f"vmap_chunk must be a positive int or None, got {vmap_chunk!r}")
         if vmap_chunk is not None and backend not in ("vmap", "auto"):
             raise ValueError(f"vmap_chunk applies to backend='vmap' only, not {backend!r}")
         if workers is not None and (isinstance(workers, bool) or workers < 1):
             raise ValueError(f"workers must be a positive int or None, got {workers!r}")
-        if compile not in (True, False, "auto"):
-            raise ValueError(f"compile must be True, False or 'auto', got {compile!r}")
-        if compile is True and backend not in ("func", "vmap", "auto"):
+        if compile == "auto":
+            raise ValueError(
+                "compile='auto' (a background compile at a wall-clock moment) was removed: a "
+                "run's numbers must not change mid-run. Use compile=True (compiled from the "
+                "first meta-batch) or False"
+            )
+        if compile not in (True, False):
+            raise ValueError(f"compile must be True or False, got {compile!r}")
+        if compile and backend not in ("func", "vmap", "auto"):
             raise ValueError(f"compile=True needs backend 'func', 'vmap' or 'auto', not {backend!r}")
-        if compile_after_s is not None and not (
-            isinstance(compile_after_s, (int, float)) and compile_after_s >= 0
-        ):
-            raise ValueError(f"compile_after_s must be a number >= 0, got {compile_after_s!r}")
 
         self.model = model
-        self.inner_lr = float(inner_lr)
         self.inner_steps = int(inner_steps)
         self.test_inner_steps = int(inner_steps if test_inner_steps is None else test_inner_steps)
         self.first_order = bool(first_order)
-        self.inner_loss = inner_loss
         self.inner_loss_reduction = inner_loss_reduction
         self.learn_inner_lr = bool(learn_inner_lr)
+        self.inner_lr = None if inner_lr is None else float(inner_lr)
 
         layout = ParamLayout(model)
         if not layout.names:
@@ -222,46 +225,57 @@ class MAMLWrapper(nn.Module):
         self.adapted_names: list[str] = select_adapted(model, layout, adapt)
         self._layout = layout
         params = dict(model.named_parameters())
-        self.inner_lrs = nn.ParameterDict()
-        if self.learn_inner_lr:
-            for n in self.adapted_names:
-                self.inner_lrs[_lr_key(n)] = nn.Parameter(torch.full_like(params[n], inner_lr))
+        if rule is None:
+            assert inner_lr is not None
+            rule = (MetaSGD({n: params[n] for n in self.adapted_names}, inner_lr)
+                    if self.learn_inner_lr else SGD(inner_lr))
+        if support is None:
+            support = (LossObjective(inner_loss, reduction=inner_loss_reduction)
+                       if inner_loss is not None else CrossEntropy(inner_loss_reduction))
+        if objective is None:
+            objective = LossObjective(inner_loss) if inner_loss is not None else CrossEntropy()
+        # Modules are registered (their tensors are meta-parameters, saved with the model);
+        # plain callables are kept as they are.
+        self.rule = rule
+        self.support = support
+        self.objective = objective
 
         if backend == "auto":
-            device = next(iter(params.values())).device
-            backend = "func" if compile is True else default_backend(device)
+            backend = default_backend(next(iter(params.values())).device)
         self.backend_name = backend
-        self.compile_mode: bool | Literal["auto"] = (
-            compile if backend in ("func", "vmap", "auto") else False
+        self.compile = bool(compile)
+        self._loop = InnerLoop(model, self.adapted_names, rule, support, objective)
+        self._backend: Backend = _make_backend(
+            backend, self._loop, first_order=self.first_order, vmap_chunk=vmap_chunk,
+            workers=workers, compile=self.compile,
         )
-        problem = InnerProblem(model, layout, self.adapted_names, inner_loss)
-        self._backend: Backend = make_backend(
-            self.backend_name,
-            problem,
-            inner_lr=self.inner_lr,
-            first_order=self.first_order,
-            vmap_chunk=vmap_chunk,
-            workers=workers,
-            compile=self.compile_mode,
-            compile_after_s=compile_after_s,
-        )
-        logger.debug("MAMLWrapper: backend %s, compile=%s", self.backend_name, self.compile_mode)
+        logger.debug("MAMLWrapper: backend %s, compile=%s", self.backend_name, self.compile)
 
     # ------------------------------------------------------------------------------ helpers
-    def _lrs(self) -> dict[str, float | Tensor]:
-        if self.learn_inner_lr:
-            return {n: self.inner_lrs[_lr_key(n)] for n in self.adapted_names}
-        return {n: self.inner_lr for n in self.adapted_names}
+    @property
+    def inner_lrs(self) -> nn.ParameterDict:
+        """Meta-SGD's learned rates (``"."`` in names replaced by ``"-"``)."""
+        if not isinstance(self.rule, MetaSGD):
+            raise AttributeError("inner_lrs exists with learn_inner_lr=True (Meta-SGD) only")
+        return self.rule.lrs
 
-    def _scale(self, ways: int) -> float:
-        return float(ways) if self.inner_loss_reduction == "sum_over_k" else 1.0
+    def _meta_inputs(self) -> Any:
+        from metakd.meta._func import MetaInputs
 
-    def _meta_inputs(self) -> list[Tensor]:
         params = dict(self.model.named_parameters())
-        inputs: list[Tensor] = [params[n] for n in self._layout.names]
-        if self.learn_inner_lr:
-            inputs += [self.inner_lrs[_lr_key(n)] for n in self.adapted_names]
-        return inputs
+        groups: dict[str, dict[str, Tensor]] = {"model": {n: params[n] for n in self._layout.names}}
+        for g in ("rule", "support", "objective"):
+            part = getattr(self, g)
+            groups[g] = (
+                {n: p for n, p in part.named_parameters() if p.requires_grad}
+                if isinstance(part, nn.Module) else {}
+            )
+        return MetaInputs(groups)
+
+    @staticmethod
+    def _step_tensor(step: int | Tensor | None, device: torch.device) -> Tensor:
+        value = 0 if step is None else int(step)
+        return torch.tensor(value, dtype=torch.int64, device=device)
 
     # ---------------------------------------------------------------------------- public API
     def forward(self, x: Tensor) -> Tensor:
@@ -273,18 +287,20 @@ class MAMLWrapper(nn.Module):
         support_x: Tensor,
         support_y: Tensor,
         steps: int | None = None,
+        extras: Mapping[str, Tensor] | None = None,
     ) -> MAMLLearner:
         """Adapt to one task's support set and return the adapted learner.
 
-        Under ``torch.no_grad()`` the adaptation is first-order and keeps no meta-graph
-        (evaluation); otherwise the learner's parameters are graph-connected to the
-        meta-parameters (to second order unless ``first_order``).
+        Under ``torch.no_grad()`` the adaptation keeps no meta-graph (evaluation); otherwise
+        the learner's parameters are graph-connected to the meta-parameters (to second
+        order unless ``first_order``).
 
         Args:
             support_x: ``[N*K, C, H, W]`` support images.
             support_y: ``[N*K]`` int64 labels in ``0..N-1``.
             steps: inner steps; defaults to ``inner_steps`` with grad enabled and
                 ``test_inner_steps`` under ``torch.no_grad()``.
+            extras: this task's extras for the support objective.
 
         Returns:
             A :class:`MAMLLearner`: ``learner(query_x) -> logits``, ``learner.params``.
@@ -299,27 +315,27 @@ class MAMLWrapper(nn.Module):
                 f"{support_y.shape[0]}; pass one task (use meta_loss for a TaskBatch)"
             )
         mode: Mode = ("first" if self.first_order else "second") if grad else "none"
-        ways = int(support_y.max().item()) + 1 if support_y.numel() else 1
-        return self._backend.adapt(
-            support_x, support_y, steps, self._lrs(), self._scale(ways), mode
-        )
+        return self._backend.adapt(support_x, support_y, dict(extras or {}), steps, mode)
 
     def meta_loss(
-        self, task_batch: TaskBatch, training: bool = True
+        self, task_batch: TaskBatch, training: bool = True, step: int | Tensor | None = None
     ) -> tuple[Tensor, dict[str, Any]]:
-        """Mean query loss over the tasks of ``task_batch`` after the inner loop.
+        """Mean over the tasks of ``task_batch`` of the query objective after the inner loop.
 
         Args:
             task_batch: a :class:`metakd.data.TaskBatch` of ``T`` tasks.
             training: ``True``: ``inner_steps`` steps and a (surrogate) loss whose
                 ``backward()`` gives the meta-gradient; ``False``: ``test_inner_steps``
-                steps, first-order inner loop, query forward under ``torch.no_grad()``, and
-                a loss without graph.
+                steps, no meta-graph, and a loss without graph.
+            step: the meta-iteration, passed to the query objective (``fit`` passes it, and
+                restores it on resume); default 0.
 
         Returns:
             ``(loss, metrics)``: ``metrics["loss"]`` and ``metrics["accuracy"]`` (mean query
-            accuracy over tasks) are Python floats, ``metrics["task_accuracy"]`` a ``[T]``
-            tensor.
+            accuracy over tasks) are Python floats, ``metrics["terms"]`` maps each named term
+            of the objective to its mean over tasks (floats), ``metrics["task_accuracy"]`` is
+            a ``[T]`` tensor and ``metrics["class_accuracy"]`` a ``[T, N]`` tensor of per-class
+            query accuracy (NaN for a class without queries).
         """
         if not isinstance(task_batch, TaskBatch):
             raise ValueError(
@@ -328,62 +344,78 @@ class MAMLWrapper(nn.Module):
             )
         if len(task_batch) == 0:
             raise ValueError("meta_loss got an empty TaskBatch")
-        scale = self._scale(task_batch.ways)
-        lrs = self._lrs()
+        meta_step = self._step_tensor(step, task_batch.support_x.device)
         if training:
             inputs = self._meta_inputs()
             with torch.enable_grad():
-                losses, accs, grads = self._backend.meta_gradients(
-                    task_batch, self.inner_steps, lrs, scale, self.first_order, inputs
+                terms, logits, grads = self._backend.meta_gradients(
+                    task_batch, self.inner_steps, self.first_order, inputs, meta_step
                 )
-                loss = losses.mean()
+                loss = total(terms).mean()
                 # Surrogate: value = mean query loss, d/dθ = the meta-gradient just computed.
-                dot = torch.stack([(t * g).sum() for t, g in zip(inputs, grads)]).sum()
+                dot = torch.stack([(t * g).sum() for t, g in zip(inputs.flat, grads)]).sum()
                 loss = loss + (dot - dot.detach())
         else:
-            losses, accs = self._backend.evaluate(task_batch, self.test_inner_steps, lrs, scale)
-            loss = losses.mean()
+            # The paths build no meta-graph; the inner steps still need their gradients.
+            terms, logits = self._backend.predict(task_batch, self.test_inner_steps, meta_step)
+            loss = total(terms).mean().detach()
+        y = task_batch.query_y
         metrics: dict[str, Any] = {
             "loss": float(loss.detach()),
-            "accuracy": float(accs.mean()),
-            "task_accuracy": accs,
+            "terms": {k: float(v.mean()) for k, v in terms.items()},
         }
+        if y.dtype.is_floating_point or y.dim() != 2:  # regression: no accuracy
+            nan = torch.full((len(task_batch),), float("nan"), dtype=torch.float64)
+            metrics.update(accuracy=float("nan"), task_accuracy=nan, class_accuracy=nan[:, None])
+        else:
+            accs = accuracy(logits, y)
+            metrics.update(accuracy=float(accs.mean()), task_accuracy=accs,
+                           class_accuracy=class_accuracy(logits, y, logits.shape[-1]))
         return loss, metrics
 
-    def _auto_compilers(self) -> list[Any]:
-        backend = self._backend
-        parts = [getattr(backend, "func", None), getattr(backend, "vmap", None), backend]
-        found = [getattr(b, "auto_compiler", None) for b in parts if b is not None]
-        return [a for a in found if a is not None]
+    def predict(
+        self, task_batch: TaskBatch, steps: int | None = None, step: int | Tensor | None = None
+    ) -> Tensor:
+        """The adapted query logits ``[T, N*Q, N]`` of every task, without a graph.
 
-    def compile_status(self) -> list[dict[str, Any]]:
-        """With ``compile="auto"``: one dict per meta-gradient signature seen so far.
-
-        Keys: ``signature``, ``state`` (``"eager"``, ``"compiling"``, ``"compiled"`` or
-        ``"failed"``), ``eager_s`` (eager seconds spent on it), ``compile_s`` (the background
-        compile's wall time) and ``error``. Empty for other ``compile`` settings.
+        Each task is adapted on its support set with ``steps`` inner steps (default
+        ``test_inner_steps``) and its query set is classified, as in evaluation: for a
+        teacher adapted on the support set, or evaluation by other code.
         """
-        return [row for a in self._auto_compilers() for row in a.status()]
-
-    def wait_for_compile(self, timeout: float | None = None) -> bool:
-        """Block until the background compiles under way finish (``compile="auto"``).
-
-        Returns ``False`` if one is still running after ``timeout`` seconds.
-        """
-        return all(a.wait(timeout) for a in self._auto_compilers())
+        if not isinstance(task_batch, TaskBatch):
+            raise ValueError(f"predict takes a metakd.data.TaskBatch, got {type(task_batch).__name__}")
+        steps = self.test_inner_steps if steps is None else steps
+        _check_steps("steps", steps)
+        meta_step = self._step_tensor(step, task_batch.support_x.device)
+        _, logits = self._backend.predict(task_batch, steps, meta_step)
+        return logits.detach()
 
     def extra_repr(self) -> str:
         return (
-            f"inner_lr={self.inner_lr}, inner_steps={self.inner_steps}, "
-            f"test_inner_steps={self.test_inner_steps}, first_order={self.first_order}, "
-            f"backend={self.backend_name!r}, adapted={len(self.adapted_names)} tensors, "
-            f"meta_sgd={self.learn_inner_lr}, reduction={self.inner_loss_reduction!r}"
+            f"inner_steps={self.inner_steps}, test_inner_steps={self.test_inner_steps}, "
+            f"first_order={self.first_order}, backend={self.backend_name!r}, "
+            f"adapted={len(self.adapted_names)} tensors, compile={self.compile}"
         )
 
 
-def _lr_key(name: str) -> str:
-    # ParameterDict keys cannot contain "."; "-" cannot occur in a parameter name.
-    return name.replace(".", "-")
+def _make_backend(
+    name: str, loop: InnerLoop, *, first_order: bool, vmap_chunk: int | None,
+    workers: int | None, compile: bool,
+) -> Backend:
+    """Build the path called ``name`` (``"auto"`` or one of :data:`BACKENDS`)."""
+    if name in ("func", "vmap", "auto"):
+        from metakd.meta._func import AutoBackend, FuncBackend, VmapBackend
+
+        if name == "auto":
+            return AutoBackend(loop, workers=workers, compile=compile)
+        if name == "func":
+            return FuncBackend(loop, workers=workers, compile=compile)
+        return VmapBackend(loop, chunk=vmap_chunk, workers=workers, compile=compile)
+    from metakd.meta._external import HigherBackend, Learn2LearnBackend
+
+    if name == "learn2learn":
+        return Learn2LearnBackend(loop, first_order)
+    return HigherBackend(loop)
 
 
 def _check_steps(what: str, steps: object) -> None:
