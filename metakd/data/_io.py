@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import pickle
@@ -17,6 +18,7 @@ from typing import Any, BinaryIO
 __all__ = [
     "CorruptFileError",
     "DatasetNotFoundError",
+    "DownloadError",
     "download_url",
     "extract_archive",
     "file_digest",
@@ -32,6 +34,27 @@ class DatasetNotFoundError(FileNotFoundError):
 
 class CorruptFileError(ValueError):
     """A file of a data set cannot be decoded; the message names the file."""
+
+
+class DownloadError(DatasetNotFoundError):
+    """A download failed (offline, unreachable host, HTTP error).
+
+    The message is one line naming the URL, the file to download by hand and the folder to
+    put it in.
+    """
+
+
+class _NetworkError(Exception):
+    """Internal: the network side of a download failed (wraps the original exception)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+def _reason(e: BaseException) -> str:
+    reason = getattr(e, "reason", None) or e  # URLError keeps the socket error in .reason
+    return " ".join(str(reason).split()) or type(e).__name__
 
 
 def file_digest(path: str | os.PathLike[str], algorithm: str = "md5", chunk: int = 1 << 20) -> str:
@@ -52,26 +75,55 @@ def download_url(
 ) -> Path:
     """Download ``url`` into ``folder`` (atomically) and check its md5.
 
-    An existing file with the right checksum is not downloaded again. A checksum mismatch
-    raises ``CorruptFileError`` and leaves no partial file behind.
+    A file already at ``folder/filename`` (downloaded earlier, or placed there by hand, as the
+    original projects advise on slow connections) is used without touching the network if
+    its md5 matches (or none is given); if it does not match, ``CorruptFileError`` names the
+    file and both checksums, and the file is left alone. A downloaded file with the wrong md5
+    is not kept.
+
+    Raises:
+        DownloadError: the network is unreachable or the server refuses; the one-line message
+            names the URL, the file to download by hand and the folder to put it in.
+        CorruptFileError: a checksum mismatch.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / (filename or url.rstrip("/").rsplit("/", 1)[-1])
-    if target.exists() and (md5 is None or file_digest(target) == md5):
-        log.info("using existing %s", target)
-        return target
+    if target.exists():
+        if md5 is None:
+            log.info("using existing %s", target)
+            return target
+        got = file_digest(target)
+        if got == md5:
+            log.info("using existing %s (md5 matches)", target)
+            return target
+        raise CorruptFileError(
+            f"{target} has md5 {got}, expected {md5}: it is not the expected file (incomplete "
+            f"or a different version). Replace it with a complete copy of {url}, or delete it "
+            "and download again"
+        )
     log.info("downloading %s to %s", url, target)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
-            total = int(resp.headers.get("Content-Length") or 0)
-            _copy_with_progress(resp, out, total, target.name, progress)
+        with os.fdopen(fd, "wb") as out:
+            try:
+                resp = urllib.request.urlopen(url, timeout=60)
+            except (OSError, http.client.HTTPException) as e:
+                raise _NetworkError(e) from None
+            with resp:
+                total = int(resp.headers.get("Content-Length") or 0)
+                _copy_with_progress(resp, out, total, target.name, progress)
         if md5 is not None and (got := file_digest(tmp)) != md5:
             raise CorruptFileError(
                 f"download of {url} has md5 {got}, expected {md5}; the file was not kept"
             )
         os.replace(tmp, target)
+    except _NetworkError as e:
+        checksum = f" (md5 {md5})" if md5 else ""
+        raise DownloadError(
+            f"cannot download {url}: {_reason(e.error)}. Without network access, download it "
+            f"by hand{checksum} and place it as {target.name} in the folder {folder}"
+        ) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -82,7 +134,13 @@ def _copy_with_progress(src: BinaryIO, dst: BinaryIO, total: int, name: str, pro
     from tqdm.auto import tqdm
 
     with tqdm(total=total or None, unit="B", unit_scale=True, desc=name, disable=not progress) as bar:
-        while block := src.read(1 << 20):
+        while True:
+            try:
+                block = src.read(1 << 20)
+            except (OSError, http.client.HTTPException) as e:  # connection lost mid-way
+                raise _NetworkError(e) from None
+            if not block:
+                break
             dst.write(block)
             bar.update(len(block))
 
@@ -97,8 +155,12 @@ def _inside(root: Path, name: str) -> Path:
 def extract_archive(archive: str | os.PathLike[str], folder: str | os.PathLike[str]) -> Path:
     """Extract a zip or tar archive into ``folder``, refusing members that leave it.
 
+    ``folder`` may already exist (a data folder holding the hand-placed archive itself):
+    members are checked against its real location, links already inside it followed.
     Absolute paths, ``..`` components, and links pointing outside ``folder`` raise
-    ``CorruptFileError`` before anything is written.
+    ``CorruptFileError`` before anything is written. Without tarfile's ``data`` filter
+    (Python < 3.11.4) tar links are refused altogether, since a chain of links could only be
+    judged after extraction.
     """
     archive = Path(archive)
     root = Path(folder).resolve()
@@ -111,14 +173,22 @@ def extract_archive(archive: str | os.PathLike[str], folder: str | os.PathLike[s
     elif tarfile.is_tarfile(archive):
         with tarfile.open(archive) as tf:
             members = tf.getmembers()
+            safe_filter = hasattr(tarfile, "data_filter")
             for m in members:
                 _inside(root, m.name)
-                if m.issym() or m.islnk():
+                if (m.issym() or m.islnk()) and not safe_filter:
+                    raise CorruptFileError(f"archive member {m.name!r} is a link; refusing")
+                if m.issym():  # relative to the link's folder
                     _inside(root, os.path.join(os.path.dirname(m.name), m.linkname))
+                elif m.islnk():  # relative to the archive's root
+                    _inside(root, m.linkname)
                 if m.isdev():
                     raise CorruptFileError(f"archive member {m.name!r} is a device file; refusing")
-            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 / 3.12: also drops setuid bits
-                tf.extractall(root, members=members, filter="data")
+            if safe_filter:  # Python >= 3.11.4 / 3.12: checks links as written, drops setuid bits
+                try:
+                    tf.extractall(root, members=members, filter="data")
+                except tarfile.FilterError as e:
+                    raise CorruptFileError(f"{archive}: {e}; refusing") from e
             else:
                 tf.extractall(root, members=members)
     else:

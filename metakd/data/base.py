@@ -28,9 +28,54 @@ from torch.utils.data import Dataset
 
 from metakd.data._io import CorruptFileError
 
-__all__ = ["ImageArray", "ImageClassDataset"]
+__all__ = ["BACKGROUND", "ImageArray", "ImageClassDataset", "to_mode"]
 
 ImageSize = int | tuple[int, int]
+
+#: Colour transparent images are composited on: white (Omniglot and most line art are dark
+#: strokes on a white page; PIL's ``convert`` would instead keep the hidden colour values).
+BACKGROUND = 255
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+#: Version of the decoding rules (:func:`to_mode`), part of the cache key: 2 = 16-bit images
+#: scaled and transparent images composited on white (1 clipped and dropped alpha).
+_DECODER_VERSION = 2
+
+
+def to_mode(img: Any, mode: str) -> Any:
+    """A PIL image as 8-bit ``mode`` (``"L"`` or ``"RGB"``), the one decoding rule of metakd.
+
+    On top of PIL's ``convert``:
+
+    * 16-bit images (PIL modes ``"I;16"``, ``"I;16B"``, ``"I;16L"``, ``"I;16N"``, and ``"I"``,
+      which is how 16-bit PNGs may open) are scaled to 8 bits, ``round(v * 255 / 65535)``
+      (values of ``"I"`` images outside ``[0, 65535]`` are clamped first), instead of being
+      clipped at 255;
+    * transparent images (``RGBA``, ``LA``, ``PA``, premultiplied ``RGBa`` / ``La``, and
+      palette / grey / RGB images with a transparent colour) are alpha-composited on a white
+      background (:data:`BACKGROUND`): ``round((c * a + 255 * (255 - a)) / 255)`` per
+      channel, so fully transparent pixels become white whatever colour they hide.
+
+    Example:
+        >>> import numpy as np
+        >>> from PIL import Image
+        >>> from metakd.data.base import to_mode
+        >>> deep = Image.fromarray(np.array([[0, 32768, 65535]], dtype=np.uint16))
+        >>> np.asarray(to_mode(deep, "L")).tolist()
+        [[0, 128, 255]]
+    """
+    from PIL import Image
+
+    img.load()  # decode now: the caller may close the file once this returns
+    if img.mode in _WIDE_MODES:
+        wide = np.clip(np.asarray(img).astype(np.int64), 0, 65535)
+        img = Image.fromarray(((wide * 2 + 257) // 514).astype(np.uint8))  # round(v / 257)
+    elif img.mode in _ALPHA_MODES or "transparency" in img.info:
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.uint32)
+        colour, alpha = rgba[..., :3], rgba[..., 3:]
+        mixed = colour * alpha + BACKGROUND * (255 - alpha)
+        img = Image.fromarray(((mixed * 2 + 255) // 510).astype(np.uint8))  # round(mixed / 255)
+    return img if img.mode == mode else img.convert(mode)
 
 
 @dataclass(frozen=True)
@@ -188,7 +233,7 @@ class ImageClassDataset(Dataset):
             if isinstance(img, np.ndarray):
                 img = Image.fromarray(img)
             img.load()
-            return img.convert(self.image_mode)
+            return to_mode(img, self.image_mode)
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
             if isinstance(e, CorruptFileError):
                 raise
@@ -239,6 +284,7 @@ class ImageClassDataset(Dataset):
             "source": self._fingerprint(),
             "size": size,
             "mode": self.image_mode,
+            "decoder": _DECODER_VERSION,
             **self._decode_options(),
         }
         name = f"{type(self).__name__.lower()}-{self.split}-{'x'.join(map(str, size or ('native',)))}"

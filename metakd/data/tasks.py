@@ -3,8 +3,9 @@
 ``few_shot(dataset, ways, shots, queries, ...)`` returns a :class:`FewShotSampler`: iterating it
 yields :class:`~metakd.data.batch.TaskBatch` meta-batches. Per meta-batch it draws, with one
 ``torch.Generator``, ``T x N`` distinct classes and ``K + Q`` distinct images per class, gathers
-them from the decoded cache in a single indexing operation, applies the rotation of rotation
-classes, and converts to float in ``[0, 1]`` (optionally normalised).
+them from the decoded cache in a single indexing operation (rotation classes point at
+pre-rotated copies), converts to float in ``[0, 1]``, and optionally augments (see
+:mod:`metakd.data.augment`, drawing from the same generator) and normalises them.
 
 * With ``num_tasks`` given, the episodes are a fixed, seeded set: every pass over the sampler
   yields the same episodes (evaluation).
@@ -16,12 +17,13 @@ classes, and converts to float in ``[0, 1]`` (optionally normalised).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from metakd.data.augment.base import Normalize
 from metakd.data.base import ImageArray, ImageClassDataset, ImageSize
 from metakd.data.batch import TaskBatch
 
@@ -116,6 +118,7 @@ class FewShotSampler:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
         progress: bool = True,
+        augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     ) -> None:
         if meta_batch_size < 1:
             raise ValueError(f"meta_batch_size must be >= 1, got {meta_batch_size}")
@@ -136,10 +139,8 @@ class FewShotSampler:
         self._np_images = self.arrays.images.numpy()
         self._np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
         self.device = torch.device(device) if device is not None else None
-        self._norm: tuple[torch.Tensor, torch.Tensor] | None = None
-        if normalize is not None:
-            mean, std = (torch.tensor(v, dtype=dtype).view(1, 1, -1, 1, 1) for v in normalize)
-            self._norm = (mean, std)
+        self._norm = Normalize(*normalize) if normalize is not None else None
+        self.augment = augment
         self._gen = torch.Generator().manual_seed(seed)
         self._drawn = 0  # meta-batches drawn from the endless stream
 
@@ -150,19 +151,23 @@ class FewShotSampler:
 
     def sample(self, num_tasks: int | None = None, generator: torch.Generator | None = None,
                classes: torch.Tensor | None = None) -> TaskBatch:
-        """One meta-batch of ``num_tasks`` (default ``meta_batch_size``) episodes."""
+        """One meta-batch of ``num_tasks`` (default ``meta_batch_size``) episodes.
+
+        The augmentation (if any) draws from the same generator, right after the episode's
+        indices: support images first, then query images.
+        """
         t = num_tasks or (len(classes) if classes is not None else self.meta_batch_size)
-        idx, cls = episode_indices(
-            self.arrays, t, self.ways, self.shots + self.queries,
-            generator if generator is not None else self._gen, classes,
-        )
+        gen = generator if generator is not None else self._gen
+        idx, cls = episode_indices(self.arrays, t, self.ways, self.shots + self.queries, gen, classes)
         k, n = self.shots, self.ways
         support = _take(self._np_images, idx[:, :, :k], self._np_dtype)
         query = _take(self._np_images, idx[:, :, k:], self._np_dtype)
+        if self.device is not None:
+            support, query = support.to(self.device), query.to(self.device)
+        if self.augment is not None:
+            support, query = self.augment(support, gen), self.augment(query, gen)
         if self._norm is not None:
-            mean, std = self._norm
-            support = (support - mean) / std
-            query = (query - mean) / std
+            support, query = self._norm(support), self._norm(query)
         labels = torch.arange(n)
         batch = TaskBatch(
             support,
@@ -208,6 +213,7 @@ def few_shot(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
     progress: bool = True,
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
 ) -> FewShotSampler:
     """N-way K-shot Q-query episodes from a data set, in meta-batches.
 
@@ -225,10 +231,15 @@ def few_shot(
             endless stream.
         image_size: side (or ``(H, W)``) of the cached images; default the data set's.
         seed: seed of the episode generator; the same seed gives the same episodes.
-        normalize: ``(mean, std)`` per channel, applied after scaling to ``[0, 1]``.
+        normalize: ``(mean, std)`` per channel, applied after scaling to ``[0, 1]`` and
+            after ``augment``.
         dtype: floating type of the images.
-        device: where to put the batches.
+        device: where to put the batches (augmentation runs there).
         progress: progress bar while the cache is built (first use only).
+        augment: ``augment(x [T, M, C, H, W], generator) -> x`` on the float images in
+            ``[0, 1]`` of the support and the query sets (e.g.
+            ``metakd.data.augmentation("miniimagenet", 84)``). It draws from the sampler's
+            generator, so the stream (and its resumption) stays exact.
 
     Returns:
         A :class:`FewShotSampler` yielding ``TaskBatch(support_x [T, N*K, C, H, W],
@@ -243,4 +254,4 @@ def few_shot(
         (torch.Size([4, 5, 1, 28, 28]), torch.Size([4, 75]))
     """
     return FewShotSampler(dataset, ways, shots, queries, meta_batch_size, num_tasks, image_size,
-                          seed, normalize, dtype, device, progress)
+                          seed, normalize, dtype, device, progress, augment)

@@ -258,6 +258,10 @@ class HDF5Source(Source):
                 counts = [int(f[group][c].shape[0]) for c in self.classes]
         except OSError as e:
             raise CorruptFileError(f"cannot read HDF5 file {path}: {e}") from e
+        empty = [c for c, n in zip(self.classes, counts) if n == 0]
+        if empty:
+            raise CorruptFileError(f"{path}: class /{group}/{empty[0]} holds no image"
+                                   + (f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""))
         self.counts = np.asarray(counts, dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)])
         self.labels = np.repeat(np.arange(len(self.classes)), self.counts)
@@ -346,6 +350,10 @@ def scan_class_folders(folder: Path, classes: Sequence[str] | None = None
                        ) -> tuple[list[Path], list[int], list[str]]:
     """Images of ``folder/<class>/...``: files, class index of each, sorted class names.
 
+    An empty class folder is never skipped: a class folder without image files (hidden files
+    and other extensions do not count) raises ``CorruptFileError`` naming it, and how many
+    others are empty too. Remove the folder (or restore its images) to go on.
+
     Args:
         folder: the folder holding one sub-folder per class.
         classes: read only these classes (in this order); default every visible sub-folder,
@@ -357,10 +365,17 @@ def scan_class_folders(folder: Path, classes: Sequence[str] | None = None
     names = list_subfolders(folder) if classes is None else list(classes)
     files: list[Path] = []
     labels: list[int] = []
+    empty: list[Path] = []
     for k, name in enumerate(names):
         imgs = list_images(folder / name)
         if not imgs:
-            raise CorruptFileError(f"class folder {folder / name} holds no image")
+            empty.append(folder / name)
         files += imgs
         labels += [k] * len(imgs)
+    if empty:
+        more = f" (and {len(empty) - 1} more empty class folders: {[p.name for p in empty[1:6]]})"
+        raise CorruptFileError(
+            f"class folder {empty[0]} holds no image" + (more if len(empty) > 1 else "")
+            + f"; every class needs images with one of the extensions {', '.join(IMAGE_EXTENSIONS)}"
+        )
     return files, labels, names

@@ -22,6 +22,8 @@ Layouts read:
 ``"folders"``: one folder per class (MTL's FC100, learn2learn's / R2D2's CIFAR-FS)::
 
     root/{train,val,test}/<class>/*.png     (or root/data/<class>/*.png, all 100 classes)
+
+A class folder without images is an error naming it, never skipped.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ log = logging.getLogger(__name__)
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
+ARCHIVE = "cifar-100-python.tar.gz"
 
 #: CIFAR-100's 20 superclasses and their 5 fine classes each (names as in the ``meta`` file).
 CIFAR100_SUPERCLASSES: dict[str, tuple[str, ...]] = {
@@ -131,7 +134,8 @@ _HELP = """\
 Expected one of these layouts:
   python   {root}/cifar-100-python/{{train,test,meta}}   (the official python version)
 {extra}How to get it: {name}(root, download=True) downloads and extracts
-  {url} (md5 {md5}, 161 MB)."""
+  {url} (md5 {md5}, 161 MB);
+  or download it by hand and place it as {root}/cifar-100-python.tar.gz."""
 
 
 def _python_folder(root: Path) -> Path | None:
@@ -142,9 +146,15 @@ def _python_folder(root: Path) -> Path | None:
 
 
 def _download(root: Path) -> None:
+    """Extract the official archive into ``root``: a hand-placed copy (md5-checked), else downloaded."""
     if _python_folder(root) is None:
-        archive = download_url(URL, root, "cifar-100-python.tar.gz", md5=MD5)
+        archive = download_url(URL, root, ARCHIVE, md5=MD5)
         extract_archive(archive, root)
+
+
+def _placed(root: Path) -> bool:
+    """Whether the official archive was placed in ``root`` by hand (and not yet extracted)."""
+    return (root / ARCHIVE).is_file() and _python_folder(root) is None
 
 
 class _Cifar:
@@ -191,7 +201,8 @@ class CIFAR100(SourceDataset):
         split: ``"train"`` or ``"test"``.
         transform: torchvision-style transform of the PIL image in ``__getitem__``.
         target_transform: transform of the class index.
-        download: download and extract the official archive (md5-checked) if missing.
+        download: download and extract the official archive (md5-checked) if missing. An archive placed by hand as ``root/cifar-100-python.tar.gz`` is
+            md5-checked and extracted without the network, with or without ``download``.
         cache_dir: where the decoded-image cache goes.
 
     Attributes:
@@ -223,7 +234,7 @@ class CIFAR100(SourceDataset):
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         assert self.root is not None
-        if download:
+        if download or _placed(self.root):
             _download(self.root)
         folder = _python_folder(self.root)
         if folder is None:
@@ -265,7 +276,7 @@ class _FewShotCifar(SourceDataset):
         assert self.root is not None
         self.split_classes = tuple(sorted(self.classes_of_split(split)))
         found = self._find(format)
-        if found is None and download and format in ("auto", "python"):
+        if found is None and (download or _placed(self.root)) and format in ("auto", "python"):
             _download(self.root)
             found = self._find(format)
         if found is None:
@@ -385,7 +396,8 @@ class CIFARFS(_FewShotCifar):
         transform: torchvision-style transform of the PIL image in ``__getitem__``.
         target_transform: transform of the class index.
         rotations: e.g. ``(0, 90, 180, 270)`` to add rotated copies of every class.
-        download: download the official CIFAR-100 archive (md5-checked) if nothing is found.
+        download: download the official CIFAR-100 archive (md5-checked) if nothing is found. An archive placed by hand as ``root/cifar-100-python.tar.gz`` is
+            md5-checked and extracted without the network, with or without ``download``.
         cache_dir: where the decoded-image cache goes.
 
     Example:
@@ -421,7 +433,8 @@ class FC100(_FewShotCifar):
         transform: torchvision-style transform of the PIL image in ``__getitem__``.
         target_transform: transform of the class index.
         rotations: e.g. ``(0, 90, 180, 270)`` to add rotated copies of every class.
-        download: download the official CIFAR-100 archive (md5-checked) if nothing is found.
+        download: download the official CIFAR-100 archive (md5-checked) if nothing is found. An archive placed by hand as ``root/cifar-100-python.tar.gz`` is
+            md5-checked and extracted without the network, with or without ``download``.
         cache_dir: where the decoded-image cache goes.
 
     Example:

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 URL = "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz"
 MD5 = "97eceeb196236b17998738112f37df78"
+ARCHIVE = "CUB_200_2011.tgz"
 NUM_CLASSES = 200
 _CLASS_RE = re.compile(r"^(\d{3})\.")
 
@@ -49,7 +50,8 @@ Expected one of these layouts:
   images  {root}/CUB_200_2011/images/NNN.Species_name/*.jpg   (or {root}/images/NNN.*/*.jpg)
   hdf5    {root}/{split}_data.hdf5 + {root}/{split}_labels.json   (torchmeta; or {root}/cub/)
 How to get it: CUB(root, download=True) downloads and extracts the official archive
-  {url} (md5 {md5}, 1.1 GB)."""
+  {url} (md5 {md5}, 1.1 GB);
+  or download it by hand and place it as {root}/CUB_200_2011.tgz."""
 
 
 def cub_split_of(class_id: int) -> str:
@@ -69,7 +71,8 @@ class CUB(SourceDataset):
 
     Classes are the ``NNN.name`` folders of the split, sorted (so by id); images sorted by
     file name. Images are RGB of various sizes (a few are grayscale and are converted);
-    :meth:`arrays` resizes them to 84x84 by default.
+    :meth:`arrays` resizes them to 84x84 by default. A class folder of the split that holds
+    no image is an error (``CorruptFileError``) naming it.
 
     Args:
         root: the folder holding ``CUB_200_2011/`` (or the torchmeta files).
@@ -79,7 +82,10 @@ class CUB(SourceDataset):
         target_transform: transform of the class index.
         rotations: e.g. ``(0, 90, 180, 270)`` to add rotated copies of every class.
         download: download and extract the official archive into ``root`` if no layout is
-            found (checked md5; archive members leaving ``root`` are refused).
+            found (checked md5; archive members leaving ``root`` are refused). An archive
+            placed by hand as ``root/CUB_200_2011.tgz`` is md5-checked and extracted without
+            the network, with or without ``download``; a wrong checksum is an error naming
+            both. Offline, the error names the file to place and where.
         cache_dir: where the decoded-image cache goes.
 
     Example:
@@ -114,8 +120,8 @@ class CUB(SourceDataset):
             raise ValueError(f"format must be 'auto', 'images' or 'hdf5', got {format!r}")
         assert self.root is not None
         found = self._find(format)
-        if found is None and download:
-            self.download()
+        if found is None and (download or (self.root / ARCHIVE).is_file()):
+            self.download()  # a hand-placed archive is checked and extracted, not downloaded
             found = self._find(format)
         if found is None:
             raise DatasetNotFoundError(
@@ -171,5 +177,5 @@ class CUB(SourceDataset):
     def download(self) -> None:
         """Download ``CUB_200_2011.tgz`` (md5-checked) and extract it into ``root``."""
         assert self.root is not None
-        archive = download_url(URL, self.root, "CUB_200_2011.tgz", md5=MD5)
+        archive = download_url(URL, self.root, ARCHIVE, md5=MD5)
         extract_archive(archive, self.root)

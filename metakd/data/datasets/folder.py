@@ -23,7 +23,8 @@ class ImageFolderDataset(SourceDataset):
     Classes are the sub-folders, in sorted order; images are read recursively inside each
     class folder, in sorted order. Image extensions are matched case-insensitively
     (:data:`IMAGE_EXTENSIONS`); hidden files and folders (``.DS_Store``, ``.ipynb_checkpoints``)
-    are ignored.
+    are ignored. A class folder without images is an error naming it (``CorruptFileError``),
+    never skipped silently: remove it or restore its images.
 
     Expected layout::
 

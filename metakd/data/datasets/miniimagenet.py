@@ -140,7 +140,8 @@ class MiniImageNet(SourceDataset):
     Classes are sorted WordNet ids (for the Gidaris pickles: the pickle's labels shifted to
     start at 0, as Meta-Baseline does, which is also sorted-wnid order). Within a class,
     images are sorted by file name (csv, folders) or keep their order in the file (pickle,
-    gidaris, hdf5). A class set different from Ravi & Larochelle's is logged as a warning.
+    gidaris, hdf5). A class set different from Ravi & Larochelle's is logged as a warning; a
+    class folder (``folders`` layout) or HDF5 class without images is an error naming it.
 
     Args:
         root: the folder (see the module docstring for the layouts).

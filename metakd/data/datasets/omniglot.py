@@ -16,6 +16,11 @@ Three protocols:
 
 Images are 105x105 black-on-white PNGs; by default they are inverted (white strokes on black,
 as in the reference MAML code) and resized to 28x28 with a Lanczos filter when cached.
+Transparent or 16-bit PNGs (re-exported copies) are read by
+:func:`metakd.data.base.to_mode`: composited on white, scaled to 8 bits.
+
+A character folder of the requested split that holds no ``.png`` (an incomplete copy) is an
+error naming the folder, never skipped silently.
 """
 
 from __future__ import annotations
@@ -29,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from metakd.data._io import DatasetNotFoundError, download_url, extract_archive
-from metakd.data.base import ImageClassDataset
+from metakd.data._io import CorruptFileError, DatasetNotFoundError, download_url, extract_archive
+from metakd.data.base import ImageClassDataset, to_mode
 
 __all__ = ["BUNDLED_OMNIGLOT", "Omniglot"]
 
@@ -91,23 +96,33 @@ class _ZipReader:
 
 
 _PATH_RE = re.compile(r"(?:^|/)(images_[a-z0-9_]+)/([^/]+)/(character\d+)/([^/]+\.png)$")
+_DIR_RE = re.compile(r"(?:^|/)(images_[a-z0-9_]+)/([^/]+)/(character\d+)/$")
 
 
-def _scan_zip(path: Path) -> list[_Image]:
-    out = []
+def _scan_zip(path: Path) -> tuple[list[_Image], list[_Image]]:
+    """The images of a zip, and its character folders without images (``member`` = the folder)."""
+    out, folders = [], {}
     with zipfile.ZipFile(path) as zf:
         for name in zf.namelist():
             m = _PATH_RE.search(name)
             if m:
                 out.append(_Image(m.group(2), m.group(3), str(path), name))
-    return out
+            elif d := _DIR_RE.search(name):
+                folders[(d.group(2), d.group(3))] = _Image(d.group(2), d.group(3), str(path), name)
+    for im in out:
+        folders.pop((im.alphabet, im.character), None)
+    return out, list(folders.values())
 
 
-def _scan_folder(path: Path) -> list[_Image]:
+def _scan_folder(path: Path) -> tuple[list[_Image], list[_Image]]:
+    """The images under ``path/<alphabet>/characterNN/``, and the character folders without any."""
     out = []
     for png in path.glob("*/character*/*.png"):
         out.append(_Image(png.parent.parent.name, png.parent.name, str(png), ""))
-    return out
+    full = {(im.alphabet, im.character) for im in out}
+    empty = [_Image(d.parent.name, d.name, str(d), "") for d in sorted(path.glob("*/character*"))
+             if d.is_dir() and (d.parent.name, d.name) not in full]
+    return out, empty
 
 
 class Omniglot(ImageClassDataset):
@@ -125,7 +140,10 @@ class Omniglot(ImageClassDataset):
         rotations: e.g. ``(0, 90, 180, 270)`` to add rotated copies of every class.
         invert: white strokes on black (``True``, as MAML's reference code) or the raw
             black-on-white drawings.
-        download: fetch and extract the two official zips into ``root`` if missing.
+        download: fetch and extract the two official zips into ``root`` if missing. Zips
+            already in ``root`` (placed there by hand) are md5-checked and used without the
+            network; without ``download`` they are read as they are. Offline, the error
+            names the zip to place and where.
         cache_dir: where the decoded-image cache goes.
 
     Example:
@@ -170,6 +188,7 @@ class Omniglot(ImageClassDataset):
         self.protocol = protocol
         self.invert = invert
         self._zips = _ZipReader()
+        self._empty: list[_Image] = []  # character folders without images (_scan_root)
         if protocol == "bundled":
             if root is not None:
                 raise ValueError("the bundled protocol reads the copy inside metakd: pass root=None")
@@ -180,6 +199,14 @@ class Omniglot(ImageClassDataset):
                 self.download()
             images = self._scan_root(self.root)
         images = [im for im in images if self._in_split(im)]
+        empty = [im for im in self._empty if self._in_split(im)]
+        if empty:
+            where = [f"{im.source}:{im.member}" if im.member else im.source for im in empty]
+            raise CorruptFileError(
+                f"Omniglot character folder {where[0]} holds no .png image"
+                + (f" (and {len(where) - 1} more: {where[1:4]})" if len(where) > 1 else "")
+                + "; the copy is incomplete: extract the official zips again"
+            )
         keys = sorted({(im.alphabet, im.character) for im in images})
         index = {k: i for i, k in enumerate(keys)}
         images.sort(key=lambda im: (index[(im.alphabet, im.character)], im.member or im.source))
@@ -192,7 +219,7 @@ class Omniglot(ImageClassDataset):
         seen: set[tuple[str, str, str]] = set()
         out = []
         for name in _BUNDLED_ZIPS:
-            for im in _scan_zip(BUNDLED_OMNIGLOT / name):
+            for im in _scan_zip(BUNDLED_OMNIGLOT / name)[0]:
                 key = (im.alphabet, im.character, im.member.rsplit("/", 1)[-1])
                 if key not in seen:  # Greek and Latin are in both zips
                     seen.add(key)
@@ -203,17 +230,22 @@ class Omniglot(ImageClassDataset):
         if not root.is_dir():
             raise DatasetNotFoundError(f"Omniglot root {root} is not a folder.\n" + _LAYOUT.format(root=root))
         out: list[_Image] = []
+        self._empty = []
         for part in ("images_background", "images_evaluation"):
             folder, archive = root / part, root / f"{part}.zip"
             if folder.is_dir():
-                out += [_Image(i.alphabet, i.character, i.source, "") for i in _scan_folder(folder)]
+                images, empty = _scan_folder(folder)
             elif archive.is_file():
-                out += _scan_zip(archive)
+                images, empty = _scan_zip(archive)
+            else:
+                continue
+            out += images
+            self._empty += empty
         if not out:
             raise DatasetNotFoundError(f"no Omniglot images found in {root}.\n" + _LAYOUT.format(root=root))
         self._parts = {
             (im.alphabet, im.character): "evaluation" if "images_evaluation" in (im.member or im.source)
-            else "background" for im in out
+            else "background" for im in out + self._empty
         }
         return out
 
@@ -251,7 +283,7 @@ class Omniglot(ImageClassDataset):
         im = self._images[j]
         src = io.BytesIO(self._zips.read(im.source, im.member)) if im.member else im.source
         with Image.open(src) as raw:
-            gray = raw.convert("L")
+            gray = to_mode(raw, "L")
         return ImageOps.invert(gray) if self.invert else gray
 
     def _describe(self, j: int) -> str:
