@@ -1,5 +1,11 @@
-"""Training engine: the meta-training loop, evaluation with confidence intervals, checkpoints."""
+"""Training engine: the training loop, evaluation with confidence intervals, checkpoints.
 
+:func:`fit` trains any objective on episodes or ``(x, y)`` minibatches with named loss terms,
+checkpointed callbacks, validation and exact resume; :func:`evaluate` reports mean accuracy over
+episodes or top-1 over labelled examples, each with a 95% confidence interval.
+"""
+
+from metakd.engine.callbacks import Callback, FitState
 from metakd.engine.checkpoint import load_checkpoint, save_checkpoint
 from metakd.engine.distributed import (
     all_reduce_gradients,
@@ -7,19 +13,29 @@ from metakd.engine.distributed import (
     rank_slice,
     shutdown_distributed,
 )
+from metakd.engine.evaluation import evaluate
 from metakd.engine.logger import JsonlLogger, plot_learning_curve, read_log
+from metakd.engine.objective import supervised_loss
 from metakd.engine.schedule import BudgetCosine
-from metakd.engine.stats import EvalResult, mean_confidence_interval, student_t_quantile
-from metakd.engine.trainer import FitResult, MetaLearner, NonFiniteLossError, evaluate, fit
+from metakd.engine.stats import (
+    EvalResult,
+    binomial_confidence_interval,
+    mean_confidence_interval,
+    student_t_quantile,
+)
+from metakd.engine.trainer import FitResult, MetaLearner, NonFiniteLossError, fit
 
 __all__ = [
     "BudgetCosine",
+    "Callback",
     "EvalResult",
     "FitResult",
+    "FitState",
     "JsonlLogger",
     "MetaLearner",
     "NonFiniteLossError",
     "all_reduce_gradients",
+    "binomial_confidence_interval",
     "evaluate",
     "fit",
     "init_distributed",
@@ -31,4 +47,5 @@ __all__ = [
     "save_checkpoint",
     "shutdown_distributed",
     "student_t_quantile",
+    "supervised_loss",
 ]

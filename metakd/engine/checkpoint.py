@@ -18,6 +18,13 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path
 
     A reader (or a run killed mid-write, SIGKILL included) sees either the previous complete
     file or the new complete file, never a partial one.
+
+    Example:
+        >>> import tempfile, torch
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     path = save_checkpoint({"w": torch.ones(2)}, f"{d}/last.pt")
+        ...     load_checkpoint(path)["w"]
+        tensor([1., 1.])
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,7 +42,18 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Any:
-    """Load a checkpoint with ``weights_only=True`` (tensors, containers and numbers only)."""
+    """Load a checkpoint with ``weights_only=True`` (tensors, containers and numbers only).
+
+    Raises:
+        FileNotFoundError: there is no file at ``path``.
+
+    Example:
+        >>> import tempfile, torch
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     _ = save_checkpoint({"step": 3}, f"{d}/c.pt")
+        ...     load_checkpoint(f"{d}/c.pt")
+        {'step': 3}
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
@@ -43,7 +61,16 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
 
 
 def get_rng_state() -> dict[str, Any]:
-    """The global RNG states a run depends on (torch CPU and CUDA, Python's ``random``)."""
+    """The global RNG states a run depends on (torch CPU and CUDA, Python's ``random``).
+
+    Example:
+        >>> import torch
+        >>> state = get_rng_state()
+        >>> a = torch.rand(1)
+        >>> set_rng_state(state)
+        >>> torch.equal(a, torch.rand(1))
+        True
+    """
     py = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -55,7 +82,16 @@ def get_rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what :func:`get_rng_state` returned."""
+    """Restore what :func:`get_rng_state` returned.
+
+    Example:
+        >>> import random
+        >>> state = get_rng_state()
+        >>> a = random.random()
+        >>> set_rng_state(state)
+        >>> random.random() == a
+        True
+    """
     torch.set_rng_state(state["torch"])
     v, internal, gauss = state["python"]
     random.setstate((v, tuple(internal), gauss))

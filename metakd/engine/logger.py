@@ -17,10 +17,22 @@ log = logging.getLogger(__name__)
 class JsonlLogger:
     """Append records to ``<folder>/log.jsonl`` (and TensorBoard scalars if available).
 
+    Every numeric, finite value of a record goes to TensorBoard as ``KIND/KEY`` (so a named
+    loss term ``loss/kd`` of a training record is the scalar ``train/loss/kd``).
+
     Args:
-        folder: run folder; ``None`` disables writing (records are still kept in memory).
+        folder: run folder; ``None`` disables writing.
         tensorboard: also write TensorBoard event files when ``torch.utils.tensorboard``
             can be imported.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     logger = JsonlLogger(d, tensorboard=False)
+        ...     logger.write({"kind": "train", "step": 10, "loss": 0.5, "loss/ce": 0.5})
+        ...     logger.close()
+        ...     read_log(f"{d}/log.jsonl")
+        [{'kind': 'train', 'step': 10, 'loss': 0.5, 'loss/ce': 0.5}]
     """
 
     def __init__(self, folder: str | os.PathLike[str] | None, tensorboard: bool = True) -> None:
@@ -46,6 +58,7 @@ class JsonlLogger:
         os.replace(tmp, self.path)
 
     def write(self, record: dict[str, Any]) -> None:
+        """Append one record (a JSON-ready dict with ``kind`` and ``step``)."""
         if self.path is None:
             return
         with open(self.path, "a") as f:
@@ -53,23 +66,50 @@ class JsonlLogger:
         if self._tb is not None:
             step = int(record.get("step", 0))
             for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                if (k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+                        and math.isfinite(v)):
                     self._tb.add_scalar(f"{record.get('kind', 'train')}/{k}", v, step)
 
     def close(self) -> None:
+        """Flush and close the TensorBoard writer."""
         if self._tb is not None:
             self._tb.close()
 
 
 def read_log(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The records of a ``log.jsonl`` file."""
+    """The records of a ``log.jsonl`` file.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     _ = pathlib.Path(d, "log.jsonl").write_text('{"kind": "val", "step": 5}\\n')
+        ...     read_log(f"{d}/log.jsonl")
+        [{'kind': 'val', 'step': 5}]
+    """
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
 def plot_learning_curve(log_path: str | os.PathLike[str], png_path: str | os.PathLike[str],
                         title: str = "") -> Path:
-    """Plot training loss/accuracy and validation accuracy (with CI) against the step."""
+    """Plot the training loss (and its named terms) and the accuracies against the step.
+
+    The left panel shows the training ``loss`` and, when a run logs more than one named term,
+    each ``loss/NAME`` as a thinner line; the right panel the training accuracy and the
+    validation accuracy with its 95% interval.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     logger = JsonlLogger(d, tensorboard=False)
+        ...     for s in (1, 2):
+        ...         logger.write({"kind": "train", "step": s, "loss": 1.0 / s, "accuracy": 0.5,
+        ...                       "loss/ce": 0.8 / s, "loss/kd": 0.2 / s})
+        ...     logger.write({"kind": "val", "step": 2, "accuracy": 0.6, "ci95": 0.05})
+        ...     png = plot_learning_curve(f"{d}/log.jsonl", f"{d}/curve.png")
+        ...     png.stat().st_size > 0
+        True
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,21 +118,28 @@ def plot_learning_curve(log_path: str | os.PathLike[str], png_path: str | os.Pat
     records = read_log(log_path)
     train = [r for r in records if r.get("kind") == "train"]
     val = [r for r in records if r.get("kind") == "val"]
+    nan = float("nan")
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     if train:
-        ax1.plot([r["step"] for r in train], [r["loss"] for r in train], lw=1)
-    ax1.set_xlabel("meta-iteration")
-    ax1.set_ylabel("meta-training query loss")
+        steps = [r["step"] for r in train]
+        ax1.plot(steps, [r.get("loss", nan) for r in train], lw=1, label="loss")
+        terms = sorted({k for r in train for k in r if k.startswith("loss/")})
+        if len(terms) > 1:
+            for k in terms:
+                ax1.plot(steps, [r.get(k, nan) for r in train], lw=0.7, alpha=0.7, label=k)
+            ax1.legend()
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("training loss")
     ax1.grid(alpha=0.3)
     if train:
-        ax2.plot([r["step"] for r in train], [100 * r["accuracy"] for r in train], lw=1,
-                 alpha=0.6, label="meta-train query")
+        ax2.plot([r["step"] for r in train], [100 * r.get("accuracy", nan) for r in train],
+                 lw=1, alpha=0.6, label="training")
     if val:
         steps = [r["step"] for r in val]
         acc = [100 * r["accuracy"] for r in val]
         ci = [100 * r["ci95"] for r in val]
         ax2.errorbar(steps, acc, yerr=ci, marker="o", capsize=3, label="validation (95% CI)")
-    ax2.set_xlabel("meta-iteration")
+    ax2.set_xlabel("step")
     ax2.set_ylabel("accuracy (%)")
     ax2.grid(alpha=0.3)
     ax2.legend()

@@ -1,12 +1,21 @@
-"""Confidence intervals over per-episode accuracies (Student t), without SciPy."""
+"""Confidence intervals over per-episode accuracies (Student t) and over examples, without SciPy."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["EvalResult", "mean_confidence_interval", "student_t_quantile"]
+__all__ = [
+    "EvalResult",
+    "binomial_confidence_interval",
+    "mean_confidence_interval",
+    "student_t_quantile",
+]
+
+NORMAL_975 = 1.959963984540054
+"""The 0.975 quantile of the standard normal distribution."""
 
 
 def _betacf(a: float, b: float, x: float) -> float:
@@ -58,7 +67,7 @@ def student_t_quantile(p: float, df: float) -> float:
     """Quantile of Student's t distribution with ``df`` degrees of freedom (bisection on the CDF).
 
     >>> round(student_t_quantile(0.975, 599), 4)
-    1.9640
+    1.9639
     >>> round(student_t_quantile(0.975, 1), 3)
     12.706
     """
@@ -82,15 +91,24 @@ def student_t_quantile(p: float, df: float) -> float:
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Mean accuracy over episodes with its 95% confidence interval.
+    """Mean accuracy with its 95% confidence interval, over episodes or over examples.
 
     Attributes:
-        mean: mean of the per-episode accuracies (a fraction in [0, 1]).
-        ci95: half-width of the 95% interval, ``t_{0.975, n-1} * s / sqrt(n)`` with the sample
-            standard deviation ``s`` (``ddof=1``).
-        std: sample standard deviation of the per-episode accuracies.
-        episodes: number of episodes ``n``.
-        loss: mean query loss, if known.
+        mean: mean of the per-episode accuracies, or the top-1 accuracy over examples (a
+            fraction in [0, 1]).
+        ci95: half-width of the 95% interval. Over episodes: ``t_{0.975, n-1} * s / sqrt(n)``
+            with the sample standard deviation ``s`` (``ddof=1``); over examples: the normal
+            approximation of a binomial proportion (see :func:`binomial_confidence_interval`).
+        std: sample standard deviation of the per-episode accuracies; over examples, the
+            per-example standard deviation ``sqrt(p * (1 - p))``.
+        episodes: number of episodes ``n``, or of examples when ``unit == "examples"``.
+        loss: mean query loss (mean loss per example over examples), if known.
+        unit: what ``episodes`` counts: ``"episodes"`` or ``"examples"``.
+
+    Example:
+        >>> r = EvalResult(mean=0.5, ci95=0.1, std=0.2, episodes=16)
+        >>> str(r)
+        '50.00 ± 10.00 % (16 episodes)'
     """
 
     mean: float
@@ -98,13 +116,27 @@ class EvalResult:
     std: float
     episodes: int
     loss: float | None = None
+    unit: str = "episodes"
 
     def __str__(self) -> str:
-        return f"{100 * self.mean:.2f} ± {100 * self.ci95:.2f} % ({self.episodes} episodes)"
+        return f"{100 * self.mean:.2f} ± {100 * self.ci95:.2f} % ({self.episodes} {self.unit})"
 
-    def as_dict(self) -> dict[str, float | int | None]:
+    def as_dict(self) -> dict[str, float | int | str | None]:
+        """The result as a JSON-ready dict (``mean`` is stored as ``accuracy``)."""
         return {"accuracy": self.mean, "ci95": self.ci95, "std": self.std,
-                "episodes": self.episodes, "loss": self.loss}
+                "episodes": self.episodes, "loss": self.loss, "unit": self.unit}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EvalResult:
+        """Rebuild a result from :meth:`as_dict` (older dicts without ``unit`` included).
+
+        Example:
+            >>> r = EvalResult(0.75, 0.05, 0.3, 600, 0.6)
+            >>> EvalResult.from_dict(r.as_dict()) == r
+            True
+        """
+        return cls(mean=d["accuracy"], ci95=d["ci95"], std=d["std"], episodes=d["episodes"],
+                   loss=d.get("loss"), unit=d.get("unit", "episodes"))
 
 
 def mean_confidence_interval(values: Sequence[float], loss: float | None = None) -> EvalResult:
@@ -112,6 +144,11 @@ def mean_confidence_interval(values: Sequence[float], loss: float | None = None)
 
     Note: many few-shot code bases report ``1.96 * np.std(acc) / sqrt(n)`` (population std,
     normal quantile); for 600 episodes the two differ by about 0.3% of the interval.
+
+    Example:
+        >>> r = mean_confidence_interval([1.0, 0.0, 1.0, 1.0])
+        >>> r.mean, round(r.std, 6), round(r.ci95, 4)
+        (0.75, 0.5, 0.7956)
     """
     n = len(values)
     if n == 0:
@@ -121,3 +158,34 @@ def mean_confidence_interval(values: Sequence[float], loss: float | None = None)
         return EvalResult(mean, float("nan"), float("nan"), 1, loss)
     std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
     return EvalResult(mean, student_t_quantile(0.975, n - 1) * std / math.sqrt(n), std, n, loss)
+
+
+def binomial_confidence_interval(correct: int, total: int, loss: float | None = None) -> EvalResult:
+    """Top-1 accuracy over ``total`` labelled examples with a 95% normal-approximation interval.
+
+    Each example is a Bernoulli trial, so the accuracy ``p = correct / total`` is a binomial
+    proportion; its 95% half-width is the normal (Wald) approximation
+    ``z_{0.975} * sqrt(p * (1 - p) / n)`` with ``z_{0.975} = 1.95996...``. It is accurate when
+    ``n * p`` and ``n * (1 - p)`` are both large (say above 10), which holds for any real test
+    set, and shrinks to 0 when ``p`` is exactly 0 or 1.
+
+    Args:
+        correct: examples classified correctly.
+        total: examples evaluated.
+        loss: mean loss per example, if known.
+
+    Returns:
+        :class:`EvalResult` with ``unit="examples"`` and ``episodes=total``.
+
+    Example:
+        >>> r = binomial_confidence_interval(75, 100)
+        >>> r.mean, round(r.ci95, 4), str(r)
+        (0.75, 0.0849, '75.00 ± 8.49 % (100 examples)')
+    """
+    if total <= 0:
+        raise ValueError("no examples to summarise")
+    if not 0 <= correct <= total:
+        raise ValueError(f"correct must be in [0, {total}], got {correct}")
+    p = correct / total
+    std = math.sqrt(p * (1.0 - p))
+    return EvalResult(p, NORMAL_975 * std / math.sqrt(total), std, total, loss, unit="examples")

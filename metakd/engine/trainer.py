@@ -1,42 +1,77 @@
-"""The meta-training loop: progress, validation, best checkpoint, exact resume, NaN guard.
+"""The training loop: progress, named loss terms, callbacks, validation, exact resume, NaN guard.
 
-Any meta-learner works if it has ``meta_loss(batch, training) -> (loss, metrics)`` where
-``metrics`` holds ``"accuracy"`` (mean over tasks, a float) and ``"task_accuracy"`` (a ``[T]``
-tensor); :class:`metakd.meta.MAMLWrapper` does. Other objectives plug in through ``loss_fn``.
+:func:`fit` trains any objective on any batch. Episodes (:class:`metakd.data.TaskBatch`) go
+to the learner's ``meta_loss(batch, training=True, step=step)``; ``(x, y)`` minibatches to
+:func:`metakd.engine.supervised_loss`; anything else to a ``loss_fn`` (see
+:mod:`metakd.engine.objective`). Evaluation lives in :mod:`metakd.engine.evaluation`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from metakd.data.batch import TaskBatch
+from metakd.engine.callbacks import Callback, FitState
 from metakd.engine.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from metakd.engine.distributed import all_reduce_gradients, rank_slice, world
+from metakd.engine.evaluation import evaluate
 from metakd.engine.logger import JsonlLogger
-from metakd.engine.stats import EvalResult, mean_confidence_interval
+from metakd.engine.objective import (
+    LossFn,
+    Metrics,
+    Objective,
+    batch_size,
+    loggable_metrics,
+    metric_accuracy,
+    move_batch,
+)
+from metakd.engine.progress import TrainingBar
+from metakd.engine.stats import EvalResult
 
 __all__ = ["FitResult", "MetaLearner", "NonFiniteLossError", "evaluate", "fit"]
 
 log = logging.getLogger(__name__)
-Metrics = dict[str, Any]
+
+_RESERVED = frozenset({"kind", "step", "loss", "accuracy", "lr", "elapsed_s", "tasks_per_s",
+                       "examples_per_s", "batches_per_s"})
 
 
+@runtime_checkable
 class MetaLearner(Protocol):
-    def meta_loss(self, batch: TaskBatch, training: bool = True) -> tuple[torch.Tensor, Metrics]: ...
+    """What :func:`fit` needs of a meta-learner for episodes (``step`` may be left out).
+
+    ``meta_loss`` returns ``(loss, metrics)``; :func:`evaluate` needs ``metrics`` to hold
+    ``task_accuracy`` (``[T]``), and ``metrics["terms"]`` (named loss terms) is logged.
+
+    Example:
+        >>> import torch
+        >>> class Stub:
+        ...     def meta_loss(self, batch, training=True, step=0):
+        ...         return torch.zeros(()), {"task_accuracy": torch.ones(len(batch))}
+        >>> isinstance(Stub(), MetaLearner)
+        True
+    """
+
+    def meta_loss(self, batch: TaskBatch, training: bool = True,
+                  step: int = 0) -> tuple[torch.Tensor, Metrics]: ...
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; the run stopped and its last good checkpoint was kept."""
+    """The loss became NaN or infinite; the run stopped and its last good checkpoint was kept.
+
+    Example:
+        >>> issubclass(NonFiniteLossError, FloatingPointError)
+        True
+    """
 
 
 @dataclass
@@ -44,12 +79,16 @@ class FitResult:
     """What :func:`fit` returns.
 
     Attributes:
-        step: meta-iterations completed.
+        step: steps completed.
         best_val: the best validation result (``None`` without validation).
         best_step: the step of ``best_val``.
         history: every logged record (training and validation).
         stopped_early: ``True`` if the time budget ended the run before ``steps``.
         checkpoint: path of the last checkpoint (``None`` without ``out_dir``).
+
+    Example:
+        >>> FitResult(step=10).stopped_early
+        False
     """
 
     step: int
@@ -60,62 +99,8 @@ class FitResult:
     checkpoint: Path | None = None
 
 
-def _task_accuracies(metrics: Metrics, tasks: int) -> list[float]:
-    acc = metrics.get("task_accuracy")
-    if acc is None:
-        raise KeyError(
-            "evaluate() needs per-episode accuracies: the meta-learner's metrics must contain "
-            "'task_accuracy', a tensor of one accuracy per task"
-        )
-    values = torch.as_tensor(acc).detach().flatten().double().tolist()
-    if len(values) != tasks:
-        raise ValueError(f"'task_accuracy' has {len(values)} entries for {tasks} tasks")
-    return values
-
-
-def evaluate(
-    learner: nn.Module,
-    tasks: Iterable[TaskBatch],
-    device: torch.device | str | None = None,
-    progress: bool = False,
-    loss_fn: Callable[[nn.Module, TaskBatch], tuple[torch.Tensor, Metrics]] | None = None,
-) -> EvalResult:
-    """Mean query accuracy over episodes with a Student-t 95% confidence interval.
-
-    Args:
-        learner: a meta-learner (``meta_loss(batch, training=False)``).
-        tasks: the evaluation episodes, typically ``few_shot(..., num_tasks=600, seed=...)``.
-        device: where to run.
-        progress: show a progress bar.
-        loss_fn: ``loss_fn(learner, batch) -> (loss, metrics)`` instead of ``meta_loss``.
-
-    Returns:
-        :class:`EvalResult` with ``mean``, ``ci95``, ``std`` and ``episodes``.
-    """
-    from tqdm.auto import tqdm
-
-    accs: list[float] = []
-    losses: list[float] = []
-    was_training = learner.training
-    learner.eval()
-    try:
-        total = len(tasks) if hasattr(tasks, "__len__") else None  # type: ignore[arg-type]
-        for batch in tqdm(tasks, total=total, desc="evaluate", disable=not progress, leave=False):
-            if device is not None:
-                batch = batch.to(device)
-            if loss_fn is not None:
-                loss, metrics = loss_fn(learner, batch)
-            else:
-                loss, metrics = learner.meta_loss(batch, training=False)  # type: ignore[operator]
-            accs += _task_accuracies(metrics, len(batch))
-            losses.append(float(loss.detach()) * len(batch))
-    finally:
-        learner.train(was_training)
-    return mean_confidence_interval(accs, loss=math.fsum(losses) / max(len(accs), 1))
-
-
 def _state(learner: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, step: int,
-           sampler: Any, best: dict[str, Any]) -> dict[str, Any]:
+           sampler: Any, best: dict[str, Any], callbacks: Sequence[Callback]) -> dict[str, Any]:
     return {
         "step": step,
         "model": learner.state_dict(),
@@ -124,16 +109,53 @@ def _state(learner: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
         "sampler": sampler.state_dict() if hasattr(sampler, "state_dict") else None,
         "rng": get_rng_state(),
         "best": best,
+        "callbacks": [cb.state_dict() for cb in callbacks],
     }
+
+
+def _non_finite(loss: torch.Tensor, step: int, last_path: Path | None) -> NonFiniteLossError:
+    kept = (load_checkpoint(last_path)["step"] if last_path is not None and last_path.exists()
+            else "none")
+    return NonFiniteLossError(
+        f"the training loss is {float(loss.detach())} at step {step + 1}; stopped without "
+        f"updating. The last good checkpoint ({last_path}, step {kept}) is kept. Lower the "
+        "learning rates or clip gradients (clip_grad_norm)."
+    )
+
+
+def _restore(ckpt: dict[str, Any], path: Path, learner: nn.Module,
+             optimizer: torch.optim.Optimizer, scheduler: Any, batches: Any,
+             callbacks: Sequence[Callback]) -> None:
+    states = ckpt.get("callbacks", [])
+    if len(states) != len(callbacks):
+        raise ValueError(
+            f"{path} holds the state of {len(states)} callback(s) but fit() got "
+            f"{len(callbacks)}: resume with the same callbacks, in the same order, as the run "
+            "that wrote it (or pass resume=False, or another out_dir, to start afresh)"
+        )
+    learner.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt["scheduler"] is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt["sampler"] is not None and hasattr(batches, "load_state_dict"):
+        batches.load_state_dict(ckpt["sampler"])
+    elif not hasattr(batches, "load_state_dict"):
+        log.warning("the batch stream has no state_dict/load_state_dict: it restarts from its "
+                    "beginning, so the resumed run is not the continuation of the first")
+    for cb, state in zip(callbacks, states):
+        cb.load_state_dict(state)
+    set_rng_state(ckpt["rng"])
 
 
 def fit(
     learner: nn.Module,
-    train_tasks: Iterable[TaskBatch],
+    batches: Iterable[Any],
     optimizer: torch.optim.Optimizer,
     steps: int,
     *,
-    val_tasks: Iterable[TaskBatch] | None = None,
+    loss_fn: LossFn | None = None,
+    callbacks: Sequence[Callback] = (),
+    val_data: Iterable[Any] | None = None,
     val_every: int = 500,
     scheduler: Any = None,
     clip_grad_norm: float | None = None,
@@ -145,44 +167,64 @@ def fit(
     log_every: int = 10,
     progress: bool = True,
     device: torch.device | str | None = None,
-    loss_fn: Callable[[nn.Module, TaskBatch], tuple[torch.Tensor, Metrics]] | None = None,
     tensorboard: bool = True,
+    val_tasks: Iterable[Any] | None = None,
 ) -> FitResult:
-    """Meta-train ``learner`` for ``steps`` meta-iterations.
+    """Train ``learner`` for ``steps`` steps on a stream of episodes or minibatches.
 
-    Each step draws a :class:`TaskBatch`, computes the meta-loss, back-propagates, clips,
-    takes an optimiser step and a scheduler step. Every ``val_every`` steps (and at the end)
-    it evaluates on ``val_tasks`` and keeps ``best.pt`` (the model's ``state_dict`` with the
-    best validation accuracy). Every ``checkpoint_every`` steps, on Ctrl-C and at the end it
-    writes ``last.pt`` atomically with everything a resume needs: model, optimiser, scheduler,
-    the task stream's position and the RNG states. A run started again with the same
-    ``out_dir`` continues from ``last.pt``; on CPU it ends with the same weights, bit for bit,
-    as a run that was never interrupted.
+    Each step takes a batch (from the first callback whose ``next_batch()`` returns one, else
+    from ``batches``), computes the objective, back-propagates, clips, takes an optimiser step
+    and a scheduler step, then calls every callback's ``on_step_end``. The objective is:
+
+    - ``loss_fn(learner, batch, step) -> (loss, metrics)`` when given (the older two-argument
+      ``loss_fn(learner, batch)`` works too);
+    - for a :class:`metakd.data.TaskBatch`, ``learner.meta_loss(batch, training=True,
+      step=step)`` (without ``step`` when ``meta_loss`` does not take it);
+    - for a minibatch ``(x [B, ...], y [B])``, :func:`metakd.engine.supervised_loss`.
+
+    ``step`` is the 0-based index of the step being computed (the number already completed),
+    so a resumed run continues it. The training records (every ``log_every`` steps) hold
+    ``loss``, ``accuracy``, each named term of ``metrics["terms"]`` as ``loss/NAME``, every
+    other scalar metric as is, the throughput (``tasks_per_s`` or ``examples_per_s``), ``lr``
+    and ``elapsed_s``.
+
+    Every ``val_every`` steps (and at the end) it evaluates on ``val_data`` with
+    :func:`metakd.engine.evaluate` (episodes: mean accuracy; minibatches: top-1) and keeps
+    ``best.pt`` (the model's ``state_dict`` with the best validation accuracy). Every
+    ``checkpoint_every`` steps, on Ctrl-C and at the end it writes ``last.pt`` atomically with
+    everything a resume needs: model, optimiser, scheduler, the stream's position (its
+    ``state_dict``), every callback's ``state_dict`` and the RNG states. A run started again
+    with the same ``out_dir`` continues from ``last.pt``; on CPU it ends with the same weights,
+    bit for bit, as a run that was never interrupted.
 
     Under ``torch.distributed`` (see :mod:`metakd.engine.distributed`) each rank takes its
-    slice of every meta-batch and the meta-gradients are averaged; rank 0 alone writes files.
+    slice of every batch (tasks of a meta-batch, examples of a minibatch) and the gradients are
+    averaged; rank 0 alone writes files and shows the bar.
 
     Args:
-        learner: the meta-learner (``meta_loss(batch, training=True)``) to train in place.
-        train_tasks: an endless stream of meta-batches (``few_shot(..., num_tasks=None)``);
-            its ``state_dict`` is saved with the checkpoints.
-        optimizer: the meta-optimiser over ``learner``'s parameters.
-        steps: total meta-iterations (a resumed run counts the ones already done).
-        val_tasks: a fixed set of validation episodes.
+        learner: the model or meta-learner to train in place.
+        batches: an endless stream of batches (``few_shot(..., num_tasks=None)`` or a
+            minibatch loader); its ``state_dict`` is saved with the checkpoints.
+        optimizer: the optimiser over ``learner``'s parameters.
+        steps: total steps (a resumed run counts the ones already done).
+        loss_fn: the objective, instead of the defaults above.
+        callbacks: :class:`metakd.engine.Callback` s, called in order.
+        val_data: a fixed set of validation episodes or labelled minibatches.
         val_every: validation period in steps.
-        scheduler: a learning-rate scheduler stepped once per meta-iteration.
+        scheduler: a learning-rate scheduler stepped once per step.
         clip_grad_norm: clip the global gradient norm to this value.
         clip_grad_value: clip every gradient entry to ``[-v, v]`` (the MAML reference uses 10
             on miniImageNet).
         out_dir: run folder for ``last.pt``, ``best.pt`` and ``log.jsonl``; ``None``: no files.
         checkpoint_every: checkpoint period in steps.
         resume: continue from ``out_dir/last.pt`` if it exists.
-        max_seconds: stop (with a checkpoint and a final validation) after this much time.
-        log_every: period of the training records in ``log.jsonl``.
-        progress: show a progress bar (loss, accuracy, tasks/s, ETA).
+        max_seconds: stop (with a checkpoint and a final validation) after this much time; the
+            progress bar then counts seconds of the budget, not steps.
+        log_every: period of the training records.
+        progress: show a progress bar (loss, accuracy, named terms, throughput).
         device: where to move each batch.
-        loss_fn: ``loss_fn(learner, batch) -> (loss, metrics)`` instead of ``meta_loss``.
         tensorboard: also log to TensorBoard when it is installed.
+        val_tasks: the former name of ``val_data`` (still accepted).
 
     Returns:
         :class:`FitResult`.
@@ -190,42 +232,54 @@ def fit(
     Raises:
         NonFiniteLossError: the loss became NaN/inf; nothing is written after the last good
             step and ``last.pt`` stays as it was.
-    """
-    from tqdm.auto import tqdm
+        ValueError: ``last.pt`` holds a different number of callback states; the stream ended
+            before ``steps``; both ``val_data`` and ``val_tasks`` were given.
 
+    Example:
+        >>> import itertools, torch
+        >>> from torch import nn
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(64, 2)
+        >>> y = (x[:, 0] > 0).long()  # the sign of the first coordinate
+        >>> model = nn.Linear(2, 2)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        >>> r = fit(model, itertools.repeat((x, y)), opt, 50, val_data=[(x, y)], progress=False)
+        >>> r.step, r.best_val.mean > 0.9, "loss/ce" in r.history[0]
+        (50, True, True)
+    """
+    if val_tasks is not None:
+        if val_data is not None:
+            raise ValueError("pass val_data or its former name val_tasks, not both")
+        val_data = val_tasks
+    callbacks = list(callbacks)
     rank, world_size = world()
     main_rank = rank == 0
     folder = Path(out_dir) if out_dir is not None else None
     last_path = folder / "last.pt" if folder is not None else None
-    logger = JsonlLogger(folder if main_rank else None, tensorboard=tensorboard)
     best: dict[str, Any] = {"accuracy": None, "step": None, "result": None}
     start = 0
     history: list[dict[str, Any]] = []
-
+    resumed = False
     if resume and last_path is not None and last_path.exists():
+        resumed = True
         ckpt = load_checkpoint(last_path)
-        learner.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None and ckpt["scheduler"] is not None:
-            scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt["sampler"] is not None and hasattr(train_tasks, "load_state_dict"):
-            train_tasks.load_state_dict(ckpt["sampler"])
-        set_rng_state(ckpt["rng"])
+        _restore(ckpt, last_path, learner, optimizer, scheduler, batches, callbacks)
         best = ckpt["best"]
         start = int(ckpt["step"])
-        if main_rank:
-            logger.truncate_after(start)
         log.info("resumed from %s at step %d", last_path, start)
+    logger = JsonlLogger(folder if main_rank else None, tensorboard=tensorboard)
+    if resumed and main_rank:
+        logger.truncate_after(start)
 
     def checkpoint(step: int) -> None:
         if last_path is not None and main_rank:
-            save_checkpoint(_state(learner, optimizer, scheduler, step, train_tasks, best),
+            save_checkpoint(_state(learner, optimizer, scheduler, step, batches, best, callbacks),
                             last_path)
 
     def validate(step: int) -> None:
-        if val_tasks is None:
+        if val_data is None:
             return
-        res = evaluate(learner, val_tasks, device=device, loss_fn=loss_fn)
+        res = evaluate(learner, val_data, device=device, loss_fn=loss_fn, step=step)
         rec = {"kind": "val", "step": step, **res.as_dict()}
         history.append(rec)
         logger.write(rec)
@@ -236,78 +290,91 @@ def fit(
                 save_checkpoint({"step": step, "model": learner.state_dict(),
                                  "val": res.as_dict()}, folder / "best.pt")
 
+    def draw() -> Any:
+        for cb in callbacks:
+            b = cb.next_batch()
+            if b is not None:
+                return b
+        try:
+            return next(it)
+        except StopIteration:
+            raise ValueError(
+                f"the batch stream ended at step {step} of {steps}: fit needs an endless stream "
+                "(few_shot(..., num_tasks=None), an endless minibatch loader) or at least "
+                "`steps` batches"
+            ) from None
+
+    objective = Objective(learner, loss_fn, training=True)
     params = [p for p in learner.parameters() if p.requires_grad]
-    it: Iterator[TaskBatch] = iter(train_tasks)
+    it: Iterator[Any] = iter(batches)
     t_start = time.perf_counter()
     step = start
     stopped_early = False
-    bar = tqdm(total=steps, initial=start, desc="meta-train", disable=not (progress and main_rank),
-               dynamic_ncols=True)
-    learner.train()
-    window_tasks, window_t0 = 0, time.perf_counter()
+    for cb in callbacks:
+        cb.on_fit_start(FitState(learner, optimizer, scheduler, start, steps, folder, device,
+                                 rank, world_size, max_seconds))
     try:
-        while step < steps:
-            batch = rank_slice(next(it), rank, world_size)
-            if device is not None:
-                batch = batch.to(device)
-            if loss_fn is not None:
-                loss, metrics = loss_fn(learner, batch)
-            else:
-                loss, metrics = learner.meta_loss(batch, training=True)  # type: ignore[operator]
-            if not torch.isfinite(loss.detach()).all():
-                raise NonFiniteLossError(
-                    f"meta-loss is {float(loss)} at step {step + 1}; stopped without updating. "
-                    f"The last good checkpoint ({last_path}, step "
-                    f"{load_checkpoint(last_path)['step'] if last_path and last_path.exists() else 'none'}"
-                    ") is kept. Lower the learning rates or clip gradients (clip_grad_norm)."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            all_reduce_gradients(params)
-            if clip_grad_value is not None:
-                torch.nn.utils.clip_grad_value_(params, clip_grad_value)
-            if clip_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            step += 1
-            window_tasks += len(batch) * world_size
-            if step % log_every == 0 or step == steps:
+        bar = TrainingBar(steps, start, max_seconds, enabled=progress and main_rank)
+        learner.train()
+        window_items, window_t0 = 0, time.perf_counter()
+        try:
+            while step < steps:
+                batch = move_batch(rank_slice(draw(), rank, world_size), device)
+                loss, metrics = objective(batch, step)
+                if not torch.isfinite(loss.detach()).all():
+                    raise _non_finite(loss, step, last_path)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                all_reduce_gradients(params)
+                if clip_grad_value is not None:
+                    torch.nn.utils.clip_grad_value_(params, clip_grad_value)
+                if clip_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
+                optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
+                step += 1
+                loss = loss.detach()
+                for cb in callbacks:
+                    cb.on_step_end(step, batch, loss, metrics, learner)
+                items, unit = batch_size(batch)
+                window_items += items * world_size
                 now = time.perf_counter()
-                rate = window_tasks / max(now - window_t0, 1e-9)
-                window_tasks, window_t0 = 0, now
-                rec = {"kind": "train", "step": step, "loss": float(loss.detach()),
-                       "accuracy": float(metrics.get("accuracy", float("nan"))),
-                       "tasks_per_s": rate, "lr": optimizer.param_groups[0]["lr"],
-                       "elapsed_s": now - t_start}
-                history.append(rec)
-                logger.write(rec)
-                bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['accuracy']:.3f}",
-                                tasks_s=f"{rate:.0f}")
-            bar.update(1)
-            if val_tasks is not None and step % val_every == 0 and step != steps:
-                validate(step)
-            if step % checkpoint_every == 0:
-                checkpoint(step)
-            if max_seconds is not None and time.perf_counter() - t_start > max_seconds:
-                stopped_early = step < steps
-                break
-    except KeyboardInterrupt:
-        log.warning("interrupted at step %d: saving %s before stopping", step, last_path)
+                if step % log_every == 0 or step == steps:
+                    rate = window_items / max(now - window_t0, 1e-9)
+                    window_items, window_t0 = 0, now
+                    scalars = loggable_metrics(metrics, _RESERVED)
+                    rec = {"kind": "train", "step": step, "loss": float(loss),
+                           "accuracy": metric_accuracy(metrics), **scalars,
+                           f"{unit}_per_s": rate, "lr": optimizer.param_groups[0]["lr"],
+                           "elapsed_s": now - t_start}
+                    history.append(rec)
+                    logger.write(rec)
+                    terms = {k[5:]: v for k, v in scalars.items() if k.startswith("loss/")}
+                    bar.show(rec["loss"], rec["accuracy"], terms, rate, unit)
+                bar.update(step, now - t_start)
+                if val_data is not None and step % val_every == 0 and step != steps:
+                    validate(step)
+                if step % checkpoint_every == 0:
+                    checkpoint(step)
+                if max_seconds is not None and time.perf_counter() - t_start > max_seconds:
+                    stopped_early = step < steps
+                    break
+        except KeyboardInterrupt:
+            log.warning("interrupted at step %d: saving %s before stopping", step, last_path)
+            checkpoint(step)
+            raise
+        finally:
+            bar.close()
+        if val_data is not None and (best["step"] != step):
+            validate(step)
         checkpoint(step)
-        raise
     finally:
-        bar.close()
-    if val_tasks is not None and (best["step"] != step):
-        validate(step)
-    checkpoint(step)
-    logger.close()
+        logger.close()
     best_res = best["result"]
     return FitResult(
         step=step,
-        best_val=EvalResult(**{k: best_res[k] for k in ("ci95", "std", "episodes", "loss")},
-                            mean=best_res["accuracy"]) if best_res else None,
+        best_val=EvalResult.from_dict(best_res) if best_res else None,
         best_step=best["step"],
         history=history,
         stopped_early=stopped_early,

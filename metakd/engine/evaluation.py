@@ -1,0 +1,152 @@
+"""Evaluation: mean accuracy over episodes (Student-t CI) or top-1 over labelled examples."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metakd.data.batch import TaskBatch
+from metakd.engine.objective import (
+    LossFn,
+    Metrics,
+    Objective,
+    batch_size,
+    is_minibatch,
+    minibatch_xy,
+    move_batch,
+)
+from metakd.engine.stats import EvalResult, binomial_confidence_interval, mean_confidence_interval
+
+__all__ = ["evaluate"]
+
+
+def _task_accuracies(metrics: Metrics, tasks: int) -> list[float]:
+    acc = metrics.get("task_accuracy")
+    if acc is None:
+        raise KeyError(
+            "evaluate() needs per-episode accuracies: the meta-learner's metrics must contain "
+            "'task_accuracy', a tensor of one accuracy per task"
+        )
+    values = torch.as_tensor(acc).detach().flatten().double().tolist()
+    if len(values) != tasks:
+        raise ValueError(f"'task_accuracy' has {len(values)} entries for {tasks} tasks")
+    return values
+
+
+def _minibatch_counts(objective: Objective, learner: nn.Module, batch: Any,
+                      step: int | None) -> tuple[int, float]:
+    """(correct, summed loss) over the examples of one labelled minibatch."""
+    n = batch_size(batch)[0]
+    if objective.loss_fn is None:
+        x, y = minibatch_xy(batch)
+        with torch.no_grad():
+            logits = learner(x)
+            correct = int((logits.argmax(-1) == y).sum())
+            loss_sum = float(F.cross_entropy(logits.double(), y, reduction="sum"))
+        return correct, loss_sum
+    loss, metrics = objective(batch, step)
+    if "accuracy" not in metrics:
+        raise KeyError("evaluate() on minibatches with loss_fn needs metrics['accuracy'], the "
+                       "top-1 accuracy over the batch")
+    return round(float(metrics["accuracy"]) * n), float(loss.detach()) * n
+
+
+def evaluate(
+    learner: nn.Module,
+    data: Iterable[Any],
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    loss_fn: LossFn | None = None,
+    *,
+    step: int | None = None,
+) -> EvalResult:
+    """Accuracy with a 95% confidence interval, over episodes or over labelled examples.
+
+    - **Episodes** (:class:`metakd.data.TaskBatch`): the mean query accuracy over episodes,
+      with a Student-t interval (:func:`metakd.engine.mean_confidence_interval`); the learner's
+      ``meta_loss(batch, training=False)`` supplies one accuracy per task
+      (``metrics["task_accuracy"]``, ``[T]``).
+    - **Minibatches** ``(x [B, ...], y [B])``: plain top-1 accuracy of ``learner(x)`` over all
+      examples, with the normal approximation of a binomial proportion as its interval
+      (:func:`metakd.engine.binomial_confidence_interval`); ``episodes`` is then the number of
+      examples (``unit="examples"``) and ``loss`` the mean cross-entropy per example.
+
+    The learner is put in eval mode and restored afterwards.
+
+    Args:
+        learner: a meta-learner (episodes) or a classifier (minibatches).
+        data: the evaluation batches, typically ``few_shot(..., num_tasks=600, seed=...)`` or a
+            finite list of ``(x, y)`` minibatches; all of one kind.
+        device: where to run.
+        progress: show a progress bar.
+        loss_fn: ``loss_fn(learner, batch, step) -> (loss, metrics)`` (or the older
+            ``loss_fn(learner, batch)``) instead of the default objective; its metrics must
+            hold ``task_accuracy`` (episodes) or ``accuracy`` (minibatches, the batch's top-1).
+        step: the training step, passed on as ``meta_loss(..., step=step)`` when the
+            meta-learner takes it, and to ``loss_fn`` (0 when ``None``).
+
+    Returns:
+        :class:`metakd.engine.EvalResult` with ``mean``, ``ci95``, ``std``, ``episodes``,
+        ``loss`` and ``unit``.
+
+    Raises:
+        ValueError: ``data`` is empty or mixes episodes and minibatches.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Linear(2, 2, bias=False)
+        >>> with torch.no_grad():
+        ...     model.weight.copy_(torch.eye(2))  # predicts the larger coordinate
+        Parameter containing:
+        tensor([[1., 0.],
+                [0., 1.]], requires_grad=True)
+        >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0], [0.0, 3.0]])
+        >>> y = torch.tensor([0, 1, 1, 1])  # the third is misclassified
+        >>> r = evaluate(model, [(x[:2], y[:2]), (x[2:], y[2:])])
+        >>> r.mean, r.episodes, r.unit
+        (0.75, 4, 'examples')
+    """
+    from tqdm.auto import tqdm
+
+    objective = Objective(learner, loss_fn, training=False, minibatch_default=None)
+    kind: str | None = None
+    accs: list[float] = []
+    losses: list[float] = []
+    correct = 0
+    examples = 0
+    was_training = learner.training
+    learner.eval()
+    try:
+        total = len(data) if hasattr(data, "__len__") else None  # type: ignore[arg-type]
+        for batch in tqdm(data, total=total, desc="evaluate", disable=not progress, leave=False):
+            this = ("episodes" if isinstance(batch, TaskBatch)
+                    else "minibatches" if is_minibatch(batch) else "other")
+            if kind is None:
+                kind = this
+            elif this != kind:
+                raise ValueError(f"evaluate() got {this} after {kind}: evaluate one kind at a time")
+            batch = move_batch(batch, device)
+            if kind == "minibatches":
+                c, loss_sum = _minibatch_counts(objective, learner, batch, step)
+                correct += c
+                examples += batch_size(batch)[0]
+                losses.append(loss_sum)
+                continue
+            loss, metrics = objective(batch, step)
+            n = len(batch) if isinstance(batch, TaskBatch) else 1
+            accs += _task_accuracies(metrics, n)
+            losses.append(float(loss.detach()) * n)
+    finally:
+        learner.train(was_training)
+    if kind is None:
+        raise ValueError("evaluate() got no batches")
+    if kind == "minibatches":
+        return binomial_confidence_interval(correct, examples,
+                                            loss=math.fsum(losses) / max(examples, 1))
+    return mean_confidence_interval(accs, loss=math.fsum(losses) / max(len(accs), 1))

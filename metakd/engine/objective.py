@@ -1,0 +1,218 @@
+"""What one training step computes: the loss of a batch (episodes or minibatches), named terms.
+
+Two kinds of batch reach the engine:
+
+- **episodes**: a :class:`metakd.data.TaskBatch`; the default objective is the learner's
+  ``meta_loss(batch, training=..., step=...)``;
+- **minibatches**: a tuple or list ``(x [B, ...], y [B])`` (a ``NamedTuple`` counts); the
+  default objective is :func:`supervised_loss`, the cross-entropy of ``learner(x)``.
+
+Any other objective plugs in as ``loss_fn(learner, batch, step) -> (loss, metrics)``; the older
+two-argument form ``loss_fn(learner, batch)`` is accepted too. ``metrics`` may hold
+``"accuracy"`` (a float), ``"terms"`` (``{name: float or 0-d tensor}``, the named parts of the
+loss, logged as ``loss/NAME``) and any other scalar; tensors with more than one element (for
+example ``task_accuracy [T]`` or ``class_accuracy``) reach callbacks but are not logged.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metakd.data.batch import TaskBatch
+
+__all__ = ["LossFn", "Metrics", "supervised_loss"]
+
+Metrics = dict[str, Any]
+LossFn = Callable[..., tuple[torch.Tensor, Metrics]]
+"""``loss_fn(learner, batch, step) -> (loss, metrics)``, or the older ``loss_fn(learner, batch)``."""
+
+
+def is_minibatch(batch: Any) -> bool:
+    """``True`` for an ``(x, y, ...)`` tuple or list whose first item is a tensor."""
+    return isinstance(batch, (tuple, list)) and len(batch) >= 1 and torch.is_tensor(batch[0])
+
+
+def batch_size(batch: Any) -> tuple[int, str]:
+    """How many items a batch holds and what they are: tasks, examples or (otherwise) batches."""
+    if isinstance(batch, TaskBatch):
+        return len(batch), "tasks"
+    if is_minibatch(batch):
+        return int(batch[0].shape[0]), "examples"
+    return 1, "batches"
+
+
+def move_batch(batch: Any, device: torch.device | str | None) -> Any:
+    """``batch.to(device)`` for a TaskBatch (or anything with ``.to``), per tensor for tuples."""
+    if device is None:
+        return batch
+    if isinstance(batch, (tuple, list)):
+        items = [move_batch(v, device) if torch.is_tensor(v) else v for v in batch]
+        if hasattr(batch, "_fields"):  # a NamedTuple
+            return type(batch)(*items)
+        return type(batch)(items)
+    if hasattr(batch, "to"):
+        return batch.to(device)
+    return batch
+
+
+def minibatch_xy(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` of a labelled minibatch, checked: a clear error for anything else."""
+    if not (is_minibatch(batch) and len(batch) == 2 and torch.is_tensor(batch[1])):
+        raise TypeError(
+            "the supervised objective needs a minibatch (x [B, ...], y [B]), got "
+            f"{type(batch).__name__}"
+            + (f" of {len(batch)} items" if isinstance(batch, (tuple, list)) else "")
+            + "; pass loss_fn=... for batches that carry more (teacher logits, ...)"
+        )
+    x, y = batch
+    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"labels y {tuple(y.shape)} do not match x {tuple(x.shape)}: need y [B]")
+    return x, y
+
+
+def supervised_loss(learner: nn.Module, batch: Any, step: int = 0) -> tuple[torch.Tensor, Metrics]:
+    """Cross-entropy of ``learner(x)`` on a labelled minibatch: whole-classification training.
+
+    The default objective of :func:`metakd.engine.fit` for ``(x, y)`` minibatches (for example
+    the pre-training of Meta-Transfer Learning and Classifier-Baseline).
+
+    Args:
+        learner: a classifier, ``learner(x) -> logits [B, C]``.
+        batch: ``(x [B, ...], y [B])`` with int64 labels in ``0..C-1``.
+        step: the index of the training step (unused; part of the objective signature).
+
+    Returns:
+        ``(loss, metrics)``: the mean cross-entropy (a 0-d tensor with a graph) and
+        ``{"accuracy": top-1 over the batch, "terms": {"ce": the loss as a float}}``.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Linear(3, 2)
+        >>> x, y = torch.randn(4, 3), torch.tensor([0, 1, 1, 0])
+        >>> loss, metrics = supervised_loss(model, (x, y), step=0)
+        >>> loss.shape, sorted(metrics), list(metrics["terms"])
+        (torch.Size([]), ['accuracy', 'terms'], ['ce'])
+    """
+    x, y = minibatch_xy(batch)
+    logits = learner(x)
+    loss = F.cross_entropy(logits, y)
+    with torch.no_grad():
+        acc = (logits.argmax(-1) == y).double().mean()
+    return loss, {"accuracy": float(acc), "terms": {"ce": float(loss.detach())}}
+
+
+def _positional_capacity(fn: Callable[..., Any]) -> int:
+    """How many positional arguments ``fn`` accepts (a large number for ``*args``)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: assume the new form
+        return 3
+    n = 0
+    for p in params:
+        if p.kind is inspect.Parameter.VAR_POSITIONAL:
+            return 1 << 30
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            n += 1
+    return n
+
+
+def _accepts_keyword(fn: Callable[..., Any], name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return True
+    p = params.get(name)
+    return p is not None and p.kind is not inspect.Parameter.POSITIONAL_ONLY
+
+
+class Objective:
+    """``objective(batch, step) -> (loss, metrics)`` for one learner; signatures inspected once.
+
+    Args:
+        learner: the model or meta-learner.
+        loss_fn: a user objective (three- or two-argument form), or ``None`` for the defaults.
+        training: passed to ``meta_loss`` as ``training=``.
+        minibatch_default: the default objective for minibatches (``None``: no default).
+    """
+
+    def __init__(self, learner: nn.Module, loss_fn: LossFn | None, training: bool,
+                 minibatch_default: LossFn | None = supervised_loss) -> None:
+        self.learner = learner
+        self.loss_fn = loss_fn
+        self.training = training
+        self.minibatch_default = minibatch_default
+        self._with_step = _positional_capacity(loss_fn) >= 3 if loss_fn is not None else True
+        self._meta_step: bool | None = None  # does meta_loss take step=? (checked on first use)
+
+    def __call__(self, batch: Any, step: int | None) -> tuple[torch.Tensor, Metrics]:
+        if self.loss_fn is not None:
+            if self._with_step:
+                return self.loss_fn(self.learner, batch, 0 if step is None else step)
+            return self.loss_fn(self.learner, batch)
+        if isinstance(batch, TaskBatch):
+            meta_loss = getattr(self.learner, "meta_loss", None)
+            if meta_loss is None:
+                raise TypeError(
+                    f"{type(self.learner).__name__} has no meta_loss(batch, training, step): "
+                    "train episodes with a meta-learner (e.g. metakd.MAMLWrapper) or pass "
+                    "loss_fn=..."
+                )
+            if self._meta_step is None:
+                self._meta_step = _accepts_keyword(meta_loss, "step")
+            if self._meta_step and step is not None:
+                return meta_loss(batch, training=self.training, step=step)
+            return meta_loss(batch, training=self.training)
+        if is_minibatch(batch) and self.minibatch_default is not None:
+            return self.minibatch_default(self.learner, batch, 0 if step is None else step)
+        raise TypeError(
+            f"no default objective for a batch of type {type(batch).__name__}: the engine knows "
+            "TaskBatch episodes and (x, y) minibatches; pass loss_fn(learner, batch, step)"
+        )
+
+
+def _scalar(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    if torch.is_tensor(value) and value.numel() == 1:
+        return float(value.detach().reshape(()))
+    return None
+
+
+def loggable_metrics(metrics: Metrics, reserved: frozenset[str] = frozenset()) -> dict[str, float]:
+    """The scalars of ``metrics`` for a log record: ``terms`` as ``loss/NAME``, other numbers as is.
+
+    ``accuracy`` and the names in ``reserved`` are left to the caller; tensors with more than
+    one element and non-numeric values are skipped.
+    """
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if key == "terms":
+            if not isinstance(value, dict):
+                raise TypeError(f"metrics['terms'] must be a dict of named terms, got {type(value)}")
+            for name, term in value.items():
+                v = _scalar(term)
+                if v is not None:
+                    out[f"loss/{name}"] = v
+        elif key != "accuracy" and key not in reserved:
+            v = _scalar(value)
+            if v is not None:
+                out[key] = v
+    return out
+
+
+def metric_accuracy(metrics: Metrics) -> float:
+    """``metrics["accuracy"]`` as a float, NaN when the objective does not report one."""
+    v = _scalar(metrics.get("accuracy"))
+    return math.nan if v is None else v
