@@ -9,16 +9,12 @@ initial weights and the same tasks (random images, fixed seed), for:
   5 steps, second order, inner lr 0.01.
 
 Methods: ``metakd:auto`` (``MAMLWrapper``'s defaults: backend ``"auto"``, i.e. vmap over the
-whole meta-batch when its tasks are small, else the func backend with 2 worker threads on
-CPU, and ``compile="auto"``, measured once its background compile is done: the wrapper is
-built with ``compile_after_s=0`` so that the compile starts at the first meta-batch instead
-of after 120 s, and ``warmup_s`` is the time from the first meta-batch until the compiled
-function is in use, ``compile_s`` the compile thread's own time; both are shorter when
-Inductor's disk cache already holds the graph, and ``eager_tasks_per_s`` is the first,
-eager meta-batch), ``metakd:auto:compile=0`` (the same, never compiled),
-``metakd:func:workers=1+compile=0`` (one task at a time), ``metakd:vmap:compile=0`` (chunks
-sized by ``auto_chunk``), and any ``metakd:BACKEND:key=value+key=value`` given with
-``--methods``; all through ``MAMLWrapper.meta_loss(batch)[0].backward()``;
+whole meta-batch when its tasks are small, else the func backend one task at a time; eager,
+no threads of its own), ``metakd:auto:compile=1`` (the opt-in compiled path, compiled at the
+first meta-batch: ``first_batch_s`` includes the compile, shorter when Inductor's disk cache
+already holds the graph), ``metakd:auto:workers=2`` (opt-in worker threads),
+and any ``metakd:BACKEND:key=value+key=value`` given with ``--methods``; all through
+``MAMLWrapper.meta_loss(batch)[0].backward()``;
 ``learn2learn`` (``MAML.clone()``, ``adapt()``, per-task ``backward()``, as in its docs and
 examples); ``higher`` (``innerloop_ctx`` with SGD, per-task ``backward()``, as in its docs).
 Both run the same metakd module, whose transductive BatchNorm calls the fused native kernel
@@ -35,6 +31,11 @@ is shared and other jobs steal cycles; ``warmup_s`` is the first meta-batch's ti
 the best one (compilation, allocator and oneDNN primitive caches).
 
     .venv/bin/python -m benchmarks.maml_speed [--quick] [--device cpu] [--rounds 2]
+
+``--baseline DIR`` also runs every ``metakd`` method with the package found in ``DIR`` (a
+checkout of an earlier commit, for example ``git worktree add /tmp/base e9936d3``), labelled
+``base:METHOD``, interleaved with the others in the same rounds: a side-by-side regression
+check on the same machine. ``base:metakd:auto`` is then that commit's default.
 
 The last line of output is one JSON object.
 """
@@ -61,9 +62,8 @@ from torch import nn
 
 DEFAULT_METHODS = (
     "metakd:auto",
-    "metakd:auto:compile=0",
-    "metakd:func:workers=1+compile=0",
-    "metakd:vmap:compile=0",
+    "metakd:auto:compile=1",
+    "metakd:auto:workers=2",
     "learn2learn",
     "higher",
 )
@@ -137,7 +137,7 @@ def make_model_and_batch(cfg: Config, device: torch.device) -> tuple[nn.Module, 
 
 def _metakd_kwargs(spec: str) -> dict[str, Any]:
     """``key=value+key=value`` -> MAMLWrapper keyword arguments."""
-    kwargs: dict[str, Any] = {"compile_after_s": 0.0}
+    kwargs: dict[str, Any] = {}
     for item in filter(None, spec.split("+")):
         key, value = item.split("=")
         if key == "compile":
@@ -156,6 +156,8 @@ def make_step(method: str, cfg: Config, model: nn.Module, batch: Any) -> Callabl
     for a background compile.
     """
     t = len(batch)
+    if method.startswith("base:"):
+        method = method[len("base:"):]
     if method.startswith("metakd"):
         from metakd.meta import MAMLWrapper
 
@@ -265,22 +267,6 @@ def measure(
     sync()
     first = time.perf_counter() - t0
     compile_info: dict[str, Any] = {}
-    maml = getattr(step, "maml", None)
-    if maml is not None and maml.compile_mode == "auto":
-        # The first meta-batch started the background compile (compile_after_s=0): wait for
-        # it, then run one more batch, the first on the compiled function.
-        compile_info["eager_tasks_per_s"] = len(batch) / first
-        if not maml.wait_for_compile(timeout=1800):
-            raise RuntimeError(f"{method}: the background compile did not finish in 30 min")
-        step()
-        sync()
-        first = time.perf_counter() - t0
-        states = maml.compile_status()
-        compile_info["compile_state"] = [row["state"] for row in states]
-        compile_info["compile_s"] = sum(row["compile_s"] or 0.0 for row in states)
-        failed = [row["error"] for row in states if row["state"] == "failed"]
-        if failed:
-            raise RuntimeError(f"{method}: the background compile failed: {failed[0]}")
     # Resetting VmHWM also lowers ru_maxrss (both read the kernel's mark): keep the peak so far.
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     steady = dev.type != "cuda" and _reset_peak_rss()
@@ -312,13 +298,24 @@ def measure(
     return out
 
 
+BASELINE_SRC: str | None = None
+
+
 def _subprocess(method: str, cfg: Config, repeats: int, device: str) -> dict[str, Any]:
     spec = json.dumps({"method": method, "cfg": asdict(cfg), "repeats": repeats, "device": device})
+    env = dict(os.environ)
+    if method.startswith("base:"):
+        if BASELINE_SRC is None:
+            raise ValueError(f"{method}: pass --baseline DIR")
+        # The earlier package first on the path; this file's harness stays the same.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [BASELINE_SRC, os.getcwd(),
+                                                          env.get("PYTHONPATH")]))
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.maml_speed", "--worker", spec],
         capture_output=True,
         text=True,
         check=False,
+        env=env,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"{method} on {cfg.name} failed:\n{proc.stderr[-3000:]}")
@@ -347,7 +344,7 @@ def run_all(
                                 "peak_cuda_mb", "warmup_s"):
                         if key in res:
                             prev[key] = max(prev[key], res[key])
-                print(f"{cfg.name:24s} {method:28s} {res['tasks_per_s']:7.1f} tasks/s", flush=True)
+                print(f"{cfg.name:24s} {method:34s} {res['tasks_per_s']:7.1f} tasks/s", flush=True)
         ref = best.get("learn2learn")
         for res in best.values():
             res["tasks_per_s"] = round(res["tasks_per_s"], 2)
@@ -374,6 +371,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     parser.add_argument("--configs", default="", help="comma-separated config names")
+    parser.add_argument("--baseline", default=None, metavar="DIR",
+                        help="also run the metakd methods with the package in DIR (base:...)")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -395,6 +394,10 @@ def main(argv: list[str] | None = None) -> None:
         wanted = args.configs.split(",")
         configs = [c for c in configs if c.name in wanted]
     methods = args.methods.split(",")
+    if args.baseline:
+        global BASELINE_SRC
+        BASELINE_SRC = os.path.abspath(args.baseline)
+        methods += [f"base:{m}" for m in methods if m.startswith("metakd")]
     t0 = time.perf_counter()
     results = run_all(configs, methods, rounds, repeats, args.device)
     summary = {

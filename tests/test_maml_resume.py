@@ -1,0 +1,81 @@
+"""``MAMLWrapper`` at its defaults, as users run it: same seed, same weights; a run killed with
+SIGKILL and resumed ends bit-identical to one that never stopped (CPU)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import torch
+
+from metakd.engine import load_checkpoint
+
+SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    import torch
+    from metakd.data import Omniglot, few_shot
+    from metakd.engine import Callback, fit
+    from metakd.meta import MAMLWrapper
+    from metakd.nn import create
+
+    out, kill_at = sys.argv[1], int(sys.argv[2])
+
+    class KillAt(Callback):
+        def on_step_end(self, step, batch, loss, metrics, learner):
+            if step == kill_at:  # a real SIGKILL: no handler, no cleanup
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    stream = few_shot(Omniglot(split="train"), 5, 1, 2, meta_batch_size=4, seed=0,
+                      image_size=14, progress=False)
+    maml = MAMLWrapper(create("maml_omniglot", num_classes=5, hidden=8), inner_lr=0.4)
+    opt = torch.optim.Adam(maml.parameters(), lr=1e-3)
+    fit(maml, stream, opt, 10, out_dir=out, checkpoint_every=3, progress=False,
+        callbacks=[KillAt()], tensorboard=False)
+    """
+)
+
+
+def _run(script: Path, out: Path, kill_at: int) -> int:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, str(script), str(out), str(kill_at)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    if proc.returncode not in (0, -signal.SIGKILL):
+        raise AssertionError(proc.stderr[-3000:])
+    return proc.returncode
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["step"] == 10
+    return ckpt["model"]
+
+
+def test_same_seed_same_weights_and_sigkill_resume_is_bit_identical(tmp_path: Path) -> None:
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert _run(script, a, kill_at=-1) == 0
+    assert _run(script, c, kill_at=-1) == 0
+    assert _run(script, b, kill_at=7) == -signal.SIGKILL  # killed after step 7
+    assert load_checkpoint(b / "last.pt")["step"] == 6  # the last checkpoint before the kill
+    assert _run(script, b, kill_at=-1) == 0  # resumes at step 6
+    wa, wb, wc = _weights(a), _weights(b), _weights(c)
+    assert wa.keys() == wb.keys() == wc.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wc[k]), f"same seed, different {k}"
+        assert torch.equal(wa[k], wb[k]), f"resumed run differs in {k}"
+    # and training moved the weights away from the seed's initialisation
+    from metakd.meta import MAMLWrapper
+    from metakd.nn import create
+
+    torch.manual_seed(0)
+    init = MAMLWrapper(create("maml_omniglot", num_classes=5, hidden=8), inner_lr=0.4)
+    moved = [k for k, v in init.state_dict().items() if not torch.equal(v, wa[k])]
+    assert moved
