@@ -1,8 +1,12 @@
-"""The ``metakd`` command: ``train``, ``eval`` and ``demo``.
+"""The ``metakd`` command: ``train``, ``eval``, ``methods`` and ``demo``.
 
-* ``metakd train maml --dataset omniglot [--root DIR] --ways 5 --shots 1 ...``: meta-train
-  with the paper's settings for that data set (every option shows its default in ``--help``).
-* ``metakd eval RUN_DIR``: test a trained run again (600 episodes, 95% interval).
+* ``metakd train METHOD --dataset omniglot [--root DIR] --ways 5 --shots 1 ...``: train a
+  registered method (``metakd methods`` lists them) with the paper's settings for that data
+  set; ``metakd train METHOD --help`` shows the method's options and their defaults.
+* ``metakd eval RUN_DIR [--dataset D] [--root R] [--ways N] [--shots K] ...``: test a trained
+  run of any method again (600 episodes, 95% interval), on its episode shape or another one;
+  the result also goes to ``RUN_DIR/eval-<settings>.json``.
+* ``metakd methods``: the registered methods, one line each.
 * ``metakd demo``: a few minutes of MAML on the bundled Omniglot, then held-out accuracy,
   the checkpoint, a learning curve and a picture of an episode.
 """
@@ -73,15 +77,16 @@ def _save_episode_picture(cfg_dataset_split: tuple[int, int, int], out: Path, se
 def _print_results(res: dict[str, Any], out: Path) -> None:
     if "test" not in res:  # a rank other than 0 under torchrun: rank 0 tests and reports
         return
-    print(f"  meta-trained {res['steps']} meta-iterations"
-          + (" (time budget reached)" if res["stopped_early"] else ""))
+    unit = res.get("step_name", "meta-iterations")
+    verb = "meta-trained" if unit == "meta-iterations" else "trained"
+    print(f"  {verb} {res['steps']} {unit}" + (" (time budget reached)" if res["stopped_early"] else ""))
     print(f"  model: {res['selected']}")
     print(f"  held-out {res['episode']} accuracy on {res['dataset']}: {res['test_str']}")
     print(f"  run folder: {out} (last.pt, log.jsonl, learning_curve.png, results.json)")
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from metakd.recipes import MAMLConfig, run_maml
+    from metakd.recipes import MAMLConfig, run
 
     out = Path(args.out)
     cfg = MAMLConfig.paper(
@@ -99,7 +104,7 @@ def _demo(args: argparse.Namespace) -> int:
           f"{cfg.inner_lr} x {cfg.inner_steps} step (test: {cfg.test_inner_steps}), "
           f"second order, Conv-4 with {args.filters} filters, budget {args.minutes:g} min")
     t0 = time.perf_counter()
-    res = run_maml(cfg, progress=not args.no_progress, resume=not args.fresh)
+    res = run(cfg, progress=not args.no_progress, resume=not args.fresh, method="maml")
     _print_results(res, out)
     pic = _save_episode_picture((cfg.ways, cfg.shots, 5), out, args.seed)
     print(f"  picture of a test episode (rows: classes; left: support, right: query): {pic}")
@@ -107,65 +112,109 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_model_args(items: Sequence[str]) -> dict[str, Any]:
-    """``["head_init=xavier", "bn_scale=true", "hidden=32"]`` -> typed keyword arguments."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--model-arg {item!r}: expected KEY=VALUE, e.g. head_init=xavier")
-        value: Any = raw
-        if raw.lower() in ("true", "false"):
-            value = raw.lower() == "true"
-        else:
-            for cast in (int, float):
-                try:
-                    value = cast(raw)
-                    break
-                except ValueError:
-                    pass
-        out[key.strip().replace("-", "_")] = value
-    return out
+# Parsed options that are not config fields, whatever a method's config holds.
+_NOT_CONFIG = ("command", "func", "method", "fresh", "no_progress")
 
 
 def _train(args: argparse.Namespace) -> int:
-    from metakd.recipes import MAMLConfig, run_maml
+    from metakd.recipes import get_method, run
 
+    method = get_method(args.method)
+    fields = {f.name for f in dataclasses.fields(method.config_cls)}
     given = {k: v for k, v in vars(args).items()
-             if v is not None and k in {f.name for f in dataclasses.fields(MAMLConfig)}}
-    given.pop("dataset", None)
-    given.pop("ways", None)
-    given.pop("shots", None)
-    if args.model_arg:
-        given["model_kwargs"] = _parse_model_args(args.model_arg)
-    cfg = MAMLConfig.paper(args.dataset, args.ways, args.shots, **given)
-    res = run_maml(cfg, progress=not args.no_progress, resume=not args.fresh)
+             if v is not None and k in fields and k not in _NOT_CONFIG}
+    dataset, ways, shots = given.pop("dataset"), given.pop("ways"), given.pop("shots")
+    cfg = method.config_cls.paper(dataset, ways, shots, **given)
+    res = run(cfg, progress=not args.no_progress, resume=not args.fresh, method=method.name)
     _print_results(res, Path(cfg.out_dir))
     return 0
 
 
+def _eval_name(cfg: Any, episodes: int, checkpoint: str) -> str:
+    """``eval-omniglot-20way-5shot-15query-600ep-seed0-best.json``: what the result depends on
+    (``best`` or ``last``: the checkpoint tested)."""
+    dataset = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(cfg.dataset).lower())
+    return (f"eval-{dataset}-{cfg.ways}way-{cfg.shots}shot-{cfg.test_queries}query-"
+            f"{episodes}ep-seed{cfg.seed}-{checkpoint}.json")
+
+
 def _eval(args: argparse.Namespace) -> int:
-    import json
+    from metakd.recipes import load_run
+    from metakd.recipes.runs import write_json
 
-    from metakd.engine import evaluate, load_checkpoint
-    from metakd.recipes import MAMLConfig
-    from metakd.recipes.maml import build
-
-    run = Path(args.run)
-    if not (run / "config.json").is_file():
-        raise FileNotFoundError(f"{run} is not a run folder (no config.json); give the --out "
-                                "folder of a `metakd train` run")
-    cfg = MAMLConfig(**json.loads((run / "config.json").read_text()))
-    cfg.test_tasks = args.episodes
-    ckpt = run / ("best.pt" if (run / "best.pt").exists() and not args.last else "last.pt")
-    parts = build(cfg)
-    parts["learner"].load_state_dict(load_checkpoint(ckpt)["model"])
-    res = evaluate(parts["learner"], parts["test_tasks"], progress=not args.no_progress)
-    print(f"{ckpt}: {cfg.ways}-way {cfg.shots}-shot test accuracy {res}")
+    overrides = {k: v for k, v in {
+        "dataset": args.dataset, "root": args.root, "ways": args.ways, "shots": args.shots,
+        "test_queries": args.test_queries, "test_tasks": args.episodes, "seed": args.seed,
+        "device": args.device,
+    }.items() if v is not None}
+    r = load_run(args.run, checkpoint="last" if args.last else "best", **overrides)
+    res = r.evaluate(progress=not args.no_progress)
+    cfg, trained = r.config, r.trained_config
+    where = cfg.dataset if cfg.root else f"{cfg.dataset} (bundled)"
+    print(f"{r.checkpoint}: {cfg.ways}-way {cfg.shots}-shot test accuracy on {where}: {res}")
+    record = {
+        "method": r.method,
+        "run": str(r.folder),
+        "checkpoint": r.checkpoint.name,
+        "dataset": where,
+        "episode": f"{cfg.ways}-way {cfg.shots}-shot",
+        "test_queries": cfg.test_queries,
+        "seed": cfg.seed,
+        "trained": {"dataset": trained.dataset, "ways": trained.ways, "shots": trained.shots},
+        "test": res.as_dict(),
+        "test_str": str(res),
+    }
+    path = write_json(r.folder / _eval_name(cfg, cfg.test_tasks, r.checkpoint.stem), record)
+    print(f"  written to {path}")
     return 0
 
 
+def _methods(args: argparse.Namespace) -> int:
+    from metakd.recipes import methods
+
+    found = methods()
+    width = max((len(m.name) for m in found), default=0)
+    for m in found:
+        print(f"{m.name:<{width}}  {m.describe}")
+    return 0
+
+
+def _add_train_parser(sub: Any, method: Any) -> None:
+    """``metakd train NAME``: the options of every method (the config fields the plumbing
+    reads, :data:`metakd.recipes.REQUIRED_FIELDS`, and the run's switches), then the method's own
+    (its ``add_arguments``, or one option per remaining config field)."""
+    from metakd.recipes import REQUIRED_FIELDS
+    from metakd.recipes.options import add_config_arguments
+
+    d = method.config_cls()
+    t = sub.add_parser(method.name, help=method.describe, description=method.describe)
+    t.add_argument("--dataset", default=d.dataset,
+                   help="omniglot, miniimagenet, cub, cifarfs, fc100, tieredimagenet "
+                        "(default: %(default)s)")
+    t.add_argument("--root", help="data set folder (omniglot without --root: the bundled copy)")
+    t.add_argument("--ways", type=int, default=d.ways, help="N (default: %(default)s)")
+    t.add_argument("--shots", type=int, default=d.shots, help="K (default: %(default)s)")
+    t.add_argument("--test-queries", type=int,
+                   help=f"query images per class in val/test (default: {d.test_queries})")
+    t.add_argument("--steps", type=int, help=f"{method.step_name} (default: {d.steps})")
+    t.add_argument("--val-every", type=int, help=f"validation period (default: {d.val_every})")
+    t.add_argument("--test-tasks", type=int, help=f"test episodes (default: {d.test_tasks})")
+    t.add_argument("--seed", type=int, help=f"seed (default: {d.seed})")
+    t.add_argument("--out-dir", help=f"run folder (default: {d.out_dir})")
+    t.add_argument("--max-seconds", type=float, help="time budget for training")
+    t.add_argument("--device", help=f"cpu or cuda (default: {d.device})")
+    t.add_argument("--fresh", action="store_true", help="do not resume from the run folder")
+    t.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    if method.add_arguments is not None:
+        method.add_arguments(t)
+    else:
+        add_config_arguments(t, method.config_cls, skip=REQUIRED_FIELDS)
+    t.set_defaults(func=_train)
+
+
 def _build_parser() -> argparse.ArgumentParser:
+    from metakd.recipes import methods
+
     p = _Parser(prog="metakd", description="Few-shot meta-learning and distillation.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -191,55 +240,36 @@ def _build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-progress", action="store_true", help="hide progress bars")
     d.set_defaults(func=_demo)
 
-    t = sub.add_parser("train", help="meta-train a method with the paper's settings")
-    t.add_argument("method", choices=["maml"], help="the method")
-    t.add_argument("--dataset", default="omniglot",
-                   help="omniglot, miniimagenet, cub, cifarfs, fc100, tieredimagenet "
-                        "(default: %(default)s)")
-    t.add_argument("--root", help="data set folder (omniglot without --root: the bundled copy)")
-    t.add_argument("--ways", type=int, default=5, help="N (default: %(default)s)")
-    t.add_argument("--shots", type=int, default=1, help="K (default: %(default)s)")
-    paper = "(default: the paper's value for the data set)"
-    t.add_argument("--queries", type=int,
-                   help="query images per class in training (default: K on Omniglot, else 15)")
-    t.add_argument("--test-queries", type=int, help="query images per class in val/test (default: 15)")
-    t.add_argument("--model", help=f"backbone name {paper}")
-    t.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="backbone option, repeatable (e.g. head_init=xavier, bn_scale=true)")
-    t.add_argument("--inner-lr", type=float, help=f"inner learning rate alpha {paper}")
-    t.add_argument("--inner-steps", type=int, help=f"inner steps in training {paper}")
-    t.add_argument("--test-inner-steps", type=int, help=f"inner steps at test {paper}")
-    t.add_argument("--first-order", action="store_true", default=None, help="first-order MAML")
-    t.add_argument("--inner-loss-reduction", choices=["sum_over_k", "mean"],
-                   help="inner loss scale (default: sum_over_k, the reference)")
-    t.add_argument("--meta-lr", type=float, help="Adam learning rate (default: 0.001)")
-    t.add_argument("--lr-schedule", choices=["constant", "cosine"],
-                   help="meta learning-rate schedule (default: constant)")
-    t.add_argument("--meta-batch-size", type=int, help=f"tasks per meta-batch {paper}")
-    t.add_argument("--steps", type=int, help="meta-iterations (default: 60000)")
-    t.add_argument("--clip-grad-value", type=float, help=f"meta-gradient clipping {paper}")
-    t.add_argument("--val-every", type=int, help="validation period (default: 500)")
-    t.add_argument("--val-tasks", type=int, help="validation episodes (default: 600)")
-    t.add_argument("--test-tasks", type=int, help="test episodes (default: 600)")
-    t.add_argument("--backend", choices=["auto", "func", "vmap", "learn2learn", "higher"],
-                   help="inner-loop backend (default: vmap)")
-    t.add_argument("--compile", choices=["auto", "on", "off"],
-                   help="torch.compile the meta-gradient: auto (in the background after 120 s "
-                        "of one task shape), on (at once) or off (default: auto)")
-    t.add_argument("--seed", type=int, help="seed (default: 0)")
-    t.add_argument("--out-dir", help="run folder (default: runs/maml)")
-    t.add_argument("--max-seconds", type=float, help="time budget for meta-training")
-    t.add_argument("--device", help="cpu or cuda (default: cpu)")
-    t.add_argument("--fresh", action="store_true", help="do not resume from the run folder")
-    t.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    t.set_defaults(func=_train)
+    t = sub.add_parser("train", help="train a registered method with the paper's settings",
+                       description="Train a registered method with the paper's settings for "
+                                   "the data set; `metakd train METHOD --help` lists its options.")
+    per_method = t.add_subparsers(dest="method", required=True, metavar="METHOD",
+                                  parser_class=_Parser)
+    for method in methods():
+        _add_train_parser(per_method, method)
 
-    e = sub.add_parser("eval", help="test a trained run (600 episodes, 95%% interval)")
+    e = sub.add_parser("eval", help="test a trained run (600 episodes, 95%% interval)",
+                       description="Test a run folder of any method again, on its episode shape "
+                                   "or another one; the result also goes to "
+                                   "RUN_DIR/eval-<settings>.json.")
     e.add_argument("run", help="the run folder of `metakd train` or `metakd demo`")
+    e.add_argument("--dataset", help="test on another data set (default: the run's)")
+    e.add_argument("--root", help="that data set's folder (default: the run's, or the bundled "
+                                  "Omniglot with --dataset omniglot)")
+    e.add_argument("--ways", type=int, help="N of the test episodes (default: the run's; another "
+                                            "N gets a zero-initialised N-way head)")
+    e.add_argument("--shots", type=int, help="K of the test episodes (default: the run's)")
+    e.add_argument("--test-queries", type=int,
+                   help="query images per class (default: the run's)")
     e.add_argument("--episodes", type=int, default=600, help="test episodes (default: %(default)s)")
+    e.add_argument("--seed", type=int, help="seed of the test episodes (default: the run's)")
+    e.add_argument("--device", help="cpu or cuda (default: the run's)")
     e.add_argument("--last", action="store_true", help="use last.pt even if best.pt exists")
     e.add_argument("--no-progress", action="store_true", help="hide progress bars")
     e.set_defaults(func=_eval)
+
+    m = sub.add_parser("methods", help="list the registered methods")
+    m.set_defaults(func=_methods)
     return p
 
 

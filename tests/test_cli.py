@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
 from PIL import Image
 
 from metakd.cli import main
+from metakd.recipes import load_run
 
 
 def test_demo_trains_tests_and_writes_its_outputs(tmp_path: Path, capsys) -> None:
@@ -24,6 +29,7 @@ def test_demo_trains_tests_and_writes_its_outputs(tmp_path: Path, capsys) -> Non
     assert 0.0 <= res["test"]["accuracy"] <= 1.0
     for f in ("last.pt", "log.jsonl", "learning_curve.png", "episode.png", "config.json"):
         assert (out / f).is_file(), f
+    assert json.loads((out / "config.json").read_text())["method"] == "maml"
     assert Image.open(out / "episode.png").size[1] == 5 * 57  # 5 rows of 56 px + 1 px gaps
 
     # `metakd eval` reloads the run and tests it again on the same episodes
@@ -35,9 +41,10 @@ def test_demo_trains_tests_and_writes_its_outputs(tmp_path: Path, capsys) -> Non
 def test_train_resumes_and_uses_paper_defaults(tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = ["train", "maml", "--steps", "2", "--meta-batch-size", "2", "--test-tasks", "4",
-            "--out-dir", str(out), "--no-progress"]
+            "--out-dir", str(out), "--no-progress", "--compile", "off"]
     assert main(args) == 0
     cfg = json.loads((out / "config.json").read_text())
+    assert cfg["method"] == "maml" and cfg["compile"] == "off"
     assert (cfg["inner_lr"], cfg["inner_steps"], cfg["test_inner_steps"]) == (0.4, 1, 3)
     assert cfg["queries"] == 1 and cfg["rotations"] and not cfg["first_order"]
     assert main([*args[:2], "--steps", "3", *args[4:]]) == 0  # continues from step 2
@@ -65,3 +72,91 @@ def test_bad_options_are_one_line(tmp_path: Path) -> None:
     assert "expected one of these layouts" in _one_line_error(
         "train", "maml", "--root", str(tmp_path / "nowhere"), "--out-dir", str(tmp_path / "d"))
     assert "not a run folder" in _one_line_error("eval", str(tmp_path))
+
+
+def _one_line_in_process(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    return err
+
+
+# ------------------------------------------------------------------- metakd eval RUN_DIR
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-step 5-way 1-shot MAML run on the bundled Omniglot, tested on 4 episodes."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "maml", "--steps", "2", "--meta-batch-size", "2", "--test-tasks", "4",
+                 "--out-dir", str(out), "--no-progress", "--compile", "off"]) == 0
+    return out
+
+
+def _printed(text: str) -> tuple[float, float]:
+    """(mean, ci95) in % from the line ``metakd eval`` prints."""
+    m = re.search(r"test accuracy on .*: ([0-9.]+) ± ([0-9.]+) %", text)
+    assert m, text
+    return float(m[1]), float(m[2])
+
+
+def test_eval_and_load_run_agree_with_the_run(tiny_run: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    res = json.loads((tiny_run / "results.json").read_text())
+    assert main(["eval", str(tiny_run), "--episodes", "4", "--no-progress"]) == 0
+    mean, ci = _printed(capsys.readouterr().out)
+    r = load_run(tiny_run, test_tasks=4)
+    direct = r.evaluate()
+    assert (mean, ci) == (round(100 * direct.mean, 2), round(100 * direct.ci95, 2))
+    assert direct.mean == res["test"]["accuracy"] and r.method == "maml"
+    assert type(r.learner).__name__ == "MAMLWrapper" and r.learner.model is r.model
+    saved = tiny_run / "eval-omniglot-5way-1shot-15query-4ep-seed0-last.json"
+    assert json.loads(saved.read_text())["test"]["accuracy"] == direct.mean
+
+
+def test_eval_on_another_episode_shape(tiny_run: Path, capsys: pytest.CaptureFixture[str],
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A 5-way run tested 20-way 5-shot: the bundled test split has 106 classes (x4 rotations)."""
+    assert main(["eval", str(tiny_run), "--ways", "20", "--shots", "5", "--test-queries", "5",
+                 "--episodes", "4", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "20-way 5-shot test accuracy on omniglot (bundled)" in out
+    assert "zero-initialised 20-way layer" in caplog.text
+    saved = json.loads((tiny_run / "eval-omniglot-20way-5shot-5query-4ep-seed0-last.json")
+                       .read_text())
+    assert saved["trained"] == {"dataset": "omniglot", "ways": 5, "shots": 1}
+    assert saved["test"]["episodes"] == 4
+    assert _printed(out) == (round(100 * saved["test"]["accuracy"], 2),
+                             round(100 * saved["test"]["ci95"], 2))
+    r = load_run(tiny_run, ways=20, shots=5, test_queries=5, test_tasks=4)
+    head = r.model.head
+    assert head.out_features == 20 and not head.weight.detach().any() and not head.bias.any()
+    # the body is the trained one: only the head was replaced
+    trained = torch.load(tiny_run / "last.pt", weights_only=True)["model"]
+    body = {k: v for k, v in r.learner.state_dict().items() if not k.startswith("model.head.")}
+    assert body and all(v.equal(trained[k]) for k, v in body.items())
+
+
+def test_eval_of_an_old_run_folder_without_method(tiny_run: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(tiny_run, old)
+    cfg = json.loads((old / "config.json").read_text())
+    del cfg["method"]
+    (old / "config.json").write_text(json.dumps(cfg))
+    res = json.loads((old / "results.json").read_text())
+    assert main(["eval", str(old), "--episodes", "4", "--no-progress"]) == 0
+    assert f"{100 * res['test']['accuracy']:.2f}" in capsys.readouterr().out
+
+
+def test_eval_errors_are_one_line(tiny_run: Path, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    alien = tmp_path / "alien"
+    alien.mkdir()
+    (alien / "config.json").write_text(json.dumps({"method": "reptile"}))
+    err = _one_line_in_process(capsys, "eval", str(alien))
+    assert "method 'reptile' is not registered; registered methods: " in err and "maml" in err
+    (alien / "config.json").write_text(json.dumps({"method": "maml"}))
+    assert "has config.json but no last.pt" in _one_line_in_process(capsys, "eval", str(alien))
+    assert "2000-way episodes need 2000 classes" in _one_line_in_process(
+        capsys, "eval", str(tiny_run), "--ways", "2000", "--no-progress")

@@ -38,6 +38,9 @@ def parser(dataset: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--test_tasks", type=int, default=600, help="test episodes")
     p.add_argument("--out", default=f"runs/maml-{dataset}", help="run folder")
     p.add_argument("--max_seconds", type=float, default=None, help="meta-training time budget")
+    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                   help="torch.compile the meta-gradient (auto: from the first meta-batch unless "
+                        "--max_seconds is under 10 minutes)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -53,5 +56,5 @@ def config(dataset: str, args: argparse.Namespace) -> MAMLConfig:
         image_size=args.imgsz, meta_lr=args.meta_lr, steps=args.epoch,
         first_order=args.first_order, inner_loss_reduction=args.inner_loss,
         test_tasks=args.test_tasks, out_dir=args.out, max_seconds=args.max_seconds,
-        device=args.device, seed=args.seed, **overrides,
+        device=args.device, seed=args.seed, compile=args.compile, **overrides,
     )

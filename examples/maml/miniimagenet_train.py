@@ -7,10 +7,10 @@ import json
 
 from _args import config, parser
 
-from metakd.recipes import run_maml
+from metakd.recipes import run
 
 if __name__ == "__main__":
     args = parser("miniimagenet", __doc__.splitlines()[0]).parse_args()
     if args.root is None:
         raise SystemExit("miniimagenet_train.py: --root is required (the miniImageNet folder)")
-    print(json.dumps(run_maml(config("miniimagenet", args)), indent=2))
+    print(json.dumps(run(config("miniimagenet", args)), indent=2))

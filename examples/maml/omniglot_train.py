@@ -8,8 +8,8 @@ import json
 
 from _args import config, parser
 
-from metakd.recipes import run_maml
+from metakd.recipes import run
 
 if __name__ == "__main__":
     args = parser("omniglot", __doc__.splitlines()[0]).parse_args()
-    print(json.dumps(run_maml(config("omniglot", args)), indent=2))
+    print(json.dumps(run(config("omniglot", args)), indent=2))

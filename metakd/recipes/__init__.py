@@ -1,9 +1,45 @@
-"""End-to-end recipes that reproduce a paper with the library's primitives.
+"""Runs of the published methods: one registered method per paper, one plumbing for all.
 
-The command line (``metakd train ...``) and the ``examples/`` scripts are thin front-ends over
-these functions.
+Each method registers a config with the paper's defaults and a ``build`` of its objects
+(:func:`register`); :func:`run` trains any of them (distributed set-up, ``fit``, best
+checkpoint, test, ``results.json``, plot) into a run folder whose ``config.json`` names the
+method, and :func:`load_run` reads any run folder back, on its episode shape or another one.
+The command line (``metakd train METHOD``, ``metakd eval RUN_DIR``) and the ``examples/``
+scripts are thin front-ends over these functions.
+
+Example:
+    >>> from metakd.recipes import MAMLConfig, get_method
+    >>> cfg = MAMLConfig.paper("omniglot", ways=5, shots=1)
+    >>> cfg.inner_lr, get_method("maml").config_cls is MAMLConfig
+    (0.4, True)
 """
 
 from metakd.recipes.maml import MAMLConfig, run_maml
+from metakd.recipes.registry import (
+    REQUIRED_FIELDS,
+    Method,
+    Parts,
+    get_method,
+    method_of,
+    methods,
+    register,
+    unregister,
+)
+from metakd.recipes.runs import Run, load_run, read_config, run
 
-__all__ = ["MAMLConfig", "run_maml"]
+__all__ = [
+    "REQUIRED_FIELDS",
+    "MAMLConfig",
+    "Method",
+    "Parts",
+    "Run",
+    "get_method",
+    "load_run",
+    "method_of",
+    "methods",
+    "read_config",
+    "register",
+    "run",
+    "run_maml",
+    "unregister",
+]

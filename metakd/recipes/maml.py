@@ -10,16 +10,17 @@ accuracy is a mean over 600 episodes with its 95% confidence interval.
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import argparse
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-__all__ = ["MAMLConfig", "run_maml"]
+from metakd.recipes.registry import Parts, register
+
+__all__ = ["SHORT_RUN_S", "MAMLConfig", "build", "run_maml"]
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +61,23 @@ class MAMLConfig:
         clip_grad_value: clip meta-gradient entries (the reference uses 10 on miniImageNet).
         val_every, val_tasks, test_tasks: validation period and episode counts.
         backend: inner-loop backend of :class:`metakd.meta.MAMLWrapper`.
-        compile: ``"auto"`` (compile in the background after 120 s of a task shape, unless
-            ``max_seconds`` is under 10 minutes), ``"on"`` (compile at the first meta-batch)
-            or ``"off"``; see ``MAMLWrapper``'s ``compile``.
+        compile: ``"auto"`` (``torch.compile`` the meta-gradient from the first meta-batch
+            when the run is long: no ``max_seconds``, or ``max_seconds`` of at least
+            :data:`SHORT_RUN_S`; eager otherwise), ``"on"`` (compile) or ``"off"`` (eager);
+            see ``MAMLWrapper``'s ``compile``. Evaluation is always eager.
         seed: seeds the weights and the task streams.
         out_dir: run folder (checkpoints, log, plot, results).
         max_seconds: stop meta-training after this long (then test).
         device: ``"cpu"``, ``"cuda"``...
+
+    A run folder tested at another number of ways (``metakd eval RUN --ways 20``,
+    ``load_run(RUN, ways=20)``) gets a zero-initialised ``N``-way final head layer: the
+    trained ``N``-way head cannot be reused (see :mod:`metakd.recipes.weights`).
+
+    Example:
+        >>> cfg = MAMLConfig.paper("omniglot", ways=20, shots=1)
+        >>> cfg.inner_lr, cfg.inner_steps, cfg.meta_batch_size, cfg.queries
+        (0.1, 5, 16, 1)
     """
 
     dataset: str = "omniglot"
@@ -105,7 +116,12 @@ class MAMLConfig:
     @classmethod
     def paper(cls, dataset: str = "omniglot", ways: int = 5, shots: int = 1,
               **overrides: Any) -> MAMLConfig:
-        """The reference settings for a data set and episode shape, then ``overrides``."""
+        """The reference settings for a data set and episode shape, then ``overrides``.
+
+        Example:
+            >>> MAMLConfig.paper("miniimagenet", shots=5).clip_grad_value
+            10.0
+        """
         key = dataset.lower()
         if key == "omniglot" and ways >= 20:
             key = "omniglot-20way"
@@ -124,24 +140,35 @@ def _splits(cfg: MAMLConfig) -> tuple[str, str | None, str]:
     return "train", "val", "test"
 
 
-_COMPILE_MODES: dict[str, bool | Literal["auto"]] = {"auto": "auto", "on": True, "off": False}
+_COMPILE_MODES = ("auto", "on", "off")
 
 # A run with a time budget shorter than this does not compile under compile="auto": on the
 # 2-core CPU a cold background compile kept the eager loop at about a tenth of its speed for
 # 100-150 s (the compiler's Python thread and its C++ builds take both cores and the GIL), so
-# a 4-minute demo made 1,700 meta-iterations with it against 2,500 without.
+# a 4-minute demo made 1,700 meta-iterations with it against 2,500 without. The compile now
+# runs in the foreground at the first meta-batch, and still costs one to three minutes cold.
 SHORT_RUN_S = 600.0
+"""Seconds: under ``compile="auto"`` a run with a shorter ``max_seconds`` stays eager."""
 
 
-def _compile_mode(cfg: MAMLConfig) -> bool | Literal["auto"]:
-    mode = _COMPILE_MODES[cfg.compile]
-    if mode == "auto" and cfg.max_seconds is not None and cfg.max_seconds < SHORT_RUN_S:
-        return False
-    return mode
+def _compile(cfg: MAMLConfig) -> bool:
+    """``MAMLWrapper``'s ``compile`` for ``cfg.compile``: ``"auto"`` compiles long runs only."""
+    if cfg.compile not in _COMPILE_MODES:
+        raise ValueError(f"compile={cfg.compile!r} is unknown; use 'auto', 'on' or 'off'")
+    if cfg.compile != "auto":
+        return cfg.compile == "on"
+    long_run = cfg.max_seconds is None or cfg.max_seconds >= SHORT_RUN_S
+    return long_run and cfg.backend in ("auto", "func", "vmap")  # the compilable backends
 
 
-def build(cfg: MAMLConfig) -> dict[str, Any]:
-    """Data, model, meta-learner and optimiser of a run (nothing is trained)."""
+def build(cfg: MAMLConfig) -> Parts:
+    """Data, model, meta-learner and optimiser of a MAML run (nothing is trained).
+
+    Example:
+        >>> parts = build(MAMLConfig(meta_batch_size=2, test_tasks=2, compile="off"))
+        >>> type(parts.learner).__name__, parts.model.out_features, parts.val_data
+        ('MAMLWrapper', 5, None)
+    """
     from metakd.data import few_shot
     from metakd.data.registry import get_dataset
     from metakd.meta import MAMLWrapper
@@ -151,8 +178,7 @@ def build(cfg: MAMLConfig) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if cfg.dataset.lower() == "omniglot" and cfg.rotations:
         extra["rotations"] = (0, 90, 180, 270)
-    if cfg.compile not in _COMPILE_MODES:
-        raise ValueError(f"compile={cfg.compile!r} is unknown; use 'auto', 'on' or 'off'")
+    compile_ = _compile(cfg)
     train_split, val_split, test_split = _splits(cfg)
     train_set = get_dataset(cfg.dataset, cfg.root, train_split, **extra)
     test_set = get_dataset(cfg.dataset, cfg.root, test_split, **extra)
@@ -165,90 +191,88 @@ def build(cfg: MAMLConfig) -> dict[str, Any]:
     learner = MAMLWrapper(model, inner_lr=cfg.inner_lr, inner_steps=cfg.inner_steps,
                           first_order=cfg.first_order, test_inner_steps=cfg.test_inner_steps,
                           inner_loss_reduction=cfg.inner_loss_reduction, backend=cfg.backend,
-                          compile=_compile_mode(cfg))
+                          compile=compile_)
     learner.to(cfg.device)
     common: dict[str, Any] = {"image_size": size, "device": cfg.device}
-    out: dict[str, Any] = {
-        "learner": learner,
-        "train_tasks": few_shot(train_set, cfg.ways, cfg.shots, cfg.queries,
-                                meta_batch_size=cfg.meta_batch_size, seed=cfg.seed, **common),
-        "test_tasks": few_shot(test_set, cfg.ways, cfg.shots, cfg.test_queries,
-                               meta_batch_size=cfg.meta_batch_size, num_tasks=cfg.test_tasks,
-                               seed=cfg.seed + 2, **common),
-        "val_tasks": None,
-        "optimizer": torch.optim.Adam(learner.parameters(), lr=cfg.meta_lr),
-        "scheduler": None,
-    }
+    optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.meta_lr)
+    scheduler = None
     if cfg.lr_schedule == "cosine":
         from metakd.engine import BudgetCosine
 
-        out["scheduler"] = BudgetCosine(out["optimizer"], cfg.steps, cfg.max_seconds)
+        scheduler = BudgetCosine(optimizer, cfg.steps, cfg.max_seconds)
     elif cfg.lr_schedule != "constant":
         raise ValueError(f"lr_schedule={cfg.lr_schedule!r} is unknown; use 'constant' or 'cosine'")
+    val_data = None
     if val_split is not None:
         val_set = get_dataset(cfg.dataset, cfg.root, val_split, **extra)
-        out["val_tasks"] = few_shot(val_set, cfg.ways, cfg.shots, cfg.test_queries,
-                                    meta_batch_size=cfg.meta_batch_size,
-                                    num_tasks=cfg.val_tasks, seed=cfg.seed + 1, **common)
-    return out
+        val_data = few_shot(val_set, cfg.ways, cfg.shots, cfg.test_queries,
+                            meta_batch_size=cfg.meta_batch_size, num_tasks=cfg.val_tasks,
+                            seed=cfg.seed + 1, **common)
+    return Parts(
+        learner=learner,
+        model=model,
+        train_data=few_shot(train_set, cfg.ways, cfg.shots, cfg.queries,
+                            meta_batch_size=cfg.meta_batch_size, seed=cfg.seed, **common),
+        val_data=val_data,
+        test_data=few_shot(test_set, cfg.ways, cfg.shots, cfg.test_queries,
+                           meta_batch_size=cfg.meta_batch_size, num_tasks=cfg.test_tasks,
+                           seed=cfg.seed + 2, **common),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        clip_grad_value=cfg.clip_grad_value,
+    )
+
+
+def load_weights(parts: Parts, state: Mapping[str, torch.Tensor], trained: MAMLConfig,
+                 cfg: MAMLConfig) -> None:
+    """Put a run's weights into ``parts``; at another number of ways, with a zero new head."""
+    from metakd.recipes.weights import load_state, load_with_new_head
+
+    if cfg.ways == trained.ways:
+        load_state(parts.learner, state, "the run")
+    else:
+        load_with_new_head(parts.learner, parts.model, state, cfg.ways, "the run")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``metakd train maml`` beyond those every method has."""
+    from metakd.recipes.options import KeyValueAction
+
+    paper = "(default: the paper's value for the data set)"
+    p.add_argument("--queries", type=int,
+                   help="query images per class in training (default: K on Omniglot, else 15)")
+    p.add_argument("--model", help=f"backbone name {paper}")
+    p.add_argument("--model-arg", dest="model_kwargs", action=KeyValueAction, metavar="KEY=VALUE",
+                   help="backbone option, repeatable (e.g. head_init=xavier, bn_scale=true)")
+    p.add_argument("--inner-lr", type=float, help=f"inner learning rate alpha {paper}")
+    p.add_argument("--inner-steps", type=int, help=f"inner steps in training {paper}")
+    p.add_argument("--test-inner-steps", type=int, help=f"inner steps at test {paper}")
+    p.add_argument("--first-order", action="store_true", default=None, help="first-order MAML")
+    p.add_argument("--inner-loss-reduction", choices=["sum_over_k", "mean"],
+                   help="inner loss scale (default: sum_over_k, the reference)")
+    p.add_argument("--meta-lr", type=float, help="Adam learning rate (default: 0.001)")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"],
+                   help="meta learning-rate schedule (default: constant)")
+    p.add_argument("--meta-batch-size", type=int, help=f"tasks per meta-batch {paper}")
+    p.add_argument("--clip-grad-value", type=float, help=f"meta-gradient clipping {paper}")
+    p.add_argument("--val-tasks", type=int, help="validation episodes (default: 600)")
+    p.add_argument("--backend", choices=["auto", "func", "vmap", "learn2learn", "higher"],
+                   help="inner-loop backend (default: vmap)")
+    p.add_argument("--compile", choices=list(_COMPILE_MODES),
+                   help="torch.compile the meta-gradient: auto (from the first meta-batch when "
+                        f"there is no --max-seconds or it is at least {SHORT_RUN_S:g}), on or "
+                        "off (default: auto)")
+
+
+register("maml", MAMLConfig, build,
+         describe="MAML (Finn, Abbeel and Levine, ICML 2017): second-order meta-learned "
+                  "initialisation, reference settings of cbfinn/maml",
+         title="MAML", step_name="meta-iterations",
+         add_arguments=add_arguments, load_weights=load_weights)
 
 
 def run_maml(cfg: MAMLConfig, progress: bool = True, resume: bool = True) -> dict[str, Any]:
-    """Meta-train, pick the best validation checkpoint, test, write results and a plot.
+    """:func:`metakd.recipes.run` for a :class:`MAMLConfig` (kept for existing scripts)."""
+    from metakd.recipes.runs import run
 
-    Writes ``last.pt``, ``best.pt`` (when validating), ``log.jsonl``, ``learning_curve.png``
-    and ``results.json`` into ``cfg.out_dir``. Returns the content of ``results.json``.
-    """
-    import os
-
-    import torch.distributed as dist
-
-    from metakd.engine import (
-        evaluate,
-        fit,
-        init_distributed,
-        load_checkpoint,
-        plot_learning_curve,
-        shutdown_distributed,
-    )
-
-    own_group = not (dist.is_available() and dist.is_initialized())
-    rank, world_size = init_distributed()  # torchrun: each rank takes a slice of every meta-batch
-    if world_size > 1 and cfg.device == "cuda":
-        cfg = dataclasses.replace(cfg, device=f"cuda:{os.environ.get('LOCAL_RANK', 0)}")
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-    parts = build(cfg)
-    learner = parts["learner"]
-    result = fit(learner, parts["train_tasks"], parts["optimizer"], cfg.steps,
-                 val_tasks=parts["val_tasks"], val_every=cfg.val_every,
-                 scheduler=parts["scheduler"],
-                 clip_grad_value=cfg.clip_grad_value, out_dir=out, resume=resume,
-                 max_seconds=cfg.max_seconds, progress=progress, device=cfg.device)
-    if world_size > 1 and own_group:
-        shutdown_distributed()  # every rank is done training; leave the group together
-    if rank != 0:  # rank 0 alone tests and writes the results
-        return {"rank": rank, "steps": result.step, "stopped_early": result.stopped_early}
-    selected = "last"
-    if parts["val_tasks"] is not None and (out / "best.pt").exists():
-        learner.load_state_dict(load_checkpoint(out / "best.pt")["model"])
-        selected = f"best validation (step {result.best_step})"
-    test = evaluate(learner, parts["test_tasks"], device=cfg.device, progress=progress)
-    results = {
-        "method": "MAML",
-        "dataset": cfg.dataset if cfg.root else f"{cfg.dataset} (bundled)",
-        "episode": f"{cfg.ways}-way {cfg.shots}-shot",
-        "steps": result.step,
-        "stopped_early": result.stopped_early,
-        "selected": selected,
-        "test": test.as_dict(),
-        "test_str": str(test),
-        "best_val": result.best_val.as_dict() if result.best_val else None,
-    }
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    plot_learning_curve(out / "log.jsonl", out / "learning_curve.png",
-                        title=f"MAML {cfg.ways}-way {cfg.shots}-shot, {results['dataset']}: "
-                              f"test {test}")
-    return results
+    return run(cfg, progress=progress, resume=resume, method="maml")
