@@ -59,6 +59,27 @@ def test_supervised_fit_learns_and_logs_the_ce_term(tmp_path: Path) -> None:
     assert (tmp_path / "best.pt").exists()
 
 
+def test_an_eval_fn_replaces_evaluate_for_validation() -> None:
+    """A learner trained on minibatches but validated another way (Classifier-Baseline's
+    nearest-centroid episodes) passes eval_fn; the best checkpoint follows its results."""
+    from metakd.engine import EvalResult
+
+    calls: list[int] = []
+
+    def eval_fn(learner: nn.Module, data: Any, *, device: Any, progress: bool) -> EvalResult:
+        calls.append(len(data))
+        return EvalResult(mean=0.1 * len(calls), ci95=0.0, std=0.0, episodes=len(data))
+
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    r = fit(model, MinibatchStream(), torch.optim.SGD(model.parameters(), lr=0.1), 6,
+            val_data=["episode"] * 5, val_every=2, eval_fn=eval_fn, progress=False,
+            tensorboard=False)
+    assert calls == [5, 5, 5]  # steps 2, 4 and the end (6)
+    assert r.best_step == 6 and r.best_val is not None
+    assert r.best_val.mean == pytest.approx(0.3)
+
+
 def test_supervised_loss_is_the_mean_cross_entropy() -> None:
     model = nn.Linear(4, 3)
     x, y = MinibatchStream(batch_size=8).batch(0)

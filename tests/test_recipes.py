@@ -33,7 +33,7 @@ from metakd.recipes import (
     run,
     unregister,
 )
-from metakd.recipes.maml import SHORT_RUN_S, _compile
+from metakd.recipes.maml import LONG_RUN_STEPS, SHORT_RUN_S, _compile
 from metakd.recipes.options import add_config_arguments, field_docs
 
 
@@ -175,9 +175,11 @@ def test_options_come_from_the_config_fields_and_docstring() -> None:
 
 
 def test_compile_auto_compiles_long_runs_from_the_start() -> None:
-    assert _compile(MAMLConfig()) is True  # no budget: a long run
+    assert _compile(MAMLConfig()) is True  # 60,000 steps, no budget: a long run
     assert _compile(MAMLConfig(max_seconds=SHORT_RUN_S)) is True
     assert _compile(MAMLConfig(max_seconds=240)) is False  # the demo's 4 minutes
+    assert _compile(MAMLConfig(steps=LONG_RUN_STEPS - 1)) is False  # a short run
+    assert _compile(MAMLConfig(model_kwargs={"bn_mode": "per_step"})) is False
     assert _compile(MAMLConfig(backend="learn2learn")) is False  # cannot compile
     assert _compile(MAMLConfig(compile="on", max_seconds=1)) is True
     assert _compile(MAMLConfig(compile="off")) is False

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -169,6 +169,7 @@ def fit(
     device: torch.device | str | None = None,
     tensorboard: bool = True,
     val_tasks: Iterable[Any] | None = None,
+    eval_fn: Callable[..., EvalResult] | None = None,
 ) -> FitResult:
     """Train ``learner`` for ``steps`` steps on a stream of episodes or minibatches.
 
@@ -210,6 +211,9 @@ def fit(
         loss_fn: the objective, instead of the defaults above.
         callbacks: :class:`metakd.engine.Callback` s, called in order.
         val_data: a fixed set of validation episodes or labelled minibatches.
+        eval_fn: ``eval_fn(learner, val_data, device=..., progress=...) -> EvalResult``
+            instead of :func:`evaluate` for validation (for example nearest-centroid
+            episodes for a learner trained on minibatches).
         val_every: validation period in steps.
         scheduler: a learning-rate scheduler stepped once per step.
         clip_grad_norm: clip the global gradient norm to this value.
@@ -279,7 +283,10 @@ def fit(
     def validate(step: int) -> None:
         if val_data is None:
             return
-        res = evaluate(learner, val_data, device=device, loss_fn=loss_fn, step=step)
+        if eval_fn is not None:
+            res = eval_fn(learner, val_data, device=device, progress=False)
+        else:
+            res = evaluate(learner, val_data, device=device, loss_fn=loss_fn, step=step)
         rec = {"kind": "val", "step": step, **res.as_dict()}
         history.append(rec)
         logger.write(rec)

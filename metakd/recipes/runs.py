@@ -178,6 +178,7 @@ def run(cfg: Any, progress: bool = True, resume: bool = True, *,
     parts = spec.build(cfg)
     result = fit(parts.learner, parts.train_data, parts.optimizer, cfg.steps,
                  loss_fn=parts.loss_fn, callbacks=parts.callbacks, val_data=parts.val_data,
+                 eval_fn=parts.eval_fn,
                  val_every=cfg.val_every, scheduler=parts.scheduler,
                  clip_grad_norm=parts.clip_grad_norm, clip_grad_value=parts.clip_grad_value,
                  out_dir=out, resume=resume, max_seconds=cfg.max_seconds, progress=progress,
