@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
-# Create (or reuse) the project's virtual environment at .venv/ and install metakd into it.
+# Create (or reuse) a virtual environment and install metakd into it.
 #
-#   scripts/bootstrap.sh core   torch + torchvision + metakd (editable): enough for the demo
-#   scripts/bootstrap.sh dev    core + test/lint tools + the learn2learn extra (built from source)
+#   scripts/bootstrap.sh core      .venv/: torch + torchvision + metakd (editable): the demo
+#   scripts/bootstrap.sh dev       .venv/: core + test/lint tools + the learn2learn extra (built
+#                                  from source; its qpth dependency pins numpy<2)
+#   scripts/bootstrap.sh dev-np2   .venv-np2/: torch + torchvision + metakd with the test tools,
+#                                  numpy 2 and no learn2learn: what `pip install metakd` gives a
+#                                  user, so `make test` runs the suite there too
 #
 # Re-running on a ready machine only compares a stamp and exits in well under a second.
 # Override the PyTorch pin with TORCH_SPEC (for example TORCH_SPEC="torch torchvision").
 set -euo pipefail
 level=${1:-core}
-case "$level" in core|dev) ;; *) echo "usage: $0 core|dev" >&2; exit 2;; esac
-
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-venv="$root/.venv"
+case "$level" in
+    core|dev) venv="$root/.venv" ;;
+    dev-np2) venv="$root/.venv-np2" ;;
+    *) echo "usage: $0 core|dev|dev-np2" >&2; exit 2 ;;
+esac
 py=${PYTHON:-python3}
 torch_spec=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
 
@@ -41,16 +47,32 @@ if [ ! -f "$venv/.metakd-torch" ] || [ "$(cat "$venv/.metakd-torch")" != "$torch
     echo "$torch_spec" > "$venv/.metakd-torch"
 fi
 
-if [ "$level" = core ]; then
+case "$level" in
+core)
     log "installing metakd (editable)"
     quiet "${pip[@]}" install -e ".[plot]"
-else
+    ;;
+dev)
     log "installing metakd (editable) with the dev tools"
     quiet "${pip[@]}" install -e ".[plot,dev]"
     if ! "$venv/bin/python" -c "import learn2learn" >/dev/null 2>&1; then
         bash scripts/install_learn2learn.sh "$venv/bin/python"
     fi
-fi
+    ;;
+dev-np2)
+    log "installing metakd (editable) with the dev tools and numpy 2, without learn2learn"
+    quiet "${pip[@]}" install -e ".[plot,dev]" "numpy>=2"
+    # Fail here, not in the tests, if something pulled numpy 1 or learn2learn in.
+    "$venv/bin/python" - <<'PY'
+import importlib.util, sys
+import numpy
+if int(numpy.__version__.split(".")[0]) < 2:
+    sys.exit(f"[bootstrap] .venv-np2 has numpy {numpy.__version__}, expected 2.x")
+if importlib.util.find_spec("learn2learn") is not None:
+    sys.exit("[bootstrap] .venv-np2 must not have learn2learn (it pins numpy<2)")
+PY
+    ;;
+esac
 rm -f "$venv"/.metakd-"$level"-*
 touch "$stamp"
 log "ready: $venv ($level)"

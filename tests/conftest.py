@@ -1,16 +1,38 @@
-"""Shared fixtures: every test session gets its own decoded-image cache folder."""
+"""Shared fixtures: every test session gets its own decoded-image cache folder.
+
+Tests marked ``learn2learn`` are skipped, with the reason, where learn2learn is not installed
+(``make test`` runs the suite a second time in ``.venv-np2``: numpy 2, no learn2learn).
+"""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import io
 import os
+import pkgutil
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked ``learn2learn`` when the extra is missing; nothing else."""
+    if importlib.util.find_spec("learn2learn") is not None:
+        return
+    skip = pytest.mark.skip(
+        reason="learn2learn is not installed (pip install metakd[learn2learn], or "
+        "scripts/install_learn2learn.sh on Python >= 3.11)"
+    )
+    for item in items:
+        if item.get_closest_marker("learn2learn") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -83,3 +105,36 @@ def one_intra_op_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+def public_packages() -> list[ModuleType]:
+    """``metakd`` and every sub-package that declares ``__all__`` (imported), in a fixed order."""
+    import metakd
+
+    packages = [metakd]
+    for info in sorted(pkgutil.walk_packages(metakd.__path__, "metakd."), key=lambda i: i.name):
+        if info.ispkg:
+            module = importlib.import_module(info.name)
+            if hasattr(module, "__all__"):
+                packages.append(module)
+    return packages
+
+
+def public_objects() -> dict[str, Any]:
+    """Every public name, as ``{first public path: object}``, each object once.
+
+    The names are those of ``metakd.__all__`` and of each sub-package's ``__all__``; an object
+    re-exported under several paths (``metakd.Omniglot``, ``metakd.data.Omniglot``) is listed
+    under the first. Names missing from their package are left out (``test_package`` names them).
+    """
+    seen: set[int] = set()
+    objects: dict[str, Any] = {}
+    for package in public_packages():
+        for name in package.__all__:
+            if not hasattr(package, name):
+                continue
+            obj = getattr(package, name)
+            if id(obj) not in seen:
+                seen.add(id(obj))
+                objects[f"{package.__name__}.{name}"] = obj
+    return objects

@@ -8,8 +8,8 @@ from metakd.data.augment.geometric import RandomCrop, RandomHorizontalFlip, Rand
 
 __all__ = ["AUGMENTATIONS", "augmentation"]
 
-#: Names accepted by :func:`augmentation`.
 AUGMENTATIONS = ("cifar", "miniimagenet", "none")
+"""Names accepted by :func:`augmentation`."""
 
 
 def augmentation(name: str, image_size: ImageSize) -> Compose:

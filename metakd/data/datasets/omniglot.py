@@ -40,6 +40,7 @@ from metakd.data.base import ImageClassDataset, to_mode
 __all__ = ["BUNDLED_OMNIGLOT", "Omniglot"]
 
 BUNDLED_OMNIGLOT = Path(__file__).resolve().parent.parent / "assets" / "omniglot"
+"""The folder of the vendored Omniglot subsets (MIT licence), used when ``root`` is ``None``."""
 _BUNDLED_ZIPS = ("images_background_small1.zip", "images_background_small2.zip")
 _BUNDLED_SPLITS = {
     "train": ("Balinese", "Early_Aramaic", "Greek", "Korean", "Latin"),
