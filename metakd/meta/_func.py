@@ -122,7 +122,7 @@ class FuncBackend(Backend):
 
         return unit
 
-    def meta_gradients(  # type: ignore[override]
+    def meta_gradients(
         self,
         batch: TaskBatch,
         steps: int,
@@ -301,7 +301,7 @@ class AutoBackend(Backend):
     ) -> MAMLLearner:
         return self.func.adapt(sx, sy, extras, steps, mode)
 
-    def meta_gradients(  # type: ignore[override]
+    def meta_gradients(
         self, batch: TaskBatch, steps: int, first_order: bool, inputs: MetaInputs,
         meta_step: Tensor,
     ) -> tuple[Terms, Tensor, list[Tensor]]:

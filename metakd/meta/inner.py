@@ -82,7 +82,7 @@ class _Features(nn.Module):
         self.m = model
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.m.features(x)  # type: ignore[no-any-return,operator]
+        return self.m.features(x)  # type: ignore[operator]
 
 
 class InnerLoop:
@@ -139,7 +139,7 @@ class InnerLoop:
         if not self.head_only:
             return x
         if meta is None:
-            return model.features(x)  # type: ignore[no-any-return,operator]
+            return model.features(x)  # type: ignore[operator]
         body = {f"m.{slot}": t for n, t in meta.items() if not n.startswith("head.")
                 for slot in self.layout.slots[n]}
         return torch.func.functional_call(_Features(model), body, (x,), tie_weights=False,
@@ -154,7 +154,7 @@ class InnerLoop:
         if self.head_only:
             local = {n[len("head."):]: t for n, t in full.items() if n.startswith("head.")}
             return functional_forward(model.head, local, h, self.head_layout)  # type: ignore[arg-type]
-        return functional_forward(model, full, h, self.layout)  # type: ignore[no-any-return]
+        return functional_forward(model, full, h, self.layout)
 
 
 def run_task(

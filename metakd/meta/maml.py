@@ -243,13 +243,13 @@ class MAMLWrapper(nn.Module):
         if backend == "auto":
             backend = default_backend(next(iter(params.values())).device)
         self.backend_name = backend
-        self.compile = bool(compile)
+        self.compile_mode = bool(compile)
         self._loop = InnerLoop(model, self.adapted_names, rule, support, objective)
         self._backend: Backend = _make_backend(
             backend, self._loop, first_order=self.first_order, vmap_chunk=vmap_chunk,
-            workers=workers, compile=self.compile,
+            workers=workers, compile=self.compile_mode,
         )
-        logger.debug("MAMLWrapper: backend %s, compile=%s", self.backend_name, self.compile)
+        logger.debug("MAMLWrapper: backend %s, compile=%s", self.backend_name, self.compile_mode)
 
     # ------------------------------------------------------------------------------ helpers
     @property
@@ -394,7 +394,7 @@ class MAMLWrapper(nn.Module):
         return (
             f"inner_steps={self.inner_steps}, test_inner_steps={self.test_inner_steps}, "
             f"first_order={self.first_order}, backend={self.backend_name!r}, "
-            f"adapted={len(self.adapted_names)} tensors, compile={self.compile}"
+            f"adapted={len(self.adapted_names)} tensors, compile={self.compile_mode}"
         )
 
 

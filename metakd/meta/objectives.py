@@ -55,7 +55,7 @@ class Objective(nn.Module):
         ['ce', 'entropy']
     """
 
-    def forward(  # type: ignore[override]
+    def forward(
         self, logits: Tensor, labels: Tensor, extras: Mapping[str, Tensor], step: int | Tensor
     ) -> Terms:
         """Named loss terms (0-d tensors) of one task's ``logits [M, N]`` and ``labels [M]``."""
@@ -89,7 +89,7 @@ class CrossEntropy(Objective):
         self.reduction = reduction
         self.name = name
 
-    def forward(  # type: ignore[override]
+    def forward(
         self, logits: Tensor, labels: Tensor, extras: Mapping[str, Tensor], step: int | Tensor
     ) -> Terms:
         loss = F.cross_entropy(logits, labels)
@@ -130,7 +130,7 @@ class LossObjective(Objective):
         self.name = name
         self.reduction = reduction
 
-    def forward(  # type: ignore[override]
+    def forward(
         self, logits: Tensor, labels: Tensor, extras: Mapping[str, Tensor], step: int | Tensor
     ) -> Terms:
         value = self.loss(logits, labels)

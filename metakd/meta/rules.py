@@ -66,7 +66,7 @@ class UpdateRule(nn.Module):
         del params
         return None
 
-    def forward(  # type: ignore[override]
+    def forward(
         self, grads: Mapping[str, Tensor], params: Mapping[str, Tensor], state: Any, step: int,
         loss: Tensor | None,
     ) -> tuple[Params, Any]:
@@ -110,7 +110,7 @@ class SGD(UpdateRule):
         super().__init__()
         self.lr = _check_lr(lr)
 
-    def forward(  # type: ignore[override]
+    def forward(
         self, grads: Mapping[str, Tensor], params: Mapping[str, Tensor], state: Any, step: int,
         loss: Tensor | None,
     ) -> tuple[Params, Any]:
@@ -166,7 +166,7 @@ class MetaSGD(UpdateRule):
                 f"MetaSGD has no rates for {name!r}; it was built for {self.names}"
             ) from None
 
-    def forward(  # type: ignore[override]
+    def forward(
         self, grads: Mapping[str, Tensor], params: Mapping[str, Tensor], state: Any, step: int,
         loss: Tensor | None,
     ) -> tuple[Params, Any]:
