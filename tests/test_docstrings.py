@@ -58,13 +58,22 @@ def test_examples_were_found() -> None:
 
 @pytest.fixture
 def _torch_globals() -> Iterator[None]:
-    """An example that changes torch's global settings does not leak them into other tests."""
+    """An example that changes torch's global settings or a registry does not leak them into
+    other tests."""
+    import metakd.nn.registry as models
+    import metakd.recipes.registry as recipes
+
     dtype, grad = torch.get_default_dtype(), torch.is_grad_enabled()
     threads = torch.get_num_threads()
+    # An example that registers a model or a method must not leave it for other tests.
+    registries = [(models._MODELS, dict(models._MODELS)), (recipes._METHODS, dict(recipes._METHODS))]
     yield
     torch.set_default_dtype(dtype)
     torch.set_grad_enabled(grad)
     torch.set_num_threads(threads)
+    for live, saved in registries:
+        live.clear()
+        live.update(saved)
 
 
 @pytest.mark.usefixtures("_torch_globals")

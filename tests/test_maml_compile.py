@@ -88,3 +88,16 @@ def test_compiled_path_runs_the_same_rule_objective_and_feature_cache(backend: s
             grads.append([p.grad for p in maml.parameters()])
         for eager, comp in zip(*grads):
             torch.testing.assert_close(comp, eager, rtol=0, atol=1e-10)
+
+
+def test_every_compiled_unit_has_its_own_dynamo_cache() -> None:
+    """Dynamo's recompile limit (8) is per code object: each unit gets a code object of its
+    own, so a process may build many compiled units (wrappers, step counts, replicas)."""
+    from metakd.meta import accel
+
+    maml = MAMLWrapper(create("conv4", in_channels=1, hidden=4, num_classes=4), 0.1, 1,
+                       backend="func")
+    backend = maml._backend
+    codes = {accel._build(backend, maml.model, steps, False, False)
+             ._torchdynamo_orig_callable.__code__ for steps in (1, 2, 1)}
+    assert len(codes) == 3

@@ -24,7 +24,9 @@ import copy
 import ctypes
 import functools
 import gc
+import itertools
 import threading
+import types
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -217,7 +219,25 @@ def _build(backend: FuncBackend, model: nn.Module, steps: int, first_order: bool
         grads, (_, (terms, logits)) = torch.func.grad_and_value(outer, has_aux=True)(p, *data)
         return grads, terms, logits
 
-    return torch.compile(unit_meta, fullgraph=True, dynamic=False, options=COMPILE_OPTIONS)
+    return torch.compile(_own_code(unit_meta), fullgraph=True, dynamic=False,
+                         options=COMPILE_OPTIONS)
+
+
+_UNITS = itertools.count()
+
+
+def _own_code(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with a code object of its own.
+
+    Dynamo keeps its compiled graphs per code object, with a limit of 8
+    (``torch._dynamo.config.recompile_limit``): every unit built from the one ``unit_meta``
+    of this module would share that budget, so the ninth compiled unit of a process (another
+    wrapper, inner-step count or model replica) would hit the limit. A copy of the code object
+    per unit gives each unit its own cache.
+    """
+    code = fn.__code__.replace(co_name=f"{fn.__name__}_{next(_UNITS)}")
+    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__,
+                              fn.__closure__)
 
 
 class CompiledUnits:
