@@ -378,3 +378,39 @@ def test_public_objects_deepcopy_and_round_trip_their_state() -> None:
     torch.testing.assert_close(model(x), twin(x), rtol=0, atol=0)
     cb = copy.deepcopy(Callback())
     cb.load_state_dict(cb.state_dict())
+
+
+def test_the_default_path_starts_no_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eager by default: no worker or compile thread on either path auto picks; threads only
+    when asked for (workers=2), and compiled per-task units default to 2 on CPU."""
+    import threading
+
+    started: list[str] = []
+    original = threading.Thread.start
+
+    def spy(self: threading.Thread) -> None:
+        started.append(self.name)
+        original(self)
+
+    monkeypatch.setattr(threading.Thread, "start", spy)
+    small = batch_with_teacher(tasks=8)  # vmap under "auto"
+    large = TaskBatch(torch.randn(2, 3, 1, 16, 16, dtype=torch.float64), small.support_y[:2],
+                      torch.randn(2, 300, 1, 16, 16, dtype=torch.float64),
+                      torch.arange(3).repeat_interleave(100).repeat(2, 1))  # func under "auto"
+    maml = MAMLWrapper(net(), 0.3, 1)
+    assert maml._backend.pick(small) is maml._backend.vmap  # type: ignore[attr-defined]
+    assert maml._backend.pick(large) is maml._backend.func  # type: ignore[attr-defined]
+    for b in (small, large):
+        maml.meta_loss(b)[0].backward()
+        maml.meta_loss(b, training=False)
+    assert started == []
+    MAMLWrapper(net(), 0.3, 1, backend="func", workers=2).meta_loss(large)[0].backward()
+    assert len(started) == 2
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        compiled = MAMLWrapper(net(), 0.3, 1, compile=True)
+        assert compiled._backend.func._resolve_workers(8) == 2  # type: ignore[attr-defined]
+        assert compiled._backend.vmap._resolve_workers(8) == 1  # type: ignore[attr-defined]
+    finally:
+        torch.set_num_threads(old)

@@ -160,8 +160,15 @@ class FuncBackend(Backend):
         return cat_terms([r[0] for r in done]), torch.cat([r[1] for r in done]), grads
 
     def _resolve_workers(self, units: int) -> int:
-        """Threads for ``units`` units: 1 unless ``workers`` was asked for."""
-        workers = 1 if self.workers is None else self.workers
+        """Threads for ``units`` units: ``workers`` when given; else 1 eager (the default path
+        starts no threads of its own) and :data:`accel.COMPILED_WORKERS` compiled on CPU."""
+        workers = self.workers
+        if workers is None:
+            model = self.loop.model
+            on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+            workers = 1
+            if self.compile and on_cpu and torch.get_num_threads() >= 2 and not buffer_writers(model):
+                workers = accel.COMPILED_WORKERS
         if workers > 1:
             writers = buffer_writers(self.loop.model)
             if writers:
@@ -217,6 +224,13 @@ class VmapBackend(FuncBackend):
         if self.compile:  # compiled: the per-op overhead is gone, small chunks are as fast
             return accel.even_chunk(len(batch), accel.COMPILED_CHUNK)
         return auto_chunk(batch, kept_steps)
+
+    def _resolve_workers(self, units: int) -> int:
+        # A chunk is already a batch of tasks: by default one chunk at a time, compiled too
+        # (see accel.COMPILED_CHUNK), which keeps memory at one chunk's graph.
+        if self.workers is None:
+            return 1
+        return super()._resolve_workers(units)
 
     def task_fn(self, model: nn.Module, steps: int, mode: Mode) -> Callable[..., tuple[Terms, Tensor]]:
         """``vmap`` of one task's ``(query terms, query logits)`` over the tasks of a chunk."""

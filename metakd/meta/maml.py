@@ -113,7 +113,9 @@ class MAMLWrapper(nn.Module):
             hold about 320 Omniglot-sized images (support + query, the support counted once
             per inner step in second order), spread evenly (see ``_func.CHUNK_ELEMENTS``).
         workers: opt-in: threads that run tasks (func) or chunks (vmap) concurrently, each
-            on a replica of the model (:mod:`metakd.meta.accel`); default 1, no threads.
+            on a replica of the model (:mod:`metakd.meta.accel`). Default: 1 (no threads)
+            eager; with ``compile=True`` on a CPU, 2 for per-task units (Inductor's C++
+            wrapper releases the GIL, so they overlap), 1 for vmap chunks.
         compile: opt-in: ``torch.compile`` each task's (func) or chunk's (vmap) whole
             meta-gradient, compiled at the first meta-batch and cached on disk by Inductor
             (one to three minutes the first time, seconds later); on CPU 1.15-1.7x faster
