@@ -99,6 +99,15 @@ class InnerLoop:
         head_only: the features are computed once per set (see the module docstring).
         per_step_bn: the model has MAML++ per-step batch norm.
         constant_grads: the rule takes its gradients as constants.
+
+    Example:
+        >>> from metakd.meta import SGD, CrossEntropy
+        >>> from metakd.nn import create
+        >>> net = create("conv4", in_channels=1, hidden=4, num_classes=3)
+        >>> loop = InnerLoop(net, ["head.weight", "head.bias"], SGD(0.1), CrossEntropy(),
+        ...                  CrossEntropy())
+        >>> loop.head_only  # classifier-only: features once per set
+        True
     """
 
     def __init__(
@@ -191,6 +200,19 @@ def run_task(
 
     Returns:
         ``(adapted params, query terms or None, query logits [N*Q, N] or None)``.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from metakd.meta import SGD, CrossEntropy, InnerLoop, run_task
+        >>> from metakd.meta.inner import autograd_grad
+        >>> net = nn.Linear(4, 2)
+        >>> loop = InnerLoop(net, ["weight", "bias"], SGD(0.1), CrossEntropy(), CrossEntropy())
+        >>> sx, sy = torch.randn(4, 4), torch.tensor([0, 1, 0, 1])
+        >>> params, terms, logits = run_task(loop, net, sx, sy, sx, sy, {}, steps=2,
+        ...                                  mode="second", grad=autograd_grad(True))
+        >>> sorted(params), sorted(terms), logits.shape
+        (['bias', 'weight'], ['ce'], torch.Size([4, 2]))
     """
     rule, support, objective = (loop.rule, loop.support, loop.objective) if fns is None else fns
     source = dict(model.named_parameters()) if meta is None else meta
