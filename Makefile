@@ -6,12 +6,17 @@
 #                           same suite, tests marked `learn2learn` skipped (tests/conftest.py)
 #                Both passes run even if the first fails; `make test NP2=0` runs only the first,
 #                `make test NP2_ARGS="tests/test_tasks.py ..."` narrows the second.
+# Documentation:
+#   make docs        set up .venv with the dev tools, build the site strictly and serve it on
+#                    http://127.0.0.1:8000 (DOCS_ADDR overrides), rebuilding on every change
+#   make docs-build  the strict build into site/
 PY := .venv/bin/python
 PY_NP2 := .venv-np2/bin/python
 NP2 ?= 1
 NP2_ARGS ?=
+DOCS_ADDR ?= 127.0.0.1:8000
 
-.PHONY: demo test test-np2 test-slow test-all lint setup setup-dev setup-np2 bench clean-venv
+.PHONY: demo test test-np2 test-slow test-all lint setup setup-dev setup-np2 bench clean-venv docs docs-build
 
 setup:
 	@bash scripts/bootstrap.sh core
@@ -42,7 +47,8 @@ test-np2: setup-np2
 	METAKD_EXPECT_NUMPY=2 $(PY_NP2) -m pytest -q $(NP2_ARGS)
 
 test-slow: setup-dev
-	$(PY) -m pytest -q -m slow
+	bash scripts/install_chromium.sh
+	METAKD_REQUIRE_BROWSER=1 $(PY) -m pytest -q -m slow
 
 test-all: setup-dev
 	$(PY) -m pytest -q -m "slow or not slow"
@@ -50,6 +56,12 @@ test-all: setup-dev
 lint: setup-dev
 	$(PY) -m ruff check metakd tests benchmarks examples
 	$(PY) -m mypy
+
+docs: setup-dev
+	$(PY) -m mkdocs serve --strict --dev-addr $(DOCS_ADDR)
+
+docs-build: setup-dev
+	$(PY) -m mkdocs build --strict -d site
 
 bench: setup-dev
 	$(PY) -m benchmarks.data_throughput

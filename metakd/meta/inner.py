@@ -186,8 +186,10 @@ def run_task(
     Args:
         loop: the inner loop's parts.
         model: the module to run (``loop.model`` or a replica of it in a worker thread).
-        sx, sy: support ``[N*K, ...]`` and labels ``[N*K]``.
-        qx, qy: query ``[N*Q, ...]`` and labels ``[N*Q]``; ``None``: adapt only.
+        sx: support ``[N*K, ...]``.
+        sy: support labels ``[N*K]``.
+        qx: query ``[N*Q, ...]``; ``None``: adapt only.
+        qy: query labels ``[N*Q]``; ``None``: adapt only.
         extras: this task's extras (``{name: tensor}``).
         steps: inner steps.
         mode: ``"second"``, ``"first"`` or ``"none"``.
