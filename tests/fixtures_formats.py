@@ -20,6 +20,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from metakd.data.datasets.cifar import CIFAR100_SUPERCLASSES
+
+# CIFAR-100's fine and coarse class names, and the super-class of each fine class.
+FINE = sorted(c for cs in CIFAR100_SUPERCLASSES.values() for c in cs)
+COARSE = sorted(CIFAR100_SUPERCLASSES)
+SUPER_OF = {c: s for s, cs in CIFAR100_SUPERCLASSES.items() for c in cs}
+
 H, W = 6, 8  # stored size of array formats (non-square on purpose)
 
 

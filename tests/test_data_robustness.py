@@ -38,12 +38,9 @@ from metakd.data.base import to_mode
 from metakd.data.datasets import cifar as cifar_mod
 from metakd.data.datasets import cub as cub_mod
 from metakd.data.datasets import omniglot as omniglot_mod
-from metakd.data.datasets.cifar import CIFAR100_SUPERCLASSES
 from metakd.data.datasets.miniimagenet import RAVI_SPLITS
 
-FINE = sorted(c for cs in CIFAR100_SUPERCLASSES.values() for c in cs)
-COARSE = sorted(CIFAR100_SUPERCLASSES)
-SUPER_OF = {c: s for s, cs in CIFAR100_SUPERCLASSES.items() for c in cs}
+FINE, COARSE, SUPER_OF = fx.FINE, fx.COARSE, fx.SUPER_OF
 
 
 @pytest.fixture(autouse=True)

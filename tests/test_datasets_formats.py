@@ -41,9 +41,7 @@ from metakd.data.datasets.tiered import TIERED_SPLIT_SIZES, TieredImageNet
 
 TRAIN3 = RAVI_SPLITS["train"][:3]
 VAL3 = RAVI_SPLITS["val"][:3]
-FINE = sorted(c for cs in CIFAR100_SUPERCLASSES.values() for c in cs)
-COARSE = sorted(CIFAR100_SUPERCLASSES)
-SUPER_OF = {c: s for s, cs in CIFAR100_SUPERCLASSES.items() for c in cs}
+FINE, COARSE, SUPER_OF = fx.FINE, fx.COARSE, fx.SUPER_OF
 
 
 @pytest.fixture(autouse=True)
