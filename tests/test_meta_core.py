@@ -8,7 +8,7 @@ Every meta-gradient here is compared with an independent computation written dir
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import pytest
 import torch
@@ -32,12 +32,8 @@ from metakd.nn import create
 PATHS = ["func", "vmap", "auto", "learn2learn", "higher"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# Tiny tensors: one intra-op thread (see conftest.one_intra_op_thread).
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def _needs(path: str) -> None:
