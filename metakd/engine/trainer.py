@@ -365,6 +365,7 @@ def fit(
                 if step % checkpoint_every == 0:
                     checkpoint(step)
                 if max_seconds is not None and time.perf_counter() - t_start > max_seconds:
+                    bar.update(step, time.perf_counter() - t_start)  # the budget is used up
                     stopped_early = step < steps
                     break
         except KeyboardInterrupt:
