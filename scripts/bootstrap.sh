@@ -24,6 +24,7 @@ torch_spec=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
 
 # The stamp changes whenever the files that define the environment change.
 digest=$(cat setup.cfg pyproject.toml scripts/bootstrap.sh scripts/install_learn2learn.sh \
+         scripts/link_packages.py \
          | { echo "$torch_spec"; cat; } | sha256sum | cut -c1-16)
 stamp="$venv/.metakd-$level-$digest"
 if [ -f "$stamp" ]; then
@@ -41,6 +42,16 @@ pip=("$venv/bin/python" -m pip --quiet --disable-pip-version-check)
 quiet() { "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; return "${PIPESTATUS[0]}"; }
 
 if [ ! -f "$venv/.metakd-torch" ] || [ "$(cat "$venv/.metakd-torch")" != "$torch_spec" ]; then
+    # torch's CUDA build is about 5.5 GB: a second copy of it filled a CI machine's disk. When
+    # .venv already holds the same build, .venv-np2 takes hard links to its files (no space),
+    # and pip below finds torch installed and adds only its small pure-Python requirements.
+    if [ "$level" = dev-np2 ] && [ -f "$root/.venv/.metakd-torch" ] \
+            && [ "$(cat "$root/.venv/.metakd-torch")" = "$torch_spec" ]; then
+        site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['platlib'])")
+        if "$root/.venv/bin/python" "$root/scripts/link_packages.py" "$site"; then
+            log "linked torch, torchvision, triton and the nvidia libraries from .venv"
+        fi
+    fi
     log "installing $torch_spec"
     # shellcheck disable=SC2086
     quiet "${pip[@]}" install $torch_spec
