@@ -3,7 +3,8 @@
 The names a user needs are here; the sub-packages hold the rest, each with its own
 ``__all__``: :mod:`metakd.data` (data sets, episodes, minibatches, augmentation),
 :mod:`metakd.nn` (backbones by name), :mod:`metakd.meta` (update rules, objectives, the
-inner loop, meta-learners), :mod:`metakd.engine` (training, evaluation, checkpoints) and
+inner loop, meta-learners), :mod:`metakd.distill` (distillation losses, the Distiller,
+teachers), :mod:`metakd.engine` (training, evaluation, checkpoints) and
 :mod:`metakd.recipes` (one registered method per paper, run folders). Optional packages
 (learn2learn, higher) are imported only when a feature that needs them is used.
 
@@ -35,6 +36,7 @@ from metakd.data import (
     batches,
     few_shot,
 )
+from metakd.distill import DistillLoss, DistillObjective, Distiller, load_teacher
 from metakd.engine import Callback, EvalResult, evaluate, fit, supervised_loss
 from metakd.meta import (
     SGD,
@@ -60,6 +62,9 @@ __all__ = [
     "CorruptFileError",
     "CrossEntropy",
     "DatasetNotFoundError",
+    "DistillLoss",
+    "DistillObjective",
+    "Distiller",
     "EvalResult",
     "ImageFolderDataset",
     "MAMLWrapper",
@@ -80,6 +85,7 @@ __all__ = [
     "flatten_params",
     "functional_forward",
     "load_run",
+    "load_teacher",
     "supervised_loss",
     "unflatten_params",
 ]

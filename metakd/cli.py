@@ -139,7 +139,7 @@ def _eval_name(cfg: Any, episodes: int, checkpoint: str) -> str:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from metakd.recipes import load_run
+    from metakd.recipes import get_method, load_run
     from metakd.recipes.runs import write_json
 
     overrides = {k: v for k, v in {
@@ -151,13 +151,14 @@ def _eval(args: argparse.Namespace) -> int:
     res = r.evaluate(progress=not args.no_progress)
     cfg, trained = r.config, r.trained_config
     where = cfg.dataset if cfg.root else f"{cfg.dataset} (bundled)"
-    print(f"{r.checkpoint}: {cfg.ways}-way {cfg.shots}-shot test accuracy on {where}: {res}")
+    task = get_method(r.method).task_of(cfg)
+    print(f"{r.checkpoint}: {task} test accuracy on {where}: {res}")
     record = {
         "method": r.method,
         "run": str(r.folder),
         "checkpoint": r.checkpoint.name,
         "dataset": where,
-        "episode": f"{cfg.ways}-way {cfg.shots}-shot",
+        "episode": task,
         "test_queries": cfg.test_queries,
         "seed": cfg.seed,
         "trained": {"dataset": trained.dataset, "ways": trained.ways, "shots": trained.shots},

@@ -189,3 +189,21 @@ def test_docstring_example_runs() -> None:
     module = importlib.import_module("metakd.data.batches")  # the attribute is the function
     result = doctest.testmod(module)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_split_items_partitions_every_class_disjointly() -> None:
+    from metakd.data import Omniglot
+
+    arr = Omniglot(split="test").arrays(progress=False)
+    for seed in (None, 3):
+        train, test = arr.split_items(15, seed=seed)
+        assert train.num_classes == test.num_classes == arr.num_classes
+        for k in range(arr.num_classes):
+            a = set(train.class_items[k][train.class_items[k] >= 0].tolist())
+            b = set(test.class_items[k][test.class_items[k] >= 0].tolist())
+            whole = set(arr.class_items[k][arr.class_items[k] >= 0].tolist())
+            assert len(a) == 15 and a.isdisjoint(b) and a | b == whole
+    fixed, _ = arr.split_items(15)
+    assert fixed.class_items[0].tolist() == arr.class_items[0, :15].tolist()
+    with pytest.raises(ValueError, match="smallest class has 20"):
+        arr.split_items(20)

@@ -30,6 +30,7 @@ API_PAGES = {
     "metakd.data": "data",
     "metakd.nn": "nn",
     "metakd.meta": "meta",
+    "metakd.distill": "distill",
     "metakd.engine": "engine",
     "metakd.recipes": "recipes",
 }

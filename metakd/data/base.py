@@ -103,6 +103,49 @@ class ImageArray:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def split_items(self, first: int, seed: int | None = None) -> tuple[ImageArray, ImageArray]:
+        """Split every class's images in two: ``first`` of each class, and the rest.
+
+        The whole-classification split of few-shot data (train on some drawings of every
+        character, test on the others): both parts keep all classes with the same indices
+        and share the decoded ``images``. Without ``seed`` each class's first ``first`` items
+        in stored order form the first part; with ``seed`` a seeded permutation of each
+        class's items is split instead (the same for every run with that seed).
+
+        Raises:
+            ValueError: a class has at most ``first`` images (its second part would be empty).
+
+        Example:
+            >>> from metakd.data import Omniglot
+            >>> arr = Omniglot(split="test").arrays(progress=False)
+            >>> train, test = arr.split_items(15)
+            >>> train.class_counts[:3].tolist(), test.class_counts[:3].tolist()
+            ([15, 15, 15], [5, 5, 5])
+        """
+        counts = self.class_counts
+        if first < 1 or bool((counts <= first).any()):
+            smallest = int(counts.min())
+            raise ValueError(f"cannot keep {first} images of every class and test on the rest: "
+                             f"the smallest class has {smallest} (need first in 1..{smallest - 1})")
+        items = self.class_items.clone()
+        if seed is not None:
+            g = torch.Generator().manual_seed(seed)
+            for k in range(items.shape[0]):
+                n = int(counts[k])
+                items[k, :n] = items[k, :n][torch.randperm(n, generator=g)]
+        width = items.shape[1]
+        rest = torch.full((items.shape[0], width - first), -1, dtype=torch.int64)
+        for k in range(items.shape[0]):
+            n = int(counts[k])
+            rest[k, : n - first] = items[k, first:n]
+        part = torch.full_like(counts, first)
+        return (
+            ImageArray(self.images, items[:, :first].contiguous(), part, self.class_rotation,
+                       list(self.class_names)),
+            ImageArray(self.images, rest, counts - first, self.class_rotation,
+                       list(self.class_names)),
+        )
+
 
 def _norm_size(size: ImageSize | None) -> tuple[int, int] | None:
     if size is None:

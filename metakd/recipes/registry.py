@@ -81,6 +81,8 @@ class Parts:
         eval_fn: ``eval_fn(learner, data, *, device, progress) -> EvalResult`` to test with
             instead of :func:`metakd.engine.evaluate` (for example prototype classification
             of a model trained on minibatches).
+        steps: the training length when the build derives it (for example epochs times the
+            batches of an epoch); ``None``: the config's ``steps``.
 
     Example:
         >>> from torch import nn
@@ -103,6 +105,7 @@ class Parts:
     clip_grad_norm: float | None = None
     clip_grad_value: float | None = None
     eval_fn: EvalFn | None = None
+    steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,8 @@ class Method:
         load_weights: ``load_weights(parts, state_dict, trained_cfg, cfg)`` putting a run's
             weights into parts built from ``cfg`` (the trained config with overrides);
             ``None``: ``parts.learner.load_state_dict(state_dict)``.
+        task: ``task(cfg) -> str``, what the run is tested on, for reports (for example
+            ``"100-class classification"``); ``None``: ``"{ways}-way {shots}-shot"``.
     """
 
     name: str
@@ -132,6 +137,19 @@ class Method:
     step_name: str = "steps"
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
     load_weights: LoadWeightsFn | None = None
+    task: Callable[[Any], str] | None = None
+
+    def task_of(self, cfg: Any) -> str:
+        """What a run of this method with config ``cfg`` is tested on, for reports.
+
+        Example:
+            >>> from metakd.recipes import MAMLConfig
+            >>> get_method("maml").task_of(MAMLConfig(ways=20, shots=5))
+            '20-way 5-shot'
+        """
+        if self.task is not None:
+            return self.task(cfg)
+        return f"{cfg.ways}-way {cfg.shots}-shot"
 
 
 def _check_config_cls(name: str, config_cls: type[Any]) -> None:
@@ -157,6 +175,7 @@ def register(name: str, config_cls: type[Any], build: None = None, *, describe: 
              title: str | None = None, step_name: str = "steps",
              add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
              load_weights: LoadWeightsFn | None = None,
+             task: Callable[[Any], str] | None = None,
              replace: bool = False) -> Callable[[BuildFn], BuildFn]: ...
 
 
@@ -164,7 +183,8 @@ def register(name: str, config_cls: type[Any], build: None = None, *, describe: 
 def register(name: str, config_cls: type[Any], build: Callable[[Any], Parts], *,
              describe: str | None = None, title: str | None = None, step_name: str = "steps",
              add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
-             load_weights: LoadWeightsFn | None = None, replace: bool = False) -> Method: ...
+             load_weights: LoadWeightsFn | None = None,
+             task: Callable[[Any], str] | None = None, replace: bool = False) -> Method: ...
 
 
 def register(
@@ -177,6 +197,7 @@ def register(
     step_name: str = "steps",
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
     load_weights: LoadWeightsFn | None = None,
+    task: Callable[[Any], str] | None = None,
     replace: bool = False,
 ) -> Any:
     """Register a method: its config class, its build function and how it loads and parses.
@@ -197,6 +218,7 @@ def register(
         step_name: what a training step is called in reports.
         add_arguments: see :class:`Method`.
         load_weights: see :class:`Method`.
+        task: see :class:`Method`.
         replace: allow registering a name again (the new method replaces the old one).
 
     Raises:
@@ -248,7 +270,7 @@ def register(
             name=name, config_cls=config_cls, build=fn,
             describe=describe if describe is not None else (doc.splitlines()[0] if doc else ""),
             title=title or name.upper(), step_name=step_name,
-            add_arguments=add_arguments, load_weights=load_weights,
+            add_arguments=add_arguments, load_weights=load_weights, task=task,
         )
         _METHODS[name] = method
         return method

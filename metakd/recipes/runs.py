@@ -176,7 +176,8 @@ def run(cfg: Any, progress: bool = True, resume: bool = True, *,
     if rank == 0:
         write_json(out / "config.json", _config_dict(spec, cfg))
     parts = spec.build(cfg)
-    result = fit(parts.learner, parts.train_data, parts.optimizer, cfg.steps,
+    steps = parts.steps if parts.steps is not None else cfg.steps
+    result = fit(parts.learner, parts.train_data, parts.optimizer, steps,
                  loss_fn=parts.loss_fn, callbacks=parts.callbacks, val_data=parts.val_data,
                  eval_fn=parts.eval_fn,
                  val_every=cfg.val_every, scheduler=parts.scheduler,
@@ -198,7 +199,7 @@ def run(cfg: Any, progress: bool = True, resume: bool = True, *,
     results = {
         "method": spec.name,
         "dataset": _dataset_name(cfg),
-        "episode": f"{cfg.ways}-way {cfg.shots}-shot",
+        "episode": spec.task_of(cfg),
         "steps": result.step,
         "step_name": spec.step_name,
         "stopped_early": result.stopped_early,
@@ -210,7 +211,7 @@ def run(cfg: Any, progress: bool = True, resume: bool = True, *,
     write_json(out / "results.json", results)
     if (out / "log.jsonl").is_file():
         plot_learning_curve(out / "log.jsonl", out / "learning_curve.png",
-                            title=f"{spec.title} {cfg.ways}-way {cfg.shots}-shot, "
+                            title=f"{spec.title} {spec.task_of(cfg)}, "
                                   f"{results['dataset']}: test {results['test_str']}")
     return results
 
