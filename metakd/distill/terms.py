@@ -260,7 +260,6 @@ class DistillLoss(nn.Module):
         return f"ce_weight={self.ce_weight}"
 
 
-#: The presets of :func:`preset`: name -> (description, default settings).
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "ce": ("cross-entropy only, no distillation", {"ce_weight": 1.0}),
     "mdistiller_kd": (
@@ -298,6 +297,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
          "sinkhorn_weight": 0.1},
     ),
 }
+"""The presets of :func:`preset`: ``name -> (description, default settings)``."""
 
 _GDA_KEYS = ("fisher_rao_weight", "sinkhorn_weight", "epsilon", "iters", "tau", "fisher_rao",
              "guard", "debias")

@@ -14,6 +14,7 @@ Example:
     (0.4, True)
 """
 
+from metakd.recipes.cifar_kd import CifarKDConfig
 from metakd.recipes.maml import MAMLConfig, run_maml
 from metakd.recipes.registry import (
     REQUIRED_FIELDS,
@@ -29,6 +30,7 @@ from metakd.recipes.runs import Run, load_run, read_config, run
 
 __all__ = [
     "REQUIRED_FIELDS",
+    "CifarKDConfig",
     "MAMLConfig",
     "Method",
     "Parts",
