@@ -36,7 +36,7 @@ from metakd.data import (
     batches,
     few_shot,
 )
-from metakd.distill import DistillLoss, DistillObjective, Distiller, load_teacher
+from metakd.distill import Distiller, DistillLoss, DistillObjective, load_teacher
 from metakd.engine import Callback, EvalResult, evaluate, fit, supervised_loss
 from metakd.meta import (
     SGD,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -249,7 +250,8 @@ def test_train_help_of_a_method_without_add_arguments(toy: None,
     assert "--steps STEPS steps (default: 3)" in text
     assert main(["methods"]) == 0
     listed = capsys.readouterr().out
-    assert "toy   toy supervised pre-training" in listed and "maml  MAML (Finn" in listed
+    assert re.search(r"^toy +toy supervised pre-training", listed, re.M)
+    assert re.search(r"^maml +MAML \(Finn", listed, re.M)
 
 
 def test_load_run_errors_name_the_expected_files(tmp_path: Path) -> None:

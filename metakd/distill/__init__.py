@@ -37,6 +37,7 @@ from metakd.distill.losses import (
     standardize,
     warmup_factor,
 )
+from metakd.distill.pmaml import PMAML, KDSchedule, PMAMLObjective, SupportDistill
 from metakd.distill.teachers import from_mdistiller, load_teacher
 from metakd.distill.terms import DKD, GDA, KD, PRESETS, DistillLoss, dkd_beta, preset
 
@@ -44,10 +45,14 @@ __all__ = [
     "DKD",
     "GDA",
     "KD",
+    "PMAML",
     "PRESETS",
     "DistillLoss",
     "DistillObjective",
     "Distiller",
+    "KDSchedule",
+    "PMAMLObjective",
+    "SupportDistill",
     "dkd_beta",
     "dkd_loss",
     "dkd_parts",

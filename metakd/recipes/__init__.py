@@ -16,6 +16,7 @@ Example:
 
 from metakd.recipes.cifar_kd import CifarKDConfig
 from metakd.recipes.maml import MAMLConfig, run_maml
+from metakd.recipes.pmaml import PMAMLConfig
 from metakd.recipes.registry import (
     REQUIRED_FIELDS,
     Method,
@@ -33,6 +34,7 @@ __all__ = [
     "CifarKDConfig",
     "MAMLConfig",
     "Method",
+    "PMAMLConfig",
     "Parts",
     "Run",
     "get_method",

@@ -20,7 +20,7 @@ import torch
 
 from metakd.recipes.registry import Parts, register
 
-__all__ = ["SHORT_RUN_S", "MAMLConfig", "build", "run_maml"]
+__all__ = ["SHORT_RUN_S", "MAMLConfig", "build", "run_maml", "schedule"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,9 @@ class MAMLConfig:
             tests with K per class; 15 estimates the same accuracy with less noise.
         image_size: side of the images (default: the data set's).
         rotations: add 90/180/270-degree rotation classes (Omniglot).
+        augment: augmentation of the training episodes (:func:`metakd.data.augmentation`
+            name, e.g. ``"miniimagenet"``: random resized crop, flip, colour jitter, as
+            PMAML's ``--augment`` for deep teachers), or ``None``.
         model: backbone name in :func:`metakd.nn.create`.
         model_kwargs: extra arguments of the backbone (for example
             ``{"head_init": "xavier"}`` for ``maml_omniglot``).
@@ -59,6 +62,10 @@ class MAMLConfig:
             decays to 0 over ``steps`` or over ``max_seconds``, whichever ends first
             (:class:`metakd.engine.BudgetCosine`).
         clip_grad_value: clip meta-gradient entries (the reference uses 10 on miniImageNet).
+        weight_decay: Adam's weight decay (the reference: 0; PMAML: 5e-4).
+        lr_milestones: tasks (meta-iterations times ``meta_batch_size``) after which the meta
+            learning rate is multiplied by ``lr_gamma`` (PMAML's ``--schedule``); empty: none.
+        lr_gamma: the factor at each milestone.
         val_every, val_tasks, test_tasks: validation period and episode counts.
         backend: inner-loop backend of :class:`metakd.meta.MAMLWrapper`.
         compile: ``"auto"`` (``torch.compile`` the meta-gradient from the first meta-batch
@@ -89,6 +96,7 @@ class MAMLConfig:
     test_queries: int = 15
     image_size: int | None = None
     rotations: bool = True
+    augment: str | None = None
     model: str = "maml_omniglot"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     inner_lr: float = 0.4
@@ -101,6 +109,9 @@ class MAMLConfig:
     steps: int = 60_000
     lr_schedule: str = "constant"
     clip_grad_value: float | None = None
+    weight_decay: float = 0.0
+    lr_milestones: list[int] = field(default_factory=list)
+    lr_gamma: float = 0.1
     val_every: int = 500
     val_tasks: int = 600
     test_tasks: int = 600
@@ -171,6 +182,26 @@ def _compile(cfg: MAMLConfig) -> bool:
     return long_run and compilable_bn and cfg.backend in ("auto", "func", "vmap")
 
 
+def schedule(cfg: MAMLConfig, optimizer: torch.optim.Optimizer) -> Any:
+    """The meta learning-rate scheduler of ``cfg`` (stepped once per meta-iteration), or None.
+
+    ``lr_schedule="cosine"``: :class:`metakd.engine.BudgetCosine`; ``lr_milestones`` (in
+    tasks): a step decay by ``lr_gamma`` after each; both at once is an error.
+    """
+    if cfg.lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule={cfg.lr_schedule!r} is unknown; use 'constant' or 'cosine'")
+    if cfg.lr_schedule == "cosine" and cfg.lr_milestones:
+        raise ValueError("lr_schedule='cosine' and lr_milestones are two schedules: pick one")
+    if cfg.lr_schedule == "cosine":
+        from metakd.engine import BudgetCosine
+
+        return BudgetCosine(optimizer, cfg.steps, cfg.max_seconds)
+    if cfg.lr_milestones:
+        its = sorted({max(1, int(m) // cfg.meta_batch_size) for m in cfg.lr_milestones})
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, its, gamma=cfg.lr_gamma)
+    return None
+
+
 def build(cfg: MAMLConfig) -> Parts:
     """Data, model, meta-learner and optimiser of a MAML run (nothing is trained).
 
@@ -179,7 +210,7 @@ def build(cfg: MAMLConfig) -> Parts:
         >>> type(parts.learner).__name__, parts.model.out_features, parts.val_data
         ('MAMLWrapper', 5, None)
     """
-    from metakd.data import few_shot
+    from metakd.data import augmentation, few_shot
     from metakd.data.registry import get_dataset
     from metakd.meta import MAMLWrapper
     from metakd.nn import create
@@ -204,14 +235,9 @@ def build(cfg: MAMLConfig) -> Parts:
                           compile=compile_)
     learner.to(cfg.device)
     common: dict[str, Any] = {"image_size": size, "device": cfg.device}
-    optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.meta_lr)
-    scheduler = None
-    if cfg.lr_schedule == "cosine":
-        from metakd.engine import BudgetCosine
-
-        scheduler = BudgetCosine(optimizer, cfg.steps, cfg.max_seconds)
-    elif cfg.lr_schedule != "constant":
-        raise ValueError(f"lr_schedule={cfg.lr_schedule!r} is unknown; use 'constant' or 'cosine'")
+    optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.meta_lr,
+                                 weight_decay=cfg.weight_decay)
+    scheduler = schedule(cfg, optimizer)
     val_data = None
     if val_split is not None:
         val_set = get_dataset(cfg.dataset, cfg.root, val_split, **extra)
@@ -222,7 +248,9 @@ def build(cfg: MAMLConfig) -> Parts:
         learner=learner,
         model=model,
         train_data=few_shot(train_set, cfg.ways, cfg.shots, cfg.queries,
-                            meta_batch_size=cfg.meta_batch_size, seed=cfg.seed, **common),
+                            meta_batch_size=cfg.meta_batch_size, seed=cfg.seed,
+                            augment=augmentation(cfg.augment, size) if cfg.augment else None,
+                            **common),
         val_data=val_data,
         test_data=few_shot(test_set, cfg.ways, cfg.shots, cfg.test_queries,
                            meta_batch_size=cfg.meta_batch_size, num_tasks=cfg.test_tasks,
@@ -252,6 +280,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queries", type=int,
                    help="query images per class in training (default: K on Omniglot, else 15)")
     p.add_argument("--model", help=f"backbone name {paper}")
+    p.add_argument("--augment", help="augmentation of the training episodes, e.g. miniimagenet "
+                                     "(default: none)")
     p.add_argument("--model-arg", dest="model_kwargs", action=KeyValueAction, metavar="KEY=VALUE",
                    help="backbone option, repeatable (e.g. head_init=xavier, bn_scale=true)")
     p.add_argument("--inner-lr", type=float, help=f"inner learning rate alpha {paper}")
@@ -265,6 +295,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="meta learning-rate schedule (default: constant)")
     p.add_argument("--meta-batch-size", type=int, help=f"tasks per meta-batch {paper}")
     p.add_argument("--clip-grad-value", type=float, help=f"meta-gradient clipping {paper}")
+    p.add_argument("--weight-decay", type=float, help="Adam weight decay (default: 0)")
+    p.add_argument("--lr-milestones", type=int, nargs="+", metavar="TASKS",
+                   help="tasks after which the meta learning rate is multiplied by --lr-gamma")
+    p.add_argument("--lr-gamma", type=float, help="learning-rate factor at each milestone "
+                                                  "(default: 0.1)")
     p.add_argument("--val-tasks", type=int, help="validation episodes (default: 600)")
     p.add_argument("--backend", choices=["auto", "func", "vmap", "learn2learn", "higher"],
                    help="inner-loop backend (default: vmap)")

@@ -127,6 +127,9 @@ class Method:
             ``None``: ``parts.learner.load_state_dict(state_dict)``.
         task: ``task(cfg) -> str``, what the run is tested on, for reports (for example
             ``"100-class classification"``); ``None``: ``"{ways}-way {shots}-shot"``.
+        check: ``check(cfg)`` raising ``ValueError`` with a one-line reason when ``cfg``
+            cannot be trained (for example a teacher of another episode shape); called by
+            :func:`metakd.recipes.run` before anything is built, not when a run is read back.
     """
 
     name: str
@@ -138,6 +141,7 @@ class Method:
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
     load_weights: LoadWeightsFn | None = None
     task: Callable[[Any], str] | None = None
+    check: Callable[[Any], None] | None = None
 
     def task_of(self, cfg: Any) -> str:
         """What a run of this method with config ``cfg`` is tested on, for reports.
@@ -176,6 +180,7 @@ def register(name: str, config_cls: type[Any], build: None = None, *, describe: 
              add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
              load_weights: LoadWeightsFn | None = None,
              task: Callable[[Any], str] | None = None,
+             check: Callable[[Any], None] | None = None,
              replace: bool = False) -> Callable[[BuildFn], BuildFn]: ...
 
 
@@ -184,7 +189,8 @@ def register(name: str, config_cls: type[Any], build: Callable[[Any], Parts], *,
              describe: str | None = None, title: str | None = None, step_name: str = "steps",
              add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
              load_weights: LoadWeightsFn | None = None,
-             task: Callable[[Any], str] | None = None, replace: bool = False) -> Method: ...
+             task: Callable[[Any], str] | None = None,
+             check: Callable[[Any], None] | None = None, replace: bool = False) -> Method: ...
 
 
 def register(
@@ -198,6 +204,7 @@ def register(
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
     load_weights: LoadWeightsFn | None = None,
     task: Callable[[Any], str] | None = None,
+    check: Callable[[Any], None] | None = None,
     replace: bool = False,
 ) -> Any:
     """Register a method: its config class, its build function and how it loads and parses.
@@ -219,6 +226,7 @@ def register(
         add_arguments: see :class:`Method`.
         load_weights: see :class:`Method`.
         task: see :class:`Method`.
+        check: see :class:`Method`.
         replace: allow registering a name again (the new method replaces the old one).
 
     Raises:
@@ -271,6 +279,7 @@ def register(
             describe=describe if describe is not None else (doc.splitlines()[0] if doc else ""),
             title=title or name.upper(), step_name=step_name,
             add_arguments=add_arguments, load_weights=load_weights, task=task,
+            check=check,
         )
         _METHODS[name] = method
         return method

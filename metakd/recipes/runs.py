@@ -158,6 +158,8 @@ def run(cfg: Any, progress: bool = True, resume: bool = True, *,
     if not isinstance(cfg, spec.config_cls):
         raise ValueError(f"method {spec.name!r} takes a {spec.config_cls.__name__}, "
                          f"not a {type(cfg).__name__}")
+    if spec.check is not None:
+        spec.check(cfg)  # e.g. a teacher that does not fit: refused before anything is built
     out = Path(cfg.out_dir)
     if resume and (out / "last.pt").is_file() and (out / "config.json").is_file():
         try:

@@ -1,0 +1,287 @@
+"""Options, data and reporting shared by the PMAML reproduction scripts (``examples/pmaml/``).
+
+The option names and defaults are those of the official code (remiMZ/PMAML-ECAI20,
+``models/teacher/train.py`` and ``models/pmaml_{every,last}/train.py``). They are mapped onto
+:class:`metakd.recipes.PMAMLConfig` (whose ``paper`` gives the same defaults) or, for the
+teacher, :class:`metakd.recipes.MAMLConfig`, and run with :func:`metakd.recipes.run`. None of
+the original's defects is reproduced; README.md lists the differences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+DATASETS = ("omniglot", "miniimagenet", "cub")
+SPLITS = {
+    "omniglot": "Vinyals et al.'s split: 1028 / 172 / 423 characters for train / val / test, "
+                "each x4 with 90-degree rotations",
+    "miniimagenet": "Ravi & Larochelle's split: 64 / 16 / 20 classes for train / val / test",
+    "cub": "the Closer-Look split (Chen et al. 2019): 100 / 50 / 50 classes for train / val / "
+           "test",
+}
+BUNDLED_NOTE = ("note: the bundled Omniglot (no --data-folder) has only train alphabets (5, "
+                "136 characters) and test alphabets (3, 106 characters), no validation split: "
+                "--val-tasks and --validation-tasks are unused and the last weights are tested")
+
+
+def say(*parts: Any) -> None:
+    """Print on the main process only (rank 0 under torchrun)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(*parts, flush=True)
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, except the empty ones (``None``, an unset flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        """The option's help, with ``(default: ...)`` when it has a meaningful default."""
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def parser(description: str, backbones: tuple[str, ...]) -> argparse.ArgumentParser:
+    """The options both scripts share: the original ones, then metakd's extras."""
+    p = argparse.ArgumentParser(description=description, formatter_class=_Help)
+    p.add_argument("--train-data", choices=DATASETS, default="cub", help="meta-training data")
+    p.add_argument("--test-data", choices=DATASETS, default=None,
+                   help="test data (default: --train-data); validation uses --train-data's "
+                        "val split")
+    p.add_argument("--data-folder", default=None,
+                   help="folder holding the data set (or a <name>/ subfolder of it); default: "
+                        "the bundled Omniglot subset, required for miniimagenet and cub")
+    p.add_argument("--backbone", choices=backbones, default="conv4", help="network")
+    p.add_argument("--num-shots", type=int, default=1, help="K support images per class")
+    p.add_argument("--num-ways", type=int, default=5, help="N classes per task")
+    p.add_argument("--test-shots", type=int, default=15,
+                   help="query images per class (training, validation and test)")
+    p.add_argument("--batch-tasks", type=int, default=4, help="tasks per meta-batch")
+    p.add_argument("--train-tasks", type=int, default=60_000,
+                   help="training tasks in all (meta-iterations = train-tasks // batch-tasks)")
+    p.add_argument("--val-tasks", type=int, default=600, help="tasks per validation")
+    p.add_argument("--validation-tasks", type=int, default=1000,
+                   help="validate every this many training tasks")
+    p.add_argument("--test-tasks", type=int, default=800, help="final test tasks")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--schedule", type=int, nargs="+", default=[15_000, 30_000, 45_000, 60_000],
+                   help="multiply the learning rate by --gamma after these many tasks")
+    p.add_argument("--gamma", type=float, default=0.1, help="learning-rate factor")
+    p.add_argument("--step-size", type=float, default=0.4, help="inner learning rate (1 step)")
+    p.add_argument("--first-order", action="store_true", help="first-order MAML")
+    p.add_argument("--augment", action="store_true",
+                   help="random resized crop + flip + colour jitter of the training images "
+                        "(miniimagenet, cub)")
+    p.add_argument("--multi-gpu", action="store_true",
+                   help="data-parallel over GPUs: prints the torchrun command to run (under "
+                        "torchrun every process takes its share of each meta-batch)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --resume-folder from its last.pt")
+    p.add_argument("--resume-folder", default=None,
+                   help="the run folder to resume (default: --out-dir)")
+    p.add_argument("--download", action="store_true",
+                   help="fetch the data set into --data-folder first if missing")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="accepted for compatibility; unused (metakd loads episodes in-process)")
+    p.add_argument("--use-cuda", action="store_true", help="run on the GPU (cuda)")
+    g = p.add_argument_group("metakd options")
+    g.add_argument("--out-dir", default=None, help="run folder (default: runs/pmaml/<name>)")
+    g.add_argument("--max-seconds", type=float, default=None,
+                   help="meta-training time budget, then test")
+    g.add_argument("--device", default=None,
+                   help="torch device (default: cuda with --use-cuda, else cpu)")
+    g.add_argument("--seed", type=int, default=0, help="weights, task streams and test episodes")
+    return p
+
+
+def tag(args: argparse.Namespace, backbone: str) -> str:
+    """``{train}_{test}_{backbone}_{N}way_{K}shot``: the run-folder name of a configuration."""
+    return (f"{args.train_data}_{args.test_data}_{backbone}_{args.num_ways}way_"
+            f"{args.num_shots}shot")
+
+
+def resolve_root(name: str, data_folder: str | None) -> str | None:
+    """The folder metakd reads ``name`` from: ``data_folder/name`` if it exists, else itself."""
+    if data_folder is None:
+        return None
+    sub = Path(data_folder) / name
+    return str(sub) if sub.is_dir() else data_folder
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace,
+               argv: list[str] | None, script: str) -> None:
+    """Validate the options, fill derived defaults, handle --multi-gpu and print notes."""
+    args.test_data = args.test_data or args.train_data
+    for name in {args.train_data, args.test_data}:
+        if name != "omniglot" and args.data_folder is None:
+            p.error(f"--data-folder is required for {name} (the folder that holds it, or its "
+                    f"parent with a {name}/ subfolder); only Omniglot is bundled")
+    if args.train_tasks < args.batch_tasks:
+        p.error(f"--train-tasks {args.train_tasks} is less than one meta-batch "
+                f"(--batch-tasks {args.batch_tasks})")
+    if args.device is None:
+        args.device = "cuda" if args.use_cuda else "cpu"
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            p.error(f"--device {args.device} / --use-cuda: no CUDA device is available")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.multi_gpu and "LOCAL_RANK" not in os.environ:
+        import torch
+
+        n = torch.cuda.device_count()
+        given = sys.argv[1:] if argv is None else argv
+        cmd = shlex.join(["torchrun", f"--nproc-per-node={n if n > 1 else 'N'}",
+                          script, *given])
+        print("--multi-gpu: metakd trains data-parallel under torchrun (one process per GPU, "
+              "each takes its share of every meta-batch; --batch-tasks must be a multiple of "
+              f"the number of processes). Run:\n  {cmd}", file=sys.stderr)
+        raise SystemExit(2)
+    if world > 1 and args.batch_tasks % world:
+        p.error(f"--batch-tasks {args.batch_tasks} cannot be split over {world} processes")
+    if args.num_workers is not None:
+        say("note: --num-workers is unused (metakd draws episodes in the training process)")
+    if args.train_data == "omniglot" and args.data_folder is None:
+        say(BUNDLED_NOTE)
+    else:
+        say(f"{args.train_data}: {SPLITS[args.train_data]}")
+    if args.test_data != args.train_data:
+        say(f"note: cross-domain: validation on {args.train_data}'s val split, test on "
+            f"{args.test_data}'s test split ({SPLITS[args.test_data]})")
+    if args.augment and args.train_data == "omniglot":
+        say("note: --augment is ignored on Omniglot (as in the original, whose augmentation "
+            "is that of the RGB data sets)")
+
+
+def download(args: argparse.Namespace) -> None:
+    """With --download, fetch the data sets the run reads (the library's md5-checked copies)."""
+    if not args.download:
+        return
+    from metakd.data.registry import get_dataset
+
+    for name in sorted({args.train_data, args.test_data}):
+        root = resolve_root(name, args.data_folder)
+        if root is None:
+            say("note: --download: the bundled Omniglot needs no download")
+            continue
+        splits = ("train", "val") if name == args.train_data else ()
+        splits += ("test",) if name == args.test_data else ()
+        for split in splits:
+            get_dataset(name, root, split, download=True)
+
+
+def run_folder(p: argparse.ArgumentParser, args: argparse.Namespace,
+               default: str) -> tuple[str, bool]:
+    """(run folder, resume): --resume continues ``last.pt``; a fresh run never overwrites one."""
+    out = args.out_dir or default
+    if args.resume:
+        out = args.resume_folder or out
+        if not (Path(out) / "last.pt").is_file():
+            p.error(f"--resume: {out} holds no last.pt to resume (give the run folder with "
+                    "--resume-folder)")
+        say(f"resuming {out} from its last.pt")
+        return out, True
+    if args.resume_folder is not None:
+        p.error("--resume-folder needs --resume")
+    if (Path(out) / "last.pt").is_file():
+        p.error(f"{out} already holds a run: pass --resume to continue it, or another --out-dir")
+    return out, False
+
+
+def common_fields(args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
+    """The :class:`metakd.recipes.PMAMLConfig` fields both scripts set from the options."""
+    return dict(
+        model=args.backbone, root=resolve_root(args.train_data, args.data_folder),
+        queries=args.test_shots, test_queries=args.test_shots,
+        meta_batch_size=args.batch_tasks, steps=args.train_tasks // args.batch_tasks,
+        val_every=max(1, args.validation_tasks // args.batch_tasks), val_tasks=args.val_tasks,
+        test_tasks=args.test_tasks, meta_lr=args.lr, lr_milestones=list(args.schedule),
+        lr_gamma=args.gamma, inner_lr=args.step_size, first_order=args.first_order,
+        augment="miniimagenet" if args.augment and args.train_data != "omniglot" else None,
+        out_dir=out_dir, max_seconds=args.max_seconds, device=args.device, seed=args.seed,
+    )
+
+
+def _fmt(mean: float, ci: float) -> str:
+    """``"mean; ci"`` in %, the original record's format."""
+    return f"{100 * mean:.2f}; {100 * ci:.2f}"
+
+
+def evaluate_episodes(learner: Any, data: Any, device: str) -> tuple[Any, Any, int]:
+    """Test ``learner``: metakd's interval over episodes and the official one over meta-batches.
+
+    Returns:
+        ``(over_episodes, over_batches, batches)``: :class:`metakd.engine.EvalResult` of the
+        per-episode accuracies, the same of the per-meta-batch means (PMAML's
+        ``Mean_confidence_interval``: mean of batch means ± t_{0.975, n-1} SEM), and n.
+    """
+    import torch
+
+    from metakd.engine import evaluate
+    from metakd.engine.stats import mean_confidence_interval
+
+    batch_means: list[float] = []
+
+    def objective(learner: Any, batch: Any, step: int) -> Any:
+        """The learner's evaluation loss, recording each meta-batch's mean accuracy."""
+        loss, metrics = learner.meta_loss(batch, training=False)
+        accs = torch.as_tensor(metrics["task_accuracy"]).detach().double().flatten()
+        batch_means.append(float(accs.mean()))
+        return loss, metrics
+
+    episodes = evaluate(learner, data, device=device, loss_fn=objective)
+    return episodes, mean_confidence_interval(batch_means), len(batch_means)
+
+
+def report(args: argparse.Namespace, results: dict[str, Any], out_dir: str, title: str,
+           extra: dict[str, Any]) -> dict[str, Any]:
+    """Test the selected weights again for per-episode values; print and write the record.
+
+    Writes ``record_{train}_{test}_{k}shot.csv`` into the run folder, with ``test_acc`` as the
+    original (``"mean; ci"`` in %, interval over meta-batch means) and ``test_acc_episodes``
+    (metakd's, over episodes).
+    """
+    from metakd.recipes import load_run
+
+    checkpoint = "best" if str(results.get("selected", "")).startswith("best") else "last"
+    overrides: dict[str, Any] = {}
+    if args.test_data != args.train_data:
+        overrides = dict(dataset=args.test_data,
+                         root=resolve_root(args.test_data, args.data_folder),
+                         rotations=args.test_data == "omniglot")
+    loaded = load_run(out_dir, checkpoint=checkpoint, **overrides)
+    episodes, batches, n = evaluate_episodes(loaded.learner, loaded.parts.test_data,
+                                             loaded.config.device)
+    best_val = (results.get("best_val") or {}).get("accuracy")
+    row = {
+        **extra,
+        "train_data": args.train_data, "test_data": args.test_data,
+        "num_ways": args.num_ways, "num_shots": args.num_shots, "test_shots": args.test_shots,
+        "train_tasks": args.train_tasks, "batch_tasks": args.batch_tasks,
+        "meta_iterations": results["steps"], "selected": results["selected"],
+        "best_val_acc": "" if best_val is None else f"{100 * best_val:.2f}",
+        "test_tasks": episodes.episodes,
+        "test_acc": _fmt(batches.mean, batches.ci95),
+        "test_acc_episodes": _fmt(episodes.mean, episodes.ci95),
+    }
+    record = Path(out_dir) / f"record_{args.train_data}_{args.test_data}_{args.num_shots}shot.csv"
+    with open(record, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        writer.writeheader()
+        writer.writerow(row)
+    say(f"{title}: {args.train_data} -> {args.test_data}, {args.num_ways}-way "
+        f"{args.num_shots}-shot, {results['steps']} meta-iterations, {results['selected']} "
+        "weights")
+    say(f"test_acc: {row['test_acc']}  (%: mean; 95% interval over {n} meta-batch means of "
+        f"{args.batch_tasks} tasks, the original's)")
+    say(f"test_acc over episodes: {episodes}  (metakd's)")
+    say(f"record: {record}")
+    return {"results": results, "test_episodes": episodes.as_dict(),
+            "test_batches": {**batches.as_dict(), "batches": n}, "record": str(record),
+            "row": row, "out_dir": out_dir}
