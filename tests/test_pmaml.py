@@ -202,3 +202,13 @@ def test_recipe_refuses_a_teacher_that_does_not_fit(tmp_path) -> None:
     shutil.rmtree(teacher_dir)  # a PMAML run is read back and tested without its teacher
     again = load_run(tmp_path / "s", checkpoint="last")
     assert again.evaluate().mean == pytest.approx(res["test"]["accuracy"])
+
+
+def test_schedule_none_is_plain_maml_without_a_teacher(tmp_path) -> None:
+    from metakd.recipes import PMAMLConfig, run
+
+    cfg = PMAMLConfig.paper("omniglot", 5, 1, schedule="none", model="conv1", steps=2,
+                            meta_batch_size=2, test_tasks=2, out_dir=str(tmp_path / "c"))
+    res = run(cfg, progress=False)  # no teacher given, none needed
+    terms = [r for r in read_log(tmp_path / "c" / "log.jsonl") if r["kind"] == "train"]
+    assert res["method"] == "pmaml" and all("loss/kd" not in r for r in terms)

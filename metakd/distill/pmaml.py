@@ -56,7 +56,8 @@ class KDSchedule:
     """At which meta-iterations (0-based) the distillation term applies.
 
     Args:
-        when: ``"every"``, ``"last"`` (needs ``total_steps``) or an iterable of
+        when: ``"every"``, ``"last"`` (needs ``total_steps``), ``"none"`` (never: the
+            student is plain MAML, the control of a distillation run) or an iterable of
             meta-iterations.
         total_steps: the run's length in meta-iterations (``"last"`` is
             ``total_steps - 1``).
@@ -67,12 +68,17 @@ class KDSchedule:
         [False, False, True]
         >>> KDSchedule([0, 10]).active(10), KDSchedule("every").active(7)
         (True, True)
+        >>> KDSchedule("none").active(0)
+        False
     """
 
     def __init__(self, when: str | Iterable[int] = "every", total_steps: int | None = None) -> None:
         if isinstance(when, str):
+            if when == "none":  # never: plain MAML (the no-distillation control)
+                when = ()
+        if isinstance(when, str):
             if when not in ("every", "last"):
-                raise ValueError(f"schedule {when!r}: use 'every', 'last' or a list of "
+                raise ValueError(f"schedule {when!r}: use 'every', 'last', 'none' or a list of "
                                  "meta-iterations")
             if when == "last" and (total_steps is None or total_steps < 1):
                 raise ValueError("schedule 'last' needs total_steps (the run's meta-iterations)")
@@ -192,7 +198,8 @@ class PMAML(nn.Module):
             meta-iterations.
         total_steps: the run's meta-iterations (for ``schedule="last"``).
         inner_kd: ``None`` (the official code), ``"every"`` or ``"last"``: the term in the
-            support loss too, at every inner step or at the last one.
+            support loss too, at every inner step or at the last one (of the meta-iterations
+            the schedule selects).
         teacher_adapt: adapt the teacher on each support set before taking its logits.
         teacher_inner_lr: with a backbone as ``teacher``, its inner learning rate.
         teacher_inner_steps: the teacher's adaptation steps (default: its

@@ -47,8 +47,9 @@ class PMAMLConfig(MAMLConfig):
         trade_lambda: λ, the distillation weight; the cross-entropy weighs ``1 − λ``.
         kd_reduction: ``"mean_elements"`` (PMAML's ``nn.KLDivLoss()``) or ``"batchmean"``.
         schedule: ``"every"`` (``pmaml_every``), ``"last"`` (``pmaml_last``: MAML plus one
-            distillation step at the final meta-iteration) or a comma-separated list of
-            0-based meta-iterations.
+            distillation step at the final meta-iteration), ``"none"`` (never: the same
+            student, optimiser and episodes without distillation, the control; no teacher
+            needed) or a comma-separated list of 0-based meta-iterations.
         inner_kd: ``None`` (official), ``"every"`` or ``"last"``: the distillation term in the
             inner loop's support loss too, at every inner step or at the last one.
         teacher_adapt: adapt the teacher on each support set (its own inner learning rate and
@@ -100,6 +101,8 @@ class PMAMLConfig(MAMLConfig):
 def _schedule(cfg: PMAMLConfig) -> str | list[int]:
     if cfg.schedule in ("every", "last"):
         return cfg.schedule
+    if cfg.schedule == "none":
+        return []
     try:
         return [int(s) for s in str(cfg.schedule).split(",") if s.strip()]
     except ValueError:
@@ -124,6 +127,8 @@ def check(cfg: PMAMLConfig) -> None:
     """
     from metakd.recipes.runs import read_config
 
+    if not _schedule(cfg):
+        return  # "none": nothing is distilled (inner KD follows the schedule), no teacher
     if not cfg.teacher:
         raise ValueError("PMAML needs a teacher: --teacher RUN_DIR, a MAML run folder (train "
                          "one with `metakd train maml --model conv4 ...`)")
@@ -196,8 +201,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trade-lambda", type=float, help="KD weight lambda (default: 0.9)")
     p.add_argument("--kd-reduction", choices=["mean_elements", "batchmean"],
                    help="KL reduction (default: mean_elements, the official code's)")
-    p.add_argument("--schedule", help="meta-iterations with KD: every, last, or a list "
-                                      "'0,100,200' (default: every)")
+    p.add_argument("--schedule", help="meta-iterations with KD: every, last, none (the "
+                                      "no-distillation control) or a list '0,100,200' "
+                                      "(default: every)")
     p.add_argument("--inner-kd", choices=["every", "last"],
                    help="also distil in the inner loop, at every or the last inner step")
     p.add_argument("--teacher-adapt", action="store_true", default=None,
