@@ -185,21 +185,32 @@ def _add_train_parser(sub: Any, method: Any) -> None:
     reads, :data:`metakd.recipes.REQUIRED_FIELDS`, and the run's switches), then the method's own
     (its ``add_arguments``, or one option per remaining config field)."""
     from metakd.recipes import REQUIRED_FIELDS
-    from metakd.recipes.options import add_config_arguments
+    from metakd.recipes.options import add_config_arguments, field_docs
 
     d = method.config_cls()
+    docs = field_docs(method.config_cls)
+
+    def doc(name: str, episodic: str) -> str:
+        """The config's own words for a shared field (a classification recipe's ``shots``
+        is unused, say), else the episodic meaning."""
+        return docs.get(name, episodic).replace("``", "").rstrip(".").replace("%", "%%")
+
     t = sub.add_parser(method.name, help=method.describe, description=method.describe)
     t.add_argument("--dataset", default=d.dataset,
-                   help="omniglot, miniimagenet, cub, cifarfs, fc100, tieredimagenet "
-                        "(default: %(default)s)")
+                   help=doc("dataset", "omniglot, miniimagenet, cub, cifarfs, fc100, "
+                            "tieredimagenet") + " (default: %(default)s)")
     t.add_argument("--root", help="data set folder (omniglot without --root: the bundled copy)")
-    t.add_argument("--ways", type=int, default=d.ways, help="N (default: %(default)s)")
-    t.add_argument("--shots", type=int, default=d.shots, help="K (default: %(default)s)")
+    t.add_argument("--ways", type=int, default=d.ways,
+                   help=doc("ways", "N") + " (default: %(default)s)")
+    t.add_argument("--shots", type=int, default=d.shots,
+                   help=doc("shots", "K") + " (default: %(default)s)")
     t.add_argument("--test-queries", type=int,
-                   help=f"query images per class in val/test (default: {d.test_queries})")
+                   help=doc("test_queries", "query images per class in val/test")
+                   + f" (default: {d.test_queries})")
     t.add_argument("--steps", type=int, help=f"{method.step_name} (default: {d.steps})")
     t.add_argument("--val-every", type=int, help=f"validation period (default: {d.val_every})")
-    t.add_argument("--test-tasks", type=int, help=f"test episodes (default: {d.test_tasks})")
+    t.add_argument("--test-tasks", type=int,
+                   help=doc("test_tasks", "test episodes") + f" (default: {d.test_tasks})")
     t.add_argument("--seed", type=int, help=f"seed (default: {d.seed})")
     t.add_argument("--out-dir", help=f"run folder (default: {d.out_dir})")
     t.add_argument("--max-seconds", type=float, help="time budget for training")

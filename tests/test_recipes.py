@@ -273,3 +273,15 @@ def test_copied_run_folder_loads_from_where_it_is(toy: None, tmp_path: Path) -> 
     r = load_run(tmp_path / "b", test_tasks=2)
     assert r.config.out_dir == str(tmp_path / "b") and r.checkpoint == tmp_path / "b" / "last.pt"
     assert r.evaluate().mean == res["test"]["accuracy"]
+
+
+def test_test_seed_fixes_the_test_episodes_across_seeds() -> None:
+    from metakd.recipes.maml import build
+
+    def first_test_classes(**kw: object) -> torch.Tensor:
+        parts = build(MAMLConfig(meta_batch_size=2, test_tasks=2, compile="off", **kw))
+        return next(iter(parts.test_data)).classes
+
+    assert not torch.equal(first_test_classes(seed=0), first_test_classes(seed=1))
+    assert torch.equal(first_test_classes(seed=0, test_seed=7),
+                       first_test_classes(seed=1, test_seed=7))

@@ -74,6 +74,8 @@ class MAMLConfig:
             compiled path takes; eager otherwise), ``"on"`` (compile) or ``"off"`` (eager);
             see ``MAMLWrapper``'s ``compile``. Evaluation is always eager.
         seed: seeds the weights and the task streams.
+        test_seed: seed of the test episodes; ``None``: ``seed + 2``. Fix it to test runs of
+            different seeds on the same episodes (paired comparisons).
         out_dir: run folder (checkpoints, log, plot, results).
         max_seconds: stop meta-training after this long (then test).
         device: ``"cpu"``, ``"cuda"``...
@@ -121,6 +123,7 @@ class MAMLConfig:
     backend: str = "vmap"
     compile: str = "auto"
     seed: int = 0
+    test_seed: int | None = None
     out_dir: str = "runs/maml"
     max_seconds: float | None = None
     device: str = "cpu"
@@ -254,7 +257,8 @@ def build(cfg: MAMLConfig) -> Parts:
         val_data=val_data,
         test_data=few_shot(test_set, cfg.ways, cfg.shots, cfg.test_queries,
                            meta_batch_size=cfg.meta_batch_size, num_tasks=cfg.test_tasks,
-                           seed=cfg.seed + 2, **common),
+                           seed=cfg.seed + 2 if cfg.test_seed is None else cfg.test_seed,
+                           **common),
         optimizer=optimizer,
         scheduler=scheduler,
         clip_grad_value=cfg.clip_grad_value,
@@ -301,6 +305,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr-gamma", type=float, help="learning-rate factor at each milestone "
                                                   "(default: 0.1)")
     p.add_argument("--val-tasks", type=int, help="validation episodes (default: 600)")
+    p.add_argument("--test-seed", type=int, help="seed of the test episodes (default: --seed "
+                                                 "+ 2)")
     p.add_argument("--backend", choices=["auto", "func", "vmap", "learn2learn", "higher"],
                    help="inner-loop backend (default: vmap)")
     p.add_argument("--compile", choices=list(_COMPILE_MODES),
