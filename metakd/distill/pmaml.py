@@ -73,9 +73,8 @@ class KDSchedule:
     """
 
     def __init__(self, when: str | Iterable[int] = "every", total_steps: int | None = None) -> None:
-        if isinstance(when, str):
-            if when == "none":  # never: plain MAML (the no-distillation control)
-                when = ()
+        if when == "none":  # never: plain MAML (the no-distillation control)
+            when = ()
         if isinstance(when, str):
             if when not in ("every", "last"):
                 raise ValueError(f"schedule {when!r}: use 'every', 'last', 'none' or a list of "
