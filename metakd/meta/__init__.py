@@ -22,6 +22,7 @@ from metakd.meta.functional import (
     functional_forward,
     unflatten_params,
 )
+from metakd.meta.hard_tasks import HardTaskSampler
 from metakd.meta.inner import InnerLoop, run_task
 from metakd.meta.maml import MAMLLearner, MAMLWrapper, default_backend
 from metakd.meta.objectives import CrossEntropy, LossObjective, Objective, total
@@ -30,6 +31,7 @@ from metakd.meta.rules import SGD, MetaSGD, UpdateRule
 __all__ = [
     "SGD",
     "CrossEntropy",
+    "HardTaskSampler",
     "InnerLoop",
     "LossObjective",
     "MAMLLearner",

@@ -28,7 +28,7 @@ from metakd.nn.resnet import (
     ResNet12,
     ResNet12Block,
 )
-from metakd.nn.scale_shift import ScaleShiftConv2d, convert_to_scale_shift
+from metakd.nn.scale_shift import ScaleShiftConv2d, convert_to_scale_shift, mtl_preset
 
 __all__ = [
     "Backbone",
@@ -53,6 +53,7 @@ __all__ = [
     "is_model",
     "list_models",
     "make_head",
+    "mtl_preset",
     "register_model",
     "set_bn_step",
 ]

@@ -22,8 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.common_types import _size_2_t
+from torch.nn.modules.batchnorm import _BatchNorm as _TorchBatchNorm
 
-__all__ = ["ScaleShiftConv2d", "convert_to_scale_shift"]
+from metakd.nn.norm import _BatchNorm
+
+__all__ = ["ScaleShiftConv2d", "convert_to_scale_shift", "mtl_preset"]
+
+#: The names :func:`mtl_preset` accepts.
+MTL_PRESETS = ("mtl_tf", "mtl_pytorch")
 
 
 class ScaleShiftConv2d(nn.Module):
@@ -183,3 +189,75 @@ def convert_to_scale_shift(
         parent = model.get_submodule(parent_name)
         setattr(parent, child, ScaleShiftConv2d.from_conv(conv))
     return model
+
+
+def mtl_preset(model: nn.Module, preset: str) -> list[str]:
+    """Convert a pre-trained ``model`` for Meta-Transfer Learning and freeze all but one preset.
+
+    In place, following the two official implementations (``yaoyao-liu/meta-transfer-learning``;
+    spec ``meta-learning-spec.md`` §2.2-2.3):
+
+    ========================  ===============================  ==============================
+    parameter                 ``"mtl_tf"`` (paper, TF code)    ``"mtl_pytorch"`` (FEAT-style)
+    ========================  ===============================  ==============================
+    k×k convs (k > 1)         scale-shift; ``scale`` trained   scale-shift; ``scale`` trained
+    1×1 convs (shortcuts)     plain ``nn.Conv2d``, frozen      scale-shift (scale per weight)
+    conv weight / bias        frozen (buffers)                 frozen (buffers)
+    shift Φ_S2                trained where the conv has a     trained where the conv has a
+                              bias                             bias
+    batch-norm affine (γ, β)  frozen                           trained
+    ``model.head``            trained                          trained
+    anything else             frozen                           frozen
+    ========================  ===============================  ==============================
+
+    TF replaces each conv bias by a trainable tensor initialised from the pre-trained bias;
+    here the pre-trained bias stays as a frozen buffer and the trainable ``shift`` starts at 0,
+    which is the same function and the same gradient (``b + Φ_S2`` with ``Φ_S2 = 0``). A conv
+    without a bias gets no shift in either preset (the TF ResNet-12 has a bias on every 3×3
+    conv; :class:`metakd.nn.MTLResNet12` too). Scale-shift convolutions already in ``model``
+    are kept and trained. "The head" is ``model.head`` (every :mod:`metakd.nn` model has
+    one); a model without it trains only its scale-shift (and, for PyTorch, batch-norm)
+    parameters. The converted model computes the same function as before.
+
+    Args:
+        model: a pre-trained network; modified in place (convs replaced, ``requires_grad``
+            set on every parameter).
+        preset: ``"mtl_tf"`` or ``"mtl_pytorch"``.
+
+    Returns:
+        The sorted names (as in ``model.named_parameters()``) of the trainable parameters;
+        every other parameter has ``requires_grad=False``.
+
+    Raises:
+        ValueError: an unknown ``preset``.
+
+    Example:
+        >>> from metakd.nn import MTLResNet12
+        >>> net = MTLResNet12((2, 2, 2, 2), in_channels=1, num_classes=5)
+        >>> names = mtl_preset(net, "mtl_tf")
+        >>> names[:3]
+        ['head.bias', 'head.weight', 'layer1.conv1.scale']
+        >>> net.layer1.shortcut.weight.requires_grad, net.layer1.bn1.bias.requires_grad
+        (False, False)
+    """
+    if preset not in MTL_PRESETS:
+        raise ValueError(f"unknown MTL preset {preset!r}; use one of {MTL_PRESETS}")
+    if preset == "mtl_tf":
+        convert_to_scale_shift(model, exclude=lambda _, conv: conv.kernel_size == (1, 1))
+    else:
+        convert_to_scale_shift(model)
+    trained: set[int] = set()
+    for m in model.modules():
+        if isinstance(m, ScaleShiftConv2d) or (
+            preset == "mtl_pytorch" and isinstance(m, (_BatchNorm, _TorchBatchNorm))
+        ):
+            trained.update(id(p) for p in m.parameters(recurse=False))
+    head = getattr(model, "head", None)
+    if isinstance(head, nn.Module):
+        trained.update(id(p) for p in head.parameters())
+    names = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(id(p) in trained)
+        if id(p) in trained:
+            names.append(name)
+    return sorted(names)
