@@ -16,6 +16,7 @@ Example:
 
 from metakd.recipes.cifar_kd import CifarKDConfig
 from metakd.recipes.maml import MAMLConfig, run_maml
+from metakd.recipes.mtl import MTLConfig
 from metakd.recipes.pmaml import PMAMLConfig
 from metakd.recipes.registry import (
     REQUIRED_FIELDS,
@@ -33,6 +34,7 @@ __all__ = [
     "REQUIRED_FIELDS",
     "CifarKDConfig",
     "MAMLConfig",
+    "MTLConfig",
     "Method",
     "PMAMLConfig",
     "Parts",

@@ -1,0 +1,410 @@
+"""Meta-Transfer Learning (Sun, Liu, Chua and Schiele, CVPR 2019) end to end, in two runs.
+
+``phase="pre"`` trains the body and a pre-training head on every class of the meta-training
+split (whole-classification minibatches); its run folder's model is the pre-trained network,
+and its test (like its validation) fine-tunes a fresh classifier on each episode's support set
+over the frozen body, the "pre-train + fine-tune" baseline and the PyTorch project's pre-val.
+``phase="meta"`` loads that body (``pretrained``: the "pre" run folder), drops its head, adds a
+fresh ``N``-way head, converts the convolutions to scale-shift ones and freezes what the
+variant does not train (:func:`metakd.nn.mtl_preset`), and meta-learns the scale-shift (and,
+for the PyTorch variant, batch-norm) parameters and the head's initialisation with an inner
+loop on the head only (:class:`metakd.meta.MAMLWrapper` with ``adapt="head"``), optionally
+with the hard-task meta-batch (:class:`metakd.meta.HardTaskSampler`). Its test is MTL's
+meta-test: the head alone is fine-tuned on each support set.
+
+The defaults are the PyTorch project's (``yaoyao-liu/meta-transfer-learning : pytorch``,
+spec ``meta-learning-spec.md`` §2.5), except the backbone: its ResNet-25 is not in
+:mod:`metakd.nn`, so the TF paper's ResNet-12 (``mtl_resnet12``) is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from torch import nn
+
+from metakd.recipes.maml import MAMLConfig, schedule
+from metakd.recipes.maml import build as build_maml
+from metakd.recipes.maml import load_weights as load_maml_weights
+from metakd.recipes.registry import Parts, register
+
+__all__ = ["MTLConfig"]
+
+log = logging.getLogger(__name__)
+
+PHASES = ("pre", "meta")
+
+# PyTorch project (pytorch/main.py, run_pre.py, run_meta.py), the same for every data set.
+_PYTORCH: dict[str, Any] = dict(
+    model="mtl_resnet12", rotations=False, pre_lr=0.1, pre_epochs=110, pre_batch_size=128,
+    pre_lr_step=30.0, pre_lr_gamma=0.2, pre_weight_decay=5e-4, pre_augment="miniimagenet",
+    meta_batch_size=1, queries=15, test_queries=15, meta_lr1=1e-4, meta_lr2=1e-3,
+    base_lr=0.01, update_step=100, test_update_step=100, inner_loss_reduction="mean",
+    lr_step=1000, lr_gamma=0.5, steps=10_000, val_every=100, val_tasks=600, test_tasks=600,
+)
+# TF project (tensorflow/main.py, run_experiment.py): Adam pre-training halved every 5,000
+# iterations of 64 images (8.33 epochs of miniImageNet's 38,400), 10,000 iterations kept.
+_TF: dict[str, Any] = dict(
+    pre_lr=1e-3, pre_epochs=17, pre_batch_size=64, pre_lr_step=5000 * 64 / 38_400,
+    pre_lr_gamma=0.5, pre_weight_decay=0.0, pre_augment=None, meta_batch_size=2,
+    meta_lr1=1e-3, meta_lr2=1e-3, base_lr=1e-3, update_step=20, test_update_step=100,
+    inner_loss_reduction="sum_over_k", lr_step=1000, lr_gamma=0.5, steps=20_000,
+)
+# Bundled Omniglot at 28 px on a CPU: Conv-4. One pre-training step (64 images, 544 classes,
+# one thread of the 2-core CPU) took 0.12 s with conv4 and 1.36 s with mtl_resnet12, so the
+# 10 pre-training epochs (1,700 steps) take about 3.5 minutes with Conv-4.
+_OMNIGLOT: dict[str, Any] = dict(
+    model="conv4", image_size=28, rotations=True, pre_lr=0.05, pre_epochs=10,
+    pre_batch_size=64, pre_lr_step=5.0, pre_lr_gamma=0.2, pre_augment=None,
+    meta_batch_size=4, queries=5, test_queries=15, meta_lr1=1e-3, meta_lr2=1e-3,
+    base_lr=0.1, update_step=10, test_update_step=20, lr_step=500, lr_gamma=0.5,
+    steps=2000, val_every=250, val_tasks=200, test_tasks=600,
+)
+
+
+@dataclass
+class MTLConfig(MAMLConfig):
+    """A Meta-Transfer Learning run: pre-training (``phase="pre"``) or meta-transfer ("meta").
+
+    Every field of :class:`metakd.recipes.MAMLConfig` (the data, episodes and validation), and:
+
+    Attributes:
+        phase: ``"pre"`` (whole-classification pre-training of the body) or ``"meta"``
+            (meta-transfer learning on a pre-trained body; needs ``pretrained``).
+        variant: ``"mtl_pytorch"`` (the PyTorch project: batch-norm affine trained, 1x1
+            convolutions scaled per weight, first-order meta-gradient, SGD pre-training) or
+            ``"mtl_tf"`` (the paper's TF code: batch norm and 1x1 convolutions frozen,
+            second order, Adam pre-training); see :func:`metakd.nn.mtl_preset`.
+        pretrained: phase "meta": the run folder of a phase "pre" run of the same backbone,
+            data set and image size (its best weights, else its last).
+        pre_lr, pre_epochs, pre_batch_size: pre-training's learning rate, epochs over the
+            meta-training split and minibatch size.
+        pre_lr_step, pre_lr_gamma: the pre-training rate is multiplied by ``pre_lr_gamma``
+            every ``pre_lr_step`` epochs (may be fractional).
+        pre_weight_decay: weight decay of pre-training's SGD (PyTorch: Nesterov, momentum
+            0.9); TF pre-trains with Adam.
+        pre_augment: augmentation of the pre-training minibatches
+            (:func:`metakd.data.augmentation` name) or ``None``.
+        meta_lr1: Adam's rate of the scale-shift (and batch-norm) parameters.
+        meta_lr2: Adam's rate of the head's initialisation.
+        base_lr: the inner loop's rate (``inner_lr``); also that of the classifier fine-tuned
+            when a "pre" run is validated or tested.
+        update_step: inner steps in meta-training (``inner_steps``).
+        test_update_step: inner steps at validation and test (``test_inner_steps``), also
+            those of a "pre" run's fine-tuned classifier.
+        lr_step, lr_gamma: both meta rates are multiplied by ``lr_gamma`` every ``lr_step``
+            meta-iterations (0: MAML's ``lr_schedule`` / ``lr_milestones`` instead).
+        first_order: ``None``: as the variant (PyTorch first order, TF second order);
+            ``True`` / ``False`` forces it.
+        hard_tasks: the hard-task meta-batch (:class:`metakd.meta.HardTaskSampler`).
+        hard_task_mode: ``"alternate"`` (normal and hard meta-batches in turn) or ``"every"``.
+        hard_task_others: how a hard task's other classes are drawn: ``"random"`` or
+            ``"failures"`` (the meta-batch's other failure classes first).
+        hard_task_batch: tasks per hard meta-batch (default: as many as the mined batch).
+
+    MAML's ``inner_lr``, ``inner_steps``, ``test_inner_steps`` and ``meta_lr`` follow
+    ``base_lr``, ``update_step``, ``test_update_step`` and ``meta_lr1``; ``val_every`` counts
+    minibatches in phase "pre" and meta-iterations in phase "meta"; phase "meta" runs eager
+    (``compile`` is not used).
+
+    Example:
+        >>> cfg = MTLConfig.paper("miniimagenet", ways=5, shots=1, phase="meta",
+        ...                       pretrained="runs/mtl-pre")
+        >>> cfg.meta_lr1, cfg.meta_lr2, cfg.base_lr, cfg.update_step, cfg.inner_steps
+        (0.0001, 0.001, 0.01, 100, 100)
+    """
+
+    phase: str = "pre"
+    variant: str = "mtl_pytorch"
+    pretrained: str | None = None
+    pre_lr: float = 0.1
+    pre_epochs: int = 110
+    pre_batch_size: int = 128
+    pre_lr_step: float = 30.0
+    pre_lr_gamma: float = 0.2
+    pre_weight_decay: float = 5e-4
+    pre_augment: str | None = "miniimagenet"
+    meta_lr1: float = 1e-4
+    meta_lr2: float = 1e-3
+    base_lr: float = 0.01
+    update_step: int = 100
+    test_update_step: int = 100
+    lr_step: int = 1000
+    lr_gamma: float = 0.5
+    hard_tasks: bool = False
+    hard_task_mode: str = "alternate"
+    hard_task_others: str = "random"
+    hard_task_batch: int | None = None
+    first_order: bool | None = None  # type: ignore[assignment]
+    model: str = "mtl_resnet12"
+    rotations: bool = False
+    meta_batch_size: int = 1
+    inner_loss_reduction: str = "mean"
+    steps: int = 10_000
+    val_every: int = 100
+    out_dir: str = "runs/mtl"
+
+    def __post_init__(self) -> None:
+        """Mirror MTL's names into MAML's fields (``inner_lr`` ... ``test_inner_steps``)."""
+        self.inner_lr = self.base_lr
+        self.inner_steps = self.update_step
+        self.test_inner_steps = self.test_update_step
+        self.meta_lr = self.meta_lr1
+
+    @classmethod
+    def paper(cls, dataset: str = "miniimagenet", ways: int = 5, shots: int = 1,
+              **overrides: Any) -> MTLConfig:
+        """The PyTorch project's settings (``variant="mtl_tf"``: the TF code's), then overrides.
+
+        miniImageNet, FC100 and tieredImageNet share the PyTorch settings; Omniglot (the
+        bundled copy at 28 px) gets small CPU-sized ones with Conv-4.
+
+        Example:
+            >>> cfg = MTLConfig.paper("omniglot", ways=5, shots=1)
+            >>> cfg.model, cfg.image_size, cfg.update_step, cfg.meta_batch_size
+            ('conv4', 28, 10, 4)
+            >>> MTLConfig.paper("miniimagenet", variant="mtl_tf").update_step
+            20
+        """
+        base = dict(_PYTORCH)
+        if overrides.get("variant") == "mtl_tf":
+            base.update(_TF)
+        if dataset.lower() == "omniglot":
+            base.update(_OMNIGLOT)
+        return cls(dataset=dataset, ways=ways, shots=shots, **{**base, **overrides})
+
+
+def _first_order(cfg: MTLConfig) -> bool:
+    return cfg.variant == "mtl_pytorch" if cfg.first_order is None else bool(cfg.first_order)
+
+
+def _checkpoint(folder: str | Path) -> Path | None:
+    """The best weights of a run folder, else its last, else ``None``."""
+    for name in ("best.pt", "last.pt"):
+        if (Path(folder) / name).is_file():
+            return Path(folder) / name
+    return None
+
+
+def check(cfg: MTLConfig) -> None:
+    """Refuse, in one line, an unknown phase or variant, or a missing or mismatched body.
+
+    Phase "meta" needs ``pretrained``: a finished phase "pre" MTL run of the same backbone
+    (and its options), data set and image size.
+
+    Example:
+        >>> check(MTLConfig(phase="meta"))
+        Traceback (most recent call last):
+        ...
+        ValueError: MTL phase 'meta' needs pretrained=RUN_DIR, a phase 'pre' MTL run folder
+    """
+    from metakd.nn.scale_shift import MTL_PRESETS
+    from metakd.recipes.runs import read_config
+
+    if cfg.phase not in PHASES:
+        raise ValueError(f"phase={cfg.phase!r} is unknown; use one of {PHASES}")
+    if cfg.variant not in MTL_PRESETS:
+        raise ValueError(f"variant={cfg.variant!r} is unknown; use one of {MTL_PRESETS}")
+    if cfg.phase == "pre":
+        return
+    if not cfg.pretrained:
+        raise ValueError("MTL phase 'meta' needs pretrained=RUN_DIR, a phase 'pre' MTL run "
+                         "folder")
+    try:
+        method, pre = read_config(cfg.pretrained)
+    except (FileNotFoundError, ValueError) as e:
+        raise ValueError(f"pretrained={cfg.pretrained}: {e}") from None
+    if method.name != "mtl" or getattr(pre, "phase", None) != "pre":
+        raise ValueError(f"pretrained={cfg.pretrained} is a {method.name!r} run, not a phase "
+                         "'pre' MTL run")
+    for name in ("model", "model_kwargs", "dataset"):
+        if getattr(pre, name) != getattr(cfg, name):
+            raise ValueError(f"pretrained={cfg.pretrained} has {name}={getattr(pre, name)!r}, "
+                             f"this run {getattr(cfg, name)!r}")
+    if (pre.image_size or None) != (cfg.image_size or None):
+        raise ValueError(f"pretrained={cfg.pretrained} takes {pre.image_size or 'default'}-px "
+                         f"images, this run {cfg.image_size or 'default'}-px")
+    if _checkpoint(cfg.pretrained) is None:
+        raise ValueError(f"pretrained={cfg.pretrained} has no best.pt or last.pt yet")
+
+
+def _channels(sampler: Any) -> int:
+    return int(sampler.arrays.images.shape[1])
+
+
+def _body(cfg: MTLConfig, channels: int, num_classes: int,
+          state: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
+    """The backbone with a fresh ``num_classes`` head and, if given, ``state``'s body."""
+    from metakd.nn import create
+
+    model = create(cfg.model, in_channels=channels, num_classes=num_classes, **cfg.model_kwargs)
+    if state is not None:
+        body = {k: v for k, v in state.items() if not k.startswith("head.")}
+        missing, unexpected = model.load_state_dict(body, strict=False)
+        wrong = [k for k in missing if not k.startswith("head.")] + list(unexpected)
+        if wrong:
+            raise ValueError(f"the pre-trained body does not fit {cfg.model}: {wrong[:5]}")
+    return model
+
+
+class _FineTuneHead:
+    """``eval_fn`` of a "pre" run: a fresh zero head fine-tuned per episode on the frozen body."""
+
+    def __init__(self, cfg: MTLConfig, channels: int) -> None:
+        self.cfg, self.channels = cfg, channels
+
+    def __call__(self, learner: nn.Module, data: Any, *, device: Any = None,
+                 progress: bool = False) -> Any:
+        from metakd.engine import evaluate
+        from metakd.meta import MAMLWrapper
+
+        cfg = self.cfg
+        from metakd.recipes.weights import final_linear
+
+        model = _body(cfg, self.channels, cfg.ways, learner.state_dict())
+        head = final_linear(model)
+        nn.init.zeros_(head.weight)
+        if head.bias is not None:
+            nn.init.zeros_(head.bias)
+        model.to(next(learner.parameters()).device).train(learner.training)
+        wrapper = MAMLWrapper(model, inner_lr=cfg.base_lr, inner_steps=cfg.test_update_step,
+                              adapt="head", inner_loss_reduction=cfg.inner_loss_reduction,
+                              backend=cfg.backend)
+        return evaluate(wrapper, data, device=device, progress=progress)
+
+
+def _build_pre(cfg: MTLConfig, base: Parts) -> Parts:
+    from metakd.data import augmentation, batches
+
+    sampler: Any = base.train_data
+    size = sampler.arrays.images.shape[-1]
+    train = batches(sampler.arrays, cfg.pre_batch_size, seed=cfg.seed, device=cfg.device,
+                    augment=augmentation(cfg.pre_augment, size) if cfg.pre_augment else None,
+                    progress=False)
+    torch.manual_seed(cfg.seed)
+    model = _body(cfg, _channels(sampler), train.num_classes).to(cfg.device)
+    if cfg.variant == "mtl_pytorch":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(
+            model.parameters(), lr=cfg.pre_lr, momentum=0.9, nesterov=True,
+            weight_decay=cfg.pre_weight_decay)
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.pre_lr)
+    per_epoch = len(train)
+    scheduler = torch.optim.lr_scheduler.StepLR(
+        optimizer, max(1, round(cfg.pre_lr_step * per_epoch)), gamma=cfg.pre_lr_gamma)
+    return Parts(learner=model, model=model, train_data=train, optimizer=optimizer,
+                 val_data=base.val_data, test_data=base.test_data, scheduler=scheduler,
+                 eval_fn=_FineTuneHead(cfg, _channels(sampler)),
+                 steps=cfg.pre_epochs * per_epoch)
+
+
+def _build_meta(cfg: MTLConfig, base: Parts) -> Parts:
+    from metakd.engine import load_checkpoint
+    from metakd.meta import HardTaskSampler, MAMLWrapper
+    from metakd.nn import mtl_preset
+
+    state = None
+    ckpt = _checkpoint(cfg.pretrained) if cfg.pretrained else None
+    if ckpt is not None:
+        state = load_checkpoint(ckpt)["model"]
+    else:  # reading a "meta" run back: its own checkpoint holds the frozen body too
+        log.info("no pre-trained body (pretrained=%s); the weights must come from a checkpoint",
+                 cfg.pretrained)
+    torch.manual_seed(cfg.seed)
+    model = _body(cfg, _channels(base.train_data), cfg.ways, state)
+    names = mtl_preset(model, cfg.variant)
+    model.to(cfg.device)
+    learner = MAMLWrapper(model, inner_lr=cfg.base_lr, inner_steps=cfg.update_step,
+                          test_inner_steps=cfg.test_update_step, first_order=_first_order(cfg),
+                          adapt="head", inner_loss_reduction=cfg.inner_loss_reduction,
+                          backend=cfg.backend)
+    params = dict(model.named_parameters())
+    groups = [{"params": [params[n] for n in names if not n.startswith("head.")],
+               "lr": cfg.meta_lr1},
+              {"params": [params[n] for n in names if n.startswith("head.")], "lr": cfg.meta_lr2}]
+    optimizer = torch.optim.Adam([g for g in groups if g["params"]],
+                                 weight_decay=cfg.weight_decay)
+    if cfg.lr_step and (cfg.lr_milestones or cfg.lr_schedule != "constant"):
+        raise ValueError("lr_step and lr_milestones / lr_schedule are two schedules: set "
+                         "lr_step=0 to use the others")
+    scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_step, gamma=cfg.lr_gamma)
+                 if cfg.lr_step else schedule(cfg, optimizer))
+    callbacks: list[Any] = []
+    sampler: Any = base.train_data
+    if cfg.hard_tasks:
+        callbacks.append(HardTaskSampler(sampler, hard_tasks=cfg.hard_task_batch,
+                                         others=cfg.hard_task_others, mode=cfg.hard_task_mode,
+                                         seed=cfg.seed + 3))
+    return dataclasses.replace(base, learner=learner, model=model, optimizer=optimizer,
+                               scheduler=scheduler, callbacks=callbacks)
+
+
+def build(cfg: MTLConfig) -> Parts:
+    """Data, model, learner, optimiser and schedule of an MTL run of either phase.
+
+    Example:
+        >>> parts = build(MTLConfig.paper("omniglot", rotations=False, pre_batch_size=32,
+        ...                               test_tasks=2))
+        >>> type(parts.learner).__name__, parts.model.head.out_features, parts.steps
+        ('ConvNet', 136, 850)
+    """
+    if cfg.phase not in PHASES:
+        raise ValueError(f"phase={cfg.phase!r} is unknown; use one of {PHASES}")
+    base = build_maml(dataclasses.replace(cfg, compile="off", first_order=_first_order(cfg)))
+    return _build_pre(cfg, base) if cfg.phase == "pre" else _build_meta(cfg, base)
+
+
+def load_weights(parts: Parts, state: Mapping[str, torch.Tensor], trained: MTLConfig,
+                 cfg: MTLConfig) -> None:
+    """Put a run's weights into ``parts``: "pre" as saved, "meta" as MAML's (new head)."""
+    if cfg.phase == "pre":
+        from metakd.recipes.weights import load_state
+
+        load_state(parts.learner, state, "the run")
+    else:
+        load_maml_weights(parts, state, trained, cfg)
+
+
+_OWN = ("phase", "variant", "pretrained", "pre_lr", "pre_epochs", "pre_batch_size",
+        "pre_lr_step", "pre_lr_gamma", "pre_weight_decay", "pre_augment", "meta_lr1",
+        "meta_lr2", "base_lr", "update_step", "test_update_step", "lr_step", "hard_tasks",
+        "hard_task_mode", "hard_task_others", "hard_task_batch", "first_order")
+
+
+class _Without:
+    """A parser that drops MAML's options whose fields MTL sets from its own names."""
+
+    SKIP = ("--inner-lr", "--inner-steps", "--test-inner-steps", "--meta-lr", "--first-order")
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self.parser = parser
+
+    def add_argument(self, *flags: str, **kwargs: Any) -> Any:
+        if flags and flags[0] in self.SKIP:
+            return None
+        return self.parser.add_argument(*flags, **kwargs)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``metakd train mtl``: MAML's, then MTL's own."""
+    from metakd.recipes.maml import add_arguments as maml_arguments
+    from metakd.recipes.options import add_config_arguments
+
+    maml_arguments(cast(argparse.ArgumentParser, _Without(p)))
+    mtl_fields = {f.name for f in dataclasses.fields(MTLConfig)}
+    add_config_arguments(p, MTLConfig, skip=sorted(mtl_fields - set(_OWN)))
+
+
+register("mtl", MTLConfig, build,
+         describe="Meta-Transfer Learning (Sun, Liu, Chua and Schiele, CVPR 2019): pre-train, "
+                  "then meta-learn scale-shift and the classifier init (PyTorch or TF variant, "
+                  "hard-task meta-batch)",
+         title="MTL", step_name="steps",
+         add_arguments=add_arguments, load_weights=load_weights, check=check)
