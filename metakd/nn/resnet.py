@@ -398,9 +398,11 @@ class MTLResNet12(_GAPResNet):
     ``vmap(..., randomness="different")``; it is off by default.
 
     Reference: Sun, Liu, Chua, Schiele, "Meta-Transfer Learning for Few-Shot Learning",
-    CVPR 2019 (``yaoyao-liu/meta-transfer-learning : tensorflow/models/resnet12.py``). Use
-    :func:`metakd.nn.convert_to_scale_shift` to add the scale/shift parameters, excluding the
-    1×1 shortcuts as TF does.
+    CVPR 2019 (``yaoyao-liu/meta-transfer-learning : tensorflow/models/resnet12.py``). After
+    pre-training, :func:`metakd.nn.mtl_preset` (``"mtl_tf"`` or ``"mtl_pytorch"``) adds the
+    scale/shift parameters and freezes what each official variant freezes (the TF preset
+    leaves the 1×1 shortcuts plain and frozen); :func:`metakd.nn.convert_to_scale_shift` is
+    the conversion alone.
 
     Args:
         channels: block widths.
