@@ -53,7 +53,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from metakd.data import ImageArray, Omniglot, batches
-from metakd.engine import BudgetCosine, evaluate, fit, mean_confidence_interval
+from metakd.engine import (
+    BudgetCosine,
+    EvalResult,
+    evaluate,
+    fit,
+    mean_confidence_interval,
+    paired_difference,
+)
 from metakd.nn import create
 
 ARMS = ("ce", "kd", "dkd", "kd_gda", "ce_x2")
@@ -257,11 +264,10 @@ def _digest(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def _pool(values: Sequence[float]) -> dict[str, Any]:
-    r = mean_confidence_interval(list(values))
-    ci = None if math.isnan(r.ci95) else r.ci95
-    return {"mean": r.mean, "ci95_t": ci,
-            "interval": None if ci is None else [r.mean - ci, r.mean + ci],
+def _pool(r: EvalResult) -> dict[str, Any]:
+    """A t-interval over seeds as this benchmark's JSON (``ci95_t``, ``std``)."""
+    s = r.summary()
+    return {"mean": s["mean"], "ci95_t": s["ci95"], "interval": s["interval"],
             "std": None if math.isnan(r.std) else r.std}
 
 
@@ -314,10 +320,11 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
         accs = [r["accuracy"] for r in per_seed[arm]]
         entry: dict[str, Any] = {"preset": PRESETS[arm][0] if arm in PRESETS else "none",
                                  "preset_overrides": overrides.get(arm, {}),
-                                 **_pool(accs), "per_seed": per_seed[arm]}
+                                 **_pool(mean_confidence_interval(accs)),
+                                 "per_seed": per_seed[arm]}
         if arm != "ce" and "ce" in per_seed:
-            diffs = [a - c["accuracy"] for a, c in zip(accs, per_seed["ce"])]
-            entry["minus_ce"] = {**_pool(diffs), "per_seed": diffs}
+            d = paired_difference(accs, [c["accuracy"] for c in per_seed["ce"]])
+            entry["minus_ce"] = {**_pool(d), "per_seed": list(d.values or ())}
         arms_out[arm] = entry
     best = max(cfg.arms, key=lambda a: arms_out[a]["mean"])
     verdict = _verdict(arms_out, best)

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import platform
 import shutil
@@ -54,7 +53,7 @@ from typing import Any
 import torch
 
 from metakd.data import Omniglot, TaskBatch, few_shot
-from metakd.engine import evaluate, mean_confidence_interval
+from metakd.engine import evaluate, mean_confidence_interval, paired_difference
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WAYS, SHOTS = 5, 1
@@ -177,22 +176,12 @@ def score(run_dir: str, episodes: list[TaskBatch]) -> tuple[Any, list[float]]:
     from metakd.recipes import load_run
 
     learner = load_run(run_dir, checkpoint="last").learner
-    per_episode: list[float] = []
-
-    def loss_fn(lrn: Any, batch: TaskBatch, step: int) -> Any:
-        loss, metrics = lrn.meta_loss(batch, training=False)
-        per_episode.extend(metrics["task_accuracy"].double().flatten().tolist())
-        return loss, metrics
-
-    result = evaluate(learner, episodes, loss_fn=loss_fn)
-    return result, per_episode
+    result = evaluate(learner, episodes)
+    return result, list(result.values or ())
 
 
 def _ci(values: Sequence[float]) -> dict[str, Any]:
-    r = mean_confidence_interval(list(values))
-    ci = None if math.isnan(r.ci95) else r.ci95
-    return {"mean": r.mean, "ci95": ci,
-            "interval": None if ci is None else [r.mean - ci, r.mean + ci]}
+    return mean_confidence_interval(values).summary()
 
 
 def _params(model: str, kwargs: dict[str, Any]) -> int:
@@ -287,9 +276,9 @@ def run(cfg: Config, log: Callable[[str], None] = print,
             if arm.mode != "no_kd" and base in per_seed:
                 diffs = []
                 for seed in cfg.seeds:
-                    d = [a - b for a, b in zip(per_episode[(arm.name, seed)],
-                                               per_episode[(base, seed)])]
-                    diffs.append({"seed": seed, **_ci(d)})
+                    d = paired_difference(per_episode[(arm.name, seed)],
+                                          per_episode[(base, seed)])
+                    diffs.append({"seed": seed, **d.summary()})
                 entry["minus_no_kd"] = {**_ci([d["mean"] for d in diffs]), "per_seed": diffs}
             arms_out[arm.name] = entry
         verdict = _verdict(arms_out, cfg.students + cfg.resnet_students)

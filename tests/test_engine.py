@@ -20,6 +20,7 @@ from metakd.engine import (
     fit,
     load_checkpoint,
     mean_confidence_interval,
+    paired_difference,
     plot_learning_curve,
     read_log,
     save_checkpoint,
@@ -49,6 +50,31 @@ def test_evaluate_reports_mean_and_ci_over_episodes() -> None:
     for b in val:
         accs += model.meta_loss(b, training=False)[1]["task_accuracy"].tolist()
     assert r.mean == pytest.approx(sum(accs) / 8, abs=1e-12)
+    assert r.values == pytest.approx(accs, abs=1e-15)  # per episode, in order
+
+
+def test_paired_difference_against_hand_computed_values() -> None:
+    # differences 0.2, 0, 0.2, 0.2: mean 0.15, s = 0.1, half-width t(0.975, 3) * 0.1 / 2.
+    a = mean_confidence_interval([0.8, 0.6, 1.0, 0.4])
+    d = paired_difference(a, [0.6, 0.6, 0.8, 0.2])
+    assert d.mean == pytest.approx(0.15, abs=1e-12)
+    assert d.std == pytest.approx(0.1, abs=1e-12)
+    assert d.ci95 == pytest.approx(3.182446305284263 * 0.1 / 2, rel=1e-10)
+    assert d.values == pytest.approx((0.2, 0.0, 0.2, 0.2), abs=1e-12)
+    assert d.summary()["interval"] == pytest.approx([0.15 - d.ci95, 0.15 + d.ci95])
+    with pytest.raises(ValueError, match="differ in length"):
+        paired_difference(a, [0.5])
+    with pytest.raises(ValueError, match="no per-episode values"):
+        paired_difference(a.__class__(0.5, 0.1, 0.1, 4), a)
+
+
+def test_evaluate_keeps_per_example_hits_over_minibatches() -> None:
+    model = torch.nn.Linear(3, 4)
+    x, y = torch.randn(10, 3), torch.randint(0, 4, (10,))
+    r = evaluate(model, [(x[:6], y[:6]), (x[6:], y[6:])])
+    with torch.no_grad():
+        hits = (model(x).argmax(-1) == y).double().tolist()
+    assert r.values == tuple(hits) and r.mean == pytest.approx(sum(hits) / 10)
 
 
 def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:

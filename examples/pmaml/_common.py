@@ -213,40 +213,40 @@ def _fmt(mean: float, ci: float) -> str:
     return f"{100 * mean:.2f}; {100 * ci:.2f}"
 
 
-def evaluate_episodes(learner: Any, data: Any, device: str) -> tuple[Any, Any, int]:
-    """Test ``learner``: metakd's interval over episodes and the official one over meta-batches.
+def batch_interval(episodes: Any, batch_tasks: int) -> tuple[Any, int]:
+    """The official interval: over the means of consecutive meta-batches of ``batch_tasks``.
+
+    Args:
+        episodes: the per-episode result (:class:`metakd.engine.EvalResult` with ``values``,
+            in test order, as :func:`metakd.engine.evaluate` and ``results.json`` keep them).
+        batch_tasks: tasks per test meta-batch (the last one may be shorter, as tested).
 
     Returns:
-        ``(over_episodes, over_batches, batches)``: :class:`metakd.engine.EvalResult` of the
-        per-episode accuracies, the same of the per-meta-batch means (PMAML's
-        ``Mean_confidence_interval``: mean of batch means ± t_{0.975, n-1} SEM), and n.
+        ``(over_batches, batches)``: PMAML's ``Mean_confidence_interval`` (mean of the batch
+        means ± t_{0.975, n-1} SEM) and n.
     """
-    import torch
+    from metakd.engine import mean_confidence_interval
 
-    from metakd.engine import evaluate
-    from metakd.engine.stats import mean_confidence_interval
-
-    batch_means: list[float] = []
-
-    def objective(learner: Any, batch: Any, step: int) -> Any:
-        """The learner's evaluation loss, recording each meta-batch's mean accuracy."""
-        loss, metrics = learner.meta_loss(batch, training=False)
-        accs = torch.as_tensor(metrics["task_accuracy"]).detach().double().flatten()
-        batch_means.append(float(accs.mean()))
-        return loss, metrics
-
-    episodes = evaluate(learner, data, device=device, loss_fn=objective)
-    return episodes, mean_confidence_interval(batch_means), len(batch_means)
+    values = list(episodes.values or ())
+    if not values:
+        raise ValueError("the test result keeps no per-episode accuracies")
+    means = [sum(chunk) / len(chunk) for chunk in
+             (values[i:i + batch_tasks] for i in range(0, len(values), batch_tasks))]
+    return mean_confidence_interval(means), len(means)
 
 
 def report(args: argparse.Namespace, results: dict[str, Any], out_dir: str, title: str,
            extra: dict[str, Any]) -> dict[str, Any]:
-    """Test the selected weights again for per-episode values; print and write the record.
+    """Print and write the record of a finished run, from its test's per-episode accuracies.
+
+    The run's own test (``results["test"]``) is reused; the selected weights are tested again
+    only on another data set (``--test-data``).
 
     Writes ``record_{train}_{test}_{k}shot.csv`` into the run folder, with ``test_acc`` as the
     original (``"mean; ci"`` in %, interval over meta-batch means) and ``test_acc_episodes``
     (metakd's, over episodes).
     """
+    from metakd.engine import EvalResult, evaluate
     from metakd.recipes import load_run
 
     checkpoint = "best" if str(results.get("selected", "")).startswith("best") else "last"
@@ -255,9 +255,12 @@ def report(args: argparse.Namespace, results: dict[str, Any], out_dir: str, titl
         overrides = dict(dataset=args.test_data,
                          root=resolve_root(args.test_data, args.data_folder),
                          rotations=args.test_data == "omniglot")
-    loaded = load_run(out_dir, checkpoint=checkpoint, **overrides)
-    episodes, batches, n = evaluate_episodes(loaded.learner, loaded.parts.test_data,
-                                             loaded.config.device)
+    if overrides or not (results.get("test") or {}).get("values"):
+        loaded = load_run(out_dir, checkpoint=checkpoint, **overrides)
+        episodes = evaluate(loaded.learner, loaded.parts.test_data, device=loaded.config.device)
+    else:
+        episodes = EvalResult.from_dict(results["test"])
+    batches, n = batch_interval(episodes, args.batch_tasks)
     best_val = (results.get("best_val") or {}).get("accuracy")
     row = {
         **extra,

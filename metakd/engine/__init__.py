@@ -21,6 +21,7 @@ from metakd.engine.stats import (
     EvalResult,
     binomial_confidence_interval,
     mean_confidence_interval,
+    paired_difference,
     student_t_quantile,
 )
 from metakd.engine.trainer import FitResult, MetaLearner, NonFiniteLossError, fit
@@ -41,6 +42,7 @@ __all__ = [
     "init_distributed",
     "load_checkpoint",
     "mean_confidence_interval",
+    "paired_difference",
     "plot_learning_curve",
     "rank_slice",
     "read_log",

@@ -39,21 +39,21 @@ def _task_accuracies(metrics: Metrics, tasks: int) -> list[float]:
 
 
 def _minibatch_counts(objective: Objective, learner: nn.Module, batch: Any,
-                      step: int | None) -> tuple[int, float]:
-    """(correct, summed loss) over the examples of one labelled minibatch."""
+                      step: int | None) -> tuple[int, float, list[float] | None]:
+    """(correct, summed loss, per-example correctness or None) over one labelled minibatch."""
     n = batch_size(batch)[0]
     if objective.loss_fn is None:
         x, y = minibatch_xy(batch)
         with torch.no_grad():
             logits = learner(x)
-            correct = int((logits.argmax(-1) == y).sum())
+            hits = (logits.argmax(-1) == y).double()
             loss_sum = float(F.cross_entropy(logits.double(), y, reduction="sum"))
-        return correct, loss_sum
+        return int(hits.sum()), loss_sum, hits.tolist()
     loss, metrics = objective(batch, step)
     if "accuracy" not in metrics:
         raise KeyError("evaluate() on minibatches with loss_fn needs metrics['accuracy'], the "
                        "top-1 accuracy over the batch")
-    return round(float(metrics["accuracy"]) * n), float(loss.detach()) * n
+    return round(float(metrics["accuracy"]) * n), float(loss.detach()) * n, None
 
 
 def evaluate(
@@ -92,7 +92,10 @@ def evaluate(
 
     Returns:
         :class:`metakd.engine.EvalResult` with ``mean``, ``ci95``, ``std``, ``episodes``,
-        ``loss`` and ``unit``.
+        ``loss``, ``unit`` and ``values``: the per-episode accuracies in the order of ``data``
+        (over examples, 1.0 / 0.0 per example; ``None`` with a ``loss_fn``, which reports
+        only a batch's accuracy). Two learners scored on the same episodes are compared with
+        :func:`metakd.engine.paired_difference`.
 
     Raises:
         ValueError: ``data`` is empty or mixes episodes and minibatches.
@@ -109,8 +112,8 @@ def evaluate(
         >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 1.0], [0.0, 3.0]])
         >>> y = torch.tensor([0, 1, 1, 1])  # the third is misclassified
         >>> r = evaluate(model, [(x[:2], y[:2]), (x[2:], y[2:])])
-        >>> r.mean, r.episodes, r.unit
-        (0.75, 4, 'examples')
+        >>> r.mean, r.episodes, r.unit, r.values
+        (0.75, 4, 'examples', (1.0, 1.0, 0.0, 1.0))
     """
     from tqdm.auto import tqdm
 
@@ -120,6 +123,7 @@ def evaluate(
     losses: list[float] = []
     correct = 0
     examples = 0
+    hits: list[float] | None = []
     was_training = learner.training
     learner.eval()
     try:
@@ -133,7 +137,8 @@ def evaluate(
                 raise ValueError(f"evaluate() got {this} after {kind}: evaluate one kind at a time")
             batch = move_batch(batch, device)
             if kind == "minibatches":
-                c, loss_sum = _minibatch_counts(objective, learner, batch, step)
+                c, loss_sum, batch_hits = _minibatch_counts(objective, learner, batch, step)
+                hits = None if hits is None or batch_hits is None else hits + batch_hits
                 correct += c
                 examples += batch_size(batch)[0]
                 losses.append(loss_sum)
@@ -148,5 +153,6 @@ def evaluate(
         raise ValueError("evaluate() got no batches")
     if kind == "minibatches":
         return binomial_confidence_interval(correct, examples,
-                                            loss=math.fsum(losses) / max(examples, 1))
+                                            loss=math.fsum(losses) / max(examples, 1),
+                                            values=hits)
     return mean_confidence_interval(accs, loss=math.fsum(losses) / max(len(accs), 1))

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
     "EvalResult",
     "binomial_confidence_interval",
     "mean_confidence_interval",
+    "paired_difference",
     "student_t_quantile",
 ]
 
@@ -104,11 +105,17 @@ class EvalResult:
         episodes: number of episodes ``n``, or of examples when ``unit == "examples"``.
         loss: mean query loss (mean loss per example over examples), if known.
         unit: what ``episodes`` counts: ``"episodes"`` or ``"examples"``.
+        values: the per-episode values the summary was computed from, in episode order (over
+            examples: 1.0 / 0.0 per example when known), or ``None``. They make paired
+            comparisons possible (:func:`paired_difference`); they are not part of
+            :meth:`as_dict` nor of equality.
 
     Example:
         >>> r = EvalResult(mean=0.5, ci95=0.1, std=0.2, episodes=16)
         >>> str(r)
         '50.00 ± 10.00 % (16 episodes)'
+        >>> [round(v, 2) for v in r.interval]
+        [0.4, 0.6]
     """
 
     mean: float
@@ -117,26 +124,54 @@ class EvalResult:
     episodes: int
     loss: float | None = None
     unit: str = "episodes"
+    values: tuple[float, ...] | None = field(default=None, compare=False, repr=False)
 
     def __str__(self) -> str:
         return f"{100 * self.mean:.2f} ± {100 * self.ci95:.2f} % ({self.episodes} {self.unit})"
 
-    def as_dict(self) -> dict[str, float | int | str | None]:
-        """The result as a JSON-ready dict (``mean`` is stored as ``accuracy``)."""
-        return {"accuracy": self.mean, "ci95": self.ci95, "std": self.std,
-                "episodes": self.episodes, "loss": self.loss, "unit": self.unit}
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        """``(mean - ci95, mean + ci95)``, or ``None`` when the half-width is undefined (one
+        value)."""
+        if math.isnan(self.ci95):
+            return None
+        return (self.mean - self.ci95, self.mean + self.ci95)
+
+    def summary(self) -> dict[str, Any]:
+        """``{"mean", "ci95", "interval"}`` for a JSON report; an undefined half-width (one
+        value) is ``None`` in both.
+
+        Example:
+            >>> mean_confidence_interval([0.5]).summary()
+            {'mean': 0.5, 'ci95': None, 'interval': None}
+        """
+        interval = self.interval
+        return {"mean": self.mean, "ci95": None if interval is None else self.ci95,
+                "interval": None if interval is None else list(interval)}
+
+    def as_dict(self, values: bool = False) -> dict[str, Any]:
+        """The result as a JSON-ready dict (``mean`` is stored as ``accuracy``); with
+        ``values=True`` also the per-episode values (``values``, when kept)."""
+        d: dict[str, Any] = {"accuracy": self.mean, "ci95": self.ci95, "std": self.std,
+                             "episodes": self.episodes, "loss": self.loss, "unit": self.unit}
+        if values and self.values is not None:
+            d["values"] = list(self.values)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EvalResult:
-        """Rebuild a result from :meth:`as_dict` (older dicts without ``unit`` included).
+        """Rebuild a result from :meth:`as_dict` (older dicts without ``unit`` or ``values``
+        included).
 
         Example:
             >>> r = EvalResult(0.75, 0.05, 0.3, 600, 0.6)
             >>> EvalResult.from_dict(r.as_dict()) == r
             True
         """
+        kept = d.get("values")
         return cls(mean=d["accuracy"], ci95=d["ci95"], std=d["std"], episodes=d["episodes"],
-                   loss=d.get("loss"), unit=d.get("unit", "episodes"))
+                   loss=d.get("loss"), unit=d.get("unit", "episodes"),
+                   values=None if kept is None else tuple(float(v) for v in kept))
 
 
 def mean_confidence_interval(values: Sequence[float], loss: float | None = None) -> EvalResult:
@@ -150,17 +185,58 @@ def mean_confidence_interval(values: Sequence[float], loss: float | None = None)
         >>> r.mean, round(r.std, 6), round(r.ci95, 4)
         (0.75, 0.5, 0.7956)
     """
+    values = tuple(float(v) for v in values)
     n = len(values)
     if n == 0:
         raise ValueError("no episodes to summarise")
     mean = math.fsum(values) / n
     if n == 1:
-        return EvalResult(mean, float("nan"), float("nan"), 1, loss)
+        return EvalResult(mean, float("nan"), float("nan"), 1, loss, values=values)
     std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
-    return EvalResult(mean, student_t_quantile(0.975, n - 1) * std / math.sqrt(n), std, n, loss)
+    return EvalResult(mean, student_t_quantile(0.975, n - 1) * std / math.sqrt(n), std, n, loss,
+                      values=values)
 
 
-def binomial_confidence_interval(correct: int, total: int, loss: float | None = None) -> EvalResult:
+def _values_of(x: EvalResult | Sequence[float], name: str) -> tuple[float, ...]:
+    if isinstance(x, EvalResult):
+        if x.values is None:
+            raise ValueError(f"{name} keeps no per-episode values (EvalResult.values is None)")
+        return x.values
+    return tuple(float(v) for v in x)
+
+
+def paired_difference(a: EvalResult | Sequence[float], b: EvalResult | Sequence[float]
+                      ) -> EvalResult:
+    """Mean and Student-t 95% interval of the paired differences ``a_i - b_i``.
+
+    Two models scored on the same episodes (or two runs sharing a seed) are compared by their
+    per-pair differences, whose spread is usually far smaller than that of either score: the
+    interval says whether ``a`` beats ``b`` where two overlapping unpaired intervals cannot.
+
+    Args:
+        a, b: per-episode (or per-seed) values in the same order, or :class:`EvalResult` objects
+            that keep them (``values``, as :func:`metakd.engine.evaluate` returns).
+
+    Returns:
+        :class:`EvalResult` of the differences (``values`` holds them).
+
+    Raises:
+        ValueError: different lengths, or a result without values.
+
+    Example:
+        >>> d = paired_difference([0.8, 0.6, 1.0, 0.4], [0.6, 0.6, 0.8, 0.2])
+        >>> round(d.mean, 2), round(d.ci95, 4)
+        (0.15, 0.1591)
+    """
+    va, vb = _values_of(a, "a"), _values_of(b, "b")
+    if len(va) != len(vb):
+        raise ValueError(f"paired values differ in length: {len(va)} and {len(vb)}; pair the "
+                         "same episodes (or seeds) in the same order")
+    return mean_confidence_interval([x - y for x, y in zip(va, vb)])
+
+
+def binomial_confidence_interval(correct: int, total: int, loss: float | None = None,
+                                 values: Sequence[float] | None = None) -> EvalResult:
     """Top-1 accuracy over ``total`` labelled examples with a 95% normal-approximation interval.
 
     Each example is a Bernoulli trial, so the accuracy ``p = correct / total`` is a binomial
@@ -173,6 +249,8 @@ def binomial_confidence_interval(correct: int, total: int, loss: float | None = 
         correct: examples classified correctly.
         total: examples evaluated.
         loss: mean loss per example, if known.
+        values: optional per-example correctness (1.0 / 0.0, ``total`` of them), kept as
+            ``EvalResult.values``.
 
     Returns:
         :class:`EvalResult` with ``unit="examples"`` and ``episodes=total``.
@@ -186,6 +264,11 @@ def binomial_confidence_interval(correct: int, total: int, loss: float | None = 
         raise ValueError("no examples to summarise")
     if not 0 <= correct <= total:
         raise ValueError(f"correct must be in [0, {total}], got {correct}")
+    if values is not None:
+        values = tuple(float(v) for v in values)
+        if len(values) != total or math.fsum(values) != correct:
+            raise ValueError(f"values must hold {total} entries summing to {correct}")
     p = correct / total
     std = math.sqrt(p * (1.0 - p))
-    return EvalResult(p, NORMAL_975 * std / math.sqrt(total), std, total, loss, unit="examples")
+    return EvalResult(p, NORMAL_975 * std / math.sqrt(total), std, total, loss, unit="examples",
+                      values=values)

@@ -130,7 +130,8 @@ def run(cfg: Any, progress: bool = True, resume: bool = True, *,
     Returns:
         On rank 0 the content of ``results.json``: ``method``, ``dataset``, ``episode``,
         ``steps``, ``step_name``, ``stopped_early``, ``selected`` (the checkpoint tested),
-        ``test`` (``EvalResult.as_dict()``, or ``None`` without test data), ``test_str`` and
+        ``test`` (``EvalResult.as_dict(values=True)``, the per-episode accuracies under
+        ``values``; ``None`` without test data), ``test_str`` and
         ``best_val``. On other ranks ``{"rank", "steps", "stopped_early"}``.
 
     Raises:
@@ -206,7 +207,7 @@ def run(cfg: Any, progress: bool = True, resume: bool = True, *,
         "step_name": spec.step_name,
         "stopped_early": result.stopped_early,
         "selected": selected,
-        "test": test.as_dict() if test is not None else None,
+        "test": test.as_dict(values=True) if test is not None else None,
         "test_str": str(test) if test is not None else "not tested",
         "best_val": result.best_val.as_dict() if result.best_val else None,
     }
