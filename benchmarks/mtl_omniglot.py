@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shutil
@@ -56,7 +55,7 @@ from typing import Any
 import torch
 
 from metakd.data import Omniglot, TaskBatch, few_shot
-from metakd.engine import evaluate, mean_confidence_interval
+from metakd.engine import evaluate, mean_confidence_interval, paired_difference
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WAYS = 5
@@ -145,29 +144,12 @@ def heldout_episodes(cfg: Config, shots: int) -> list[TaskBatch]:
 
 
 def _finetune_learner(run_dir: str) -> Any:
-    """A pre run's test learner: a zero ``WAYS``-way classifier over its frozen body, fine-tuned
-    on each support set (as the recipe's own test of a phase "pre" run)."""
-    from torch import nn
-
-    from metakd.meta import MAMLWrapper
-    from metakd.nn import create
+    """A pre run's test learner, as the recipe's own test of a phase "pre" run."""
     from metakd.recipes import load_run
-    from metakd.recipes.weights import final_linear
+    from metakd.recipes.mtl import finetune_learner
 
     r = load_run(run_dir, checkpoint="last")
-    c = r.config
-    model = create(c.model, in_channels=1, num_classes=WAYS, **c.model_kwargs)
-    body = {k: v for k, v in r.model.state_dict().items() if not k.startswith("head.")}
-    missing, unexpected = model.load_state_dict(body, strict=False)
-    if unexpected or any(not k.startswith("head.") for k in missing):
-        raise ValueError(f"{run_dir}: the pre-trained body does not fit {c.model}")
-    head = final_linear(model)
-    nn.init.zeros_(head.weight)
-    if head.bias is not None:
-        nn.init.zeros_(head.bias)
-    return MAMLWrapper(model, inner_lr=c.base_lr, inner_steps=c.test_update_step,
-                       adapt="head", inner_loss_reduction=c.inner_loss_reduction,
-                       backend=c.backend)
+    return finetune_learner(r.config, r.model.state_dict(), channels=1)
 
 
 def score(run_dir: str, episodes: list[TaskBatch], finetune: bool = False
@@ -177,22 +159,12 @@ def score(run_dir: str, episodes: list[TaskBatch], finetune: bool = False
 
     learner = (_finetune_learner(run_dir) if finetune
                else load_run(run_dir, checkpoint="last").learner)
-    per_episode: list[float] = []
-
-    def loss_fn(lrn: Any, batch: TaskBatch, step: int) -> Any:
-        loss, metrics = lrn.meta_loss(batch, training=False)
-        per_episode.extend(metrics["task_accuracy"].double().flatten().tolist())
-        return loss, metrics
-
-    result = evaluate(learner, episodes, loss_fn=loss_fn)
-    return result, per_episode
+    result = evaluate(learner, episodes)
+    return result, list(result.values or ())
 
 
 def _ci(values: Sequence[float]) -> dict[str, Any]:
-    r = mean_confidence_interval(list(values))
-    ci = None if math.isnan(r.ci95) else r.ci95
-    return {"mean": r.mean, "ci95": ci,
-            "interval": None if ci is None else [r.mean - ci, r.mean + ci]}
+    return mean_confidence_interval(values).summary()
 
 
 # --- the benchmark ---------------------------------------------------------------------------
@@ -266,9 +238,9 @@ def run(cfg: Config, log: Callable[[str], None] = print,
             for a, b in PAIRS:
                 diffs = []
                 for seed in cfg.seeds:
-                    d = [x - y for x, y in zip(per_episode[(shots, a, seed)],
-                                               per_episode[(shots, b, seed)])]
-                    diffs.append({"seed": seed, **_ci(d)})
+                    d = paired_difference(per_episode[(shots, a, seed)],
+                                          per_episode[(shots, b, seed)])
+                    diffs.append({"seed": seed, **d.summary()})
                 diffs_out[f"{a}-{b}"] = {**_ci([d["mean"] for d in diffs]), "per_seed": diffs}
             settings[f"{WAYS}way{shots}shot"] = {"arms": arms_out, "paired_differences": diffs_out}
             verdict.append(_verdict(shots, arms_out, diffs_out))

@@ -16,7 +16,7 @@ Example:
 
 from metakd.recipes.cifar_kd import CifarKDConfig
 from metakd.recipes.maml import MAMLConfig, run_maml
-from metakd.recipes.mtl import MTLConfig
+from metakd.recipes.mtl import MTLConfig, finetune_learner
 from metakd.recipes.pmaml import PMAMLConfig
 from metakd.recipes.registry import (
     REQUIRED_FIELDS,
@@ -39,6 +39,7 @@ __all__ = [
     "PMAMLConfig",
     "Parts",
     "Run",
+    "finetune_learner",
     "get_method",
     "load_run",
     "method_of",

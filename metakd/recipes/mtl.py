@@ -35,7 +35,7 @@ from metakd.recipes.maml import build as build_maml
 from metakd.recipes.maml import load_weights as load_maml_weights
 from metakd.recipes.registry import Parts, register
 
-__all__ = ["MTLConfig"]
+__all__ = ["MTLConfig", "finetune_learner"]
 
 log = logging.getLogger(__name__)
 
@@ -254,8 +254,43 @@ def _body(cfg: MTLConfig, channels: int, num_classes: int,
     return model
 
 
+def finetune_learner(cfg: MTLConfig, state: Mapping[str, torch.Tensor], channels: int
+                     ) -> nn.Module:
+    """The test learner of a pre-trained body: a fresh zero ``cfg.ways``-way head fine-tuned
+    on each support set (``cfg.test_update_step`` steps of ``cfg.base_lr``) over the frozen
+    body of ``state``, the pre-train + fine-tune baseline.
+
+    Args:
+        cfg: the pre-training run's config.
+        state: its model's ``state_dict`` (the ``head.*`` entries are ignored).
+        channels: image channels.
+
+    Returns:
+        a :class:`metakd.meta.MAMLWrapper` adapting only the head.
+
+    Example:
+        >>> from metakd.nn import create
+        >>> cfg = MTLConfig(model="conv4", model_kwargs={"hidden": 8}, ways=5)
+        >>> body = create("conv4", in_channels=1, num_classes=64, hidden=8).state_dict()
+        >>> learner = finetune_learner(cfg, body, channels=1)
+        >>> float(learner.model.head.weight.detach().abs().sum())
+        0.0
+    """
+    from metakd.meta import MAMLWrapper
+    from metakd.recipes.weights import final_linear
+
+    model = _body(cfg, channels, cfg.ways, state)
+    head = final_linear(model)
+    nn.init.zeros_(head.weight)
+    if head.bias is not None:
+        nn.init.zeros_(head.bias)
+    return MAMLWrapper(model, inner_lr=cfg.base_lr, inner_steps=cfg.test_update_step,
+                       adapt="head", inner_loss_reduction=cfg.inner_loss_reduction,
+                       backend=cfg.backend)
+
+
 class _FineTuneHead:
-    """``eval_fn`` of a "pre" run: a fresh zero head fine-tuned per episode on the frozen body."""
+    """``eval_fn`` of a "pre" run: :func:`finetune_learner` on the learner's current body."""
 
     def __init__(self, cfg: MTLConfig, channels: int) -> None:
         self.cfg, self.channels = cfg, channels
@@ -263,20 +298,9 @@ class _FineTuneHead:
     def __call__(self, learner: nn.Module, data: Any, *, device: Any = None,
                  progress: bool = False) -> Any:
         from metakd.engine import evaluate
-        from metakd.meta import MAMLWrapper
 
-        cfg = self.cfg
-        from metakd.recipes.weights import final_linear
-
-        model = _body(cfg, self.channels, cfg.ways, learner.state_dict())
-        head = final_linear(model)
-        nn.init.zeros_(head.weight)
-        if head.bias is not None:
-            nn.init.zeros_(head.bias)
-        model.to(next(learner.parameters()).device).train(learner.training)
-        wrapper = MAMLWrapper(model, inner_lr=cfg.base_lr, inner_steps=cfg.test_update_step,
-                              adapt="head", inner_loss_reduction=cfg.inner_loss_reduction,
-                              backend=cfg.backend)
+        wrapper = finetune_learner(self.cfg, learner.state_dict(), self.channels)
+        wrapper.to(next(learner.parameters()).device).train(learner.training)
         return evaluate(wrapper, data, device=device, progress=progress)
 
 
