@@ -214,8 +214,9 @@ def paired_difference(a: EvalResult | Sequence[float], b: EvalResult | Sequence[
     interval says whether ``a`` beats ``b`` where two overlapping unpaired intervals cannot.
 
     Args:
-        a, b: per-episode (or per-seed) values in the same order, or :class:`EvalResult` objects
-            that keep them (``values``, as :func:`metakd.engine.evaluate` returns).
+        a: per-episode (or per-seed) values, or an :class:`EvalResult` that keeps them
+            (``values``, as :func:`metakd.engine.evaluate` returns).
+        b: the values to subtract, paired with ``a`` in the same order.
 
     Returns:
         :class:`EvalResult` of the differences (``values`` holds them).
