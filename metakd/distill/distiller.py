@@ -47,8 +47,8 @@ def freeze(model: nn.Module) -> nn.Module:
 
 
 def _warmups(loss: nn.Module) -> list[float]:
-    return [float(m.warmup) for m in loss.modules()
-            if isinstance(getattr(m, "warmup", None), (int, float)) and m.warmup > 0]
+    found = (getattr(m, "warmup", None) for m in loss.modules())
+    return [float(w) for w in found if isinstance(w, (int, float)) and w > 0]
 
 
 def epoch_clock(step: int | Tensor, steps_per_epoch: int | None) -> int | Tensor:
@@ -97,6 +97,8 @@ class Distiller(nn.Module):
         >>> d.train().teacher.training
         False
     """
+
+    _teacher: nn.Module | None  # set with object.__setattr__: not a registered submodule
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None,
                  loss: DistillLoss | str = "mdistiller_kd", *,

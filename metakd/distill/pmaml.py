@@ -225,10 +225,13 @@ class PMAML(nn.Module):
         False
     """
 
+    _teacher: MAMLWrapper | None  # set with object.__setattr__: not a registered submodule
+    _teacher_loader: Callable[[], MAMLWrapper] | None
+
     def __init__(
         self,
         model: nn.Module,
-        teacher: MAMLWrapper | nn.Module,
+        teacher: MAMLWrapper | nn.Module | Callable[[], MAMLWrapper],
         *,
         inner_lr: float = 0.4,
         inner_steps: int = 1,
@@ -247,18 +250,20 @@ class PMAML(nn.Module):
         super().__init__()
         loss = preset(loss) if isinstance(loss, str) else loss
         loader: Callable[[], MAMLWrapper] | None = None
-        if callable(teacher) and not isinstance(teacher, nn.Module):
-            loader, teacher = teacher, None  # loaded at the first use (a run read back for
-            # evaluation never needs it)
-        elif not isinstance(teacher, MAMLWrapper):
+        wrapped: MAMLWrapper | None = None
+        if isinstance(teacher, MAMLWrapper):
+            wrapped = teacher
+        elif isinstance(teacher, nn.Module):
             if teacher_inner_lr is None:
                 if teacher_adapt:
                     raise ValueError("an adapted teacher given as a backbone needs "
                                      "teacher_inner_lr (or pass a MAMLWrapper)")
                 teacher_inner_lr = inner_lr  # unused: the unadapted teacher takes no step
-            teacher = MAMLWrapper(teacher, inner_lr=teacher_inner_lr,
+            wrapped = MAMLWrapper(teacher, inner_lr=teacher_inner_lr,
                                   test_inner_steps=teacher_inner_steps)
-        if teacher is not None and teacher.model is model:
+        else:  # a loader: loaded at the first use (a run read back for evaluation never
+            loader = teacher  # needs it)
+        if wrapped is not None and wrapped.model is model:
             raise ValueError("the teacher and the student are the same model")
         if inner_kd not in (None, "every", "last"):
             raise ValueError(f"inner_kd={inner_kd!r}: use None, 'every' or 'last'")
@@ -276,7 +281,7 @@ class PMAML(nn.Module):
             test_inner_steps=test_inner_steps, inner_loss_reduction=inner_loss_reduction,
             support=support, objective=PMAMLObjective(loss), **maml_kwargs,
         )
-        object.__setattr__(self, "_teacher", freeze(teacher) if teacher is not None else None)
+        object.__setattr__(self, "_teacher", freeze(wrapped) if wrapped is not None else None)
         object.__setattr__(self, "_teacher_loader", loader)
 
     @property
@@ -289,7 +294,9 @@ class PMAML(nn.Module):
                 raise TypeError(f"the teacher loader returned a {type(teacher).__name__}, "
                                 "not a MAMLWrapper")
             device = next(self.student.parameters()).device
-            object.__setattr__(self, "_teacher", freeze(teacher.to(device)))
+            freeze(teacher.to(device))  # in place: .to() and freeze return the same module
+            object.__setattr__(self, "_teacher", teacher)
+            return teacher
         return self._teacher
 
     @property

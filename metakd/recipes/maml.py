@@ -205,6 +205,18 @@ def schedule(cfg: MAMLConfig, optimizer: torch.optim.Optimizer) -> Any:
     return None
 
 
+
+def _augment(cfg: MAMLConfig, size: Any) -> Any:
+    """The training augmentation of ``cfg.augment`` at ``size``, or ``None``."""
+    from metakd.data import augmentation
+
+    if not cfg.augment:
+        return None
+    if size is None:
+        raise ValueError(f"augment={cfg.augment!r} needs image_size: {cfg.dataset} has no "
+                         "default image size")
+    return augmentation(cfg.augment, size)
+
 def build(cfg: MAMLConfig) -> Parts:
     """Data, model, meta-learner and optimiser of a MAML run (nothing is trained).
 
@@ -213,7 +225,7 @@ def build(cfg: MAMLConfig) -> Parts:
         >>> type(parts.learner).__name__, parts.model.out_features, parts.val_data
         ('MAMLWrapper', 5, None)
     """
-    from metakd.data import augmentation, few_shot
+    from metakd.data import few_shot
     from metakd.data.registry import get_dataset
     from metakd.meta import MAMLWrapper
     from metakd.nn import create
@@ -252,7 +264,7 @@ def build(cfg: MAMLConfig) -> Parts:
         model=model,
         train_data=few_shot(train_set, cfg.ways, cfg.shots, cfg.queries,
                             meta_batch_size=cfg.meta_batch_size, seed=cfg.seed,
-                            augment=augmentation(cfg.augment, size) if cfg.augment else None,
+                            augment=_augment(cfg, size),
                             **common),
         val_data=val_data,
         test_data=few_shot(test_set, cfg.ways, cfg.shots, cfg.test_queries,

@@ -171,8 +171,9 @@ def build(cfg: PMAMLConfig) -> Parts:
 
         if not cfg.teacher:
             raise ValueError("PMAML needs a teacher to train: set teacher (--teacher RUN_DIR)")
-        return load_run(cfg.teacher, checkpoint=cfg.teacher_checkpoint,
-                        device=cfg.device).learner
+        if cfg.teacher_checkpoint == "last":
+            return load_run(cfg.teacher, checkpoint="last", device=cfg.device).learner
+        return load_run(cfg.teacher, checkpoint="best", device=cfg.device).learner
 
     learner = PMAML(
         model, load_teacher, inner_lr=cfg.inner_lr, inner_steps=cfg.inner_steps,
