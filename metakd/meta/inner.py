@@ -180,6 +180,7 @@ def run_task(
     meta_step: int | Tensor = 0,
     meta: Mapping[str, Tensor] | None = None,
     fns: tuple[Fn, Fn, Fn] | None = None,
+    batches: Sequence[Tensor] | None = None,
 ) -> tuple[Params, dict[str, Tensor] | None, Tensor | None]:
     """Adapt to one task's support set, then score its query set (see the module docstring).
 
@@ -199,6 +200,9 @@ def run_task(
             the model's own.
         fns: ``(rule, support, objective)`` to call instead of ``loop``'s (the compiled path
             passes them with their parameters as explicit tensors).
+        batches: support minibatches: index tensors into the support set, step ``k`` uses
+            ``batches[k % len(batches)]`` (the Meta-LSTM's epochs over the support set in
+            minibatches); ``None``: every step uses the whole support set.
 
     Returns:
         ``(adapted params, query terms or None, query logits [N*Q, N] or None)``.
@@ -231,10 +235,12 @@ def run_task(
                 h = loop.encode(model, sx, meta)
         for k in range(steps):
             loop.set_step(model, k)
-            hk = loop.encode(model, sx, meta) if h is None else h
+            idx = None if not batches else batches[k % len(batches)]
+            xk, yk = (sx, sy) if idx is None else (sx[idx], sy[idx])
+            hk = loop.encode(model, xk, meta) if h is None else (h if idx is None else h[idx])
 
-            def support_loss(p: Params, _h: Tensor = hk, _k: int = k) -> Tensor:
-                return total(support(loop.decode(model, p, _h, meta), sy, extras, _k))
+            def support_loss(p: Params, _h: Tensor = hk, _k: int = k, _y: Tensor = yk) -> Tensor:
+                return total(support(loop.decode(model, p, _h, meta), _y, extras, _k))
 
             g, loss = grad(support_loss, params)
             if constant:
