@@ -1,0 +1,399 @@
+"""Classifier-Baseline and Meta-Baseline with KD and KD+GDA on the bundled Omniglot (28 px).
+
+Per seed, through :func:`metakd.recipes.run` (``classifier_baseline`` / ``meta_baseline``,
+their ``paper("omniglot")`` settings with the sizes below):
+
+* two teachers, trained once per seed and shared by every arm: a **stronger** one (Conv-4
+  with 64 filters) and a **weaker** one (Conv-2 with 32 filters), each a plain
+  Classifier-Baseline on the 136 training characters (15 drawings each; 5 held out for
+  validation and selection, as the original's ``train_phase_val``);
+* the student, Conv-4 with 32 filters:
+
+  - stage 1 (Classifier-Baseline): ``plain`` (cross-entropy), ``kd_strong`` / ``kd_weak``
+    (CE + T²·KL at T = 1, GDA's effective few-shot values) and ``kdgda_strong`` /
+    ``kdgda_weak`` (the same + Fisher-Rao 0.1 + Sinkhorn 0.0008, GDA's stage-1 values);
+  - stage 2 (Meta-Baseline), every arm from the **plain** stage-1 student (as GDA does):
+    ``plain``, ``kd_*`` and ``kdgda_*`` (Sinkhorn 0.1, GDA's stage-2 value), the teacher being
+    the stage-1 teacher with its own centroids and temperature 10 (GDA's default
+    "classifier teacher"). Meta-Baseline trains on 1-shot episodes and is tested on 1- and
+    5-shot.
+
+Every model is scored by cosine nearest-centroid on the same fixed held-out episodes per shot
+setting (the 106 test characters, seeded by ``test_seed``): mean accuracy with its Student-t
+95% interval over episodes per seed, the mean over seeds with a t-interval over seeds, and
+paired differences (per seed over the shared episodes; pooled over seeds).
+
+    .venv/bin/python -m benchmarks.baseline_omniglot            # the full run (~35 min, 1 thread)
+    .venv/bin/python -m benchmarks.baseline_omniglot --quick    # a smoke run (1-2 minutes)
+
+The last line of output is one JSON object; without ``--quick`` it is also written to
+``--out`` (default ``benchmarks/results/baseline_omniglot_cpu.json``), the log next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metakd.data import Omniglot, TaskBatch, few_shot
+from metakd.engine import evaluate, mean_confidence_interval, paired_difference
+
+RESULTS = Path(__file__).resolve().parent / "results"
+WAYS = 5
+STAGES = ("classifier", "meta")
+ARMS = ("plain", "kd_strong", "kdgda_strong", "kd_weak", "kdgda_weak")
+TEACHERS = ("teacher_strong", "teacher_weak")
+#: Paired differences reported within each stage: (arm, minus arm).
+PAIRS = (("kd_strong", "plain"), ("kdgda_strong", "kd_strong"), ("kdgda_strong", "plain"),
+         ("kd_weak", "plain"), ("kdgda_weak", "kd_weak"), ("kdgda_weak", "plain"))
+
+
+@dataclass
+class Config:
+    """Everything that defines a run (the JSON records it)."""
+
+    student: str = "conv4"
+    student_hidden: int = 32
+    strong: str = "conv4"
+    strong_hidden: int = 64
+    weak: str = "conv2"
+    weak_hidden: int = 32
+    shots: tuple[int, ...] = (1, 5)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    #: Sized on the shared 2-core CPU (1 thread): a 64-image step of Conv-4/32 took 0.06 s,
+    #: Conv-4/64 0.12 s, Conv-2/32 0.045 s; stage 1 is 8 epochs of 31 steps, stage 2 120
+    #: steps of 4 episodes (5 x (1 + 10) images each).
+    cb_epochs: int = 8
+    cb_lr: float = 0.05
+    mb_steps: int = 120
+    mb_lr: float = 0.005
+    mb_queries: int = 10
+    meta_batch: int = 4
+    test_queries: int = 15
+    test_tasks: int = 250
+    test_seed: int = 10_000
+    threads: int = 1
+
+
+QUICK = {"cb_epochs": 1, "mb_steps": 8, "seeds": (0,), "test_tasks": 20}
+
+
+def _model_kwargs(hidden: int) -> dict[str, Any]:
+    return {"bn_mode": "running", "hidden": hidden}
+
+
+def cb_config(cfg: Config, seed: int, arch: str, hidden: int, out_dir: str,
+              teacher: str | None = None, gda: bool = False) -> Any:
+    """Stage 1 on the bundled Omniglot, with or without a teacher."""
+    from metakd.recipes import ClassifierBaselineConfig
+
+    kw: dict[str, Any] = {}
+    if teacher is not None:
+        kw = dict(teacher=teacher, distill="kd", gda=gda)
+    return ClassifierBaselineConfig.paper(
+        "omniglot", ways=WAYS, shots=1, arch=arch, model_kwargs=_model_kwargs(hidden),
+        rotations=False, epochs=cfg.cb_epochs, milestones=[max(1, cfg.cb_epochs - 2)],
+        lr=cfg.cb_lr, fs_every=0, test_tasks=1, seed=seed, out_dir=out_dir, **kw)
+
+
+def mb_config(cfg: Config, seed: int, pretrained: str, out_dir: str,
+              teacher: str | None = None, gda: bool = False) -> Any:
+    """Stage 2 from ``pretrained`` (the plain stage-1 student), with or without a teacher."""
+    from metakd.recipes import MetaBaselineConfig
+
+    kw: dict[str, Any] = {}
+    if teacher is not None:
+        kw = dict(teacher=teacher, distill="kd", gda=gda)
+    return MetaBaselineConfig.paper(
+        "omniglot", ways=WAYS, shots=1, arch=cfg.student,
+        model_kwargs=_model_kwargs(cfg.student_hidden), rotations=False, pretrained=pretrained,
+        pretrained_checkpoint="best", steps=cfg.mb_steps, lr=cfg.mb_lr,
+        queries=cfg.mb_queries, meta_batch_size=cfg.meta_batch, test_tasks=1, seed=seed,
+        out_dir=out_dir, **kw)
+
+
+def heldout_episodes(cfg: Config, shots: int) -> list[TaskBatch]:
+    """The fixed held-out episodes of a shot setting (seeded by ``test_seed`` only)."""
+    return list(few_shot(Omniglot(split="test"), WAYS, shots, cfg.test_queries,
+                         meta_batch_size=10, num_tasks=cfg.test_tasks, seed=cfg.test_seed,
+                         progress=False))
+
+
+def score(run_dir: str, episodes: list[TaskBatch]) -> Any:
+    """A run's selected weights, as a nearest-centroid classifier, on ``episodes``."""
+    from metakd.meta import MetaBaseline
+    from metakd.recipes import load_run
+
+    r = load_run(run_dir)
+    learner = r.learner if r.method == "meta_baseline" else MetaBaseline(
+        r.model, learn_temperature=False)
+    return evaluate(learner, episodes)
+
+
+def _ci(values: Sequence[float]) -> dict[str, Any]:
+    return mean_confidence_interval(values).summary()
+
+
+def run(cfg: Config, log: Callable[[str], None] = print,
+        workdir: str | os.PathLike[str] | None = None, reuse: bool = False) -> dict[str, Any]:
+    """Teachers, then every arm of both stages for every seed; the JSON-ready result.
+
+    With ``reuse``, a run folder of ``workdir`` that already holds ``results.json`` is scored
+    again without training (its ``train_s`` is then ``None``).
+    """
+    from metakd.recipes import run as run_recipe
+
+    torch.set_num_threads(cfg.threads)
+    t_start = time.perf_counter()
+    load_start = os.getloadavg()
+    tmp = None
+    if workdir is None:
+        tmp = tempfile.mkdtemp(prefix="baseline_omniglot_")
+        workdir = tmp
+    root = Path(workdir)
+    try:
+        episodes = {k: heldout_episodes(cfg, k) for k in cfg.shots}
+        log(f"{len(cfg.seeds)} seeds; stage 1: {cfg.cb_epochs} epochs; stage 2: {cfg.mb_steps} "
+            f"steps of {cfg.meta_batch} 1-shot episodes; test: {cfg.test_tasks} fixed episodes "
+            f"per shot setting {list(cfg.shots)} (seed {cfg.test_seed})")
+        names = [("teachers", t) for t in TEACHERS] + [(s, a) for s in STAGES for a in ARMS]
+        per_seed: dict[tuple[int, str, str], list[dict[str, Any]]] = {
+            (k, s, a): [] for k in cfg.shots for s, a in names}
+        values: dict[tuple[int, str, str, int], list[float]] = {}
+
+        def train(cfg_: Any) -> tuple[str, float | None, int]:
+            done = Path(cfg_.out_dir) / "results.json"
+            if reuse and done.is_file():
+                return cfg_.out_dir, None, int(json.loads(done.read_text())["steps"])
+            t0 = time.perf_counter()
+            res = run_recipe(cfg_, progress=False, resume=False)
+            return cfg_.out_dir, time.perf_counter() - t0, int(res["steps"])
+
+        def record(stage: str, arm: str, seed: int, out: str, secs: float | None,
+                   steps: int) -> None:
+            for k in cfg.shots:
+                res = score(out, episodes[k])
+                values[(k, stage, arm, seed)] = list(res.values or ())
+                per_seed[(k, stage, arm)].append({
+                    "seed": seed, **res.summary(), "steps": steps,
+                    "train_s": None if secs is None else round(secs, 1)})
+                took = "reused" if secs is None else f"train {secs:.0f} s"
+                log(f"{k}-shot seed {seed} {stage:10s} {arm:13s} {res} ({took})")
+
+        for seed in cfg.seeds:
+            def d(name: str, seed: int = seed) -> str:
+                return str(root / f"{name}_s{seed}")
+
+            teachers = {}
+            for tname, arch, hidden in (("teacher_strong", cfg.strong, cfg.strong_hidden),
+                                        ("teacher_weak", cfg.weak, cfg.weak_hidden)):
+                out, secs, steps = train(cb_config(cfg, seed, arch, hidden, d(tname)))
+                teachers[tname.split("_")[1]] = out
+                record("teachers", tname, seed, out, secs, steps)
+            for arm in ARMS:
+                teacher = None if arm == "plain" else teachers[arm.split("_")[1]]
+                out, secs, steps = train(cb_config(cfg, seed, cfg.student, cfg.student_hidden,
+                                                   d(f"cb_{arm}"), teacher,
+                                                   gda=arm.startswith("kdgda")))
+                record("classifier", arm, seed, out, secs, steps)
+            for arm in ARMS:
+                teacher = None if arm == "plain" else teachers[arm.split("_")[1]]
+                out, secs, steps = train(mb_config(cfg, seed, d("cb_plain"), d(f"mb_{arm}"),
+                                                   teacher, gda=arm.startswith("kdgda")))
+                record("meta", arm, seed, out, secs, steps)
+
+        diff_rows: dict[tuple[int, str], list[dict[str, Any]]] = {}
+        for k in cfg.shots:
+            for sa, a, sb, b in _pairs():
+                diff_rows[(k, f"{sa}:{a}-{sb}:{b}")] = [
+                    {"seed": seed, **paired_difference(values[(k, sa, a, seed)],
+                                                       values[(k, sb, b, seed)]).summary()}
+                    for seed in cfg.seeds]
+        settings, verdict = summarise(cfg.shots, per_seed, diff_rows)
+        for line in verdict:
+            log(line)
+        return {
+            "benchmark": "baseline_omniglot",
+            "setting": (
+                "bundled Omniglot at 28 px, no rotations: 136 training characters (15 drawings "
+                "to train, 5 held out for validation and selection), 106 test characters; "
+                f"student {cfg.student}/{cfg.student_hidden}, stronger teacher "
+                f"{cfg.strong}/{cfg.strong_hidden}, weaker teacher {cfg.weak}/{cfg.weak_hidden}"
+                ", running batch norm; every model scored by cosine nearest-centroid on the "
+                "same fixed held-out episodes"),
+            "arms_note": (
+                "classifier: Classifier-Baseline (SGD, momentum 0.9, wd 5e-4, step decay); kd: "
+                "CE + T^2 KL at T = 1 (weight 1); kdgda: + Fisher-Rao 0.1 + Sinkhorn (stage 1: "
+                "0.0008, stage 2: 0.1), GDA's effective values with metakd's numerical fixes; "
+                "meta: Meta-Baseline from the plain stage-1 student (best validation weights), "
+                "teacher = the stage-1 teacher with its own centroids and temperature 10, "
+                "trained on 1-shot episodes"),
+            "shots": list(cfg.shots),
+            "seeds": list(cfg.seeds),
+            "test_episodes": cfg.test_tasks,
+            "test_queries": cfg.test_queries,
+            "test_seed": cfg.test_seed,
+            "results": settings,
+            "verdict": verdict,
+            "config": {**asdict(cfg), "seeds": list(cfg.seeds), "shots": list(cfg.shots)},
+            "load_average": {"start": [round(v, 2) for v in load_start],
+                             "end": [round(v, 2) for v in os.getloadavg()]},
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+            "wall_s": round(time.perf_counter() - t_start, 1),
+        }
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _pairs() -> list[tuple[str, str, str, str]]:
+    pairs = [(s, a, s, b) for s in STAGES for a, b in PAIRS]
+    pairs.append(("meta", "plain", "classifier", "plain"))
+    return pairs
+
+
+def summarise(shots: Sequence[int], per_seed: dict[tuple[int, str, str], list[dict[str, Any]]],
+              diff_rows: dict[tuple[int, str], list[dict[str, Any]]]
+              ) -> tuple[dict[str, Any], list[str]]:
+    """Per shot setting: every arm and paired difference, per seed and over seeds."""
+    settings: dict[str, Any] = {}
+    verdict: list[str] = []
+    for k in shots:
+        block: dict[str, Any] = {}
+        for stage in ("teachers", *STAGES):
+            arms = TEACHERS if stage == "teachers" else ARMS
+            block[stage] = {a: {**_ci([r["mean"] for r in per_seed[(k, stage, a)]]),
+                                "per_seed": per_seed[(k, stage, a)]} for a in arms}
+        diffs = {name: {**_ci([r["mean"] for r in rows]), "per_seed": rows}
+                 for (kk, name), rows in diff_rows.items() if kk == k}
+        block["paired_differences"] = diffs
+        settings[f"{WAYS}way{k}shot"] = block
+        verdict.append(_verdict(k, diffs))
+    return settings, verdict
+
+
+def merge(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One result from runs of the same config on different seeds (run in parallel)."""
+    first = parts[0]
+    shots = first["shots"]
+    per_seed: dict[tuple[int, str, str], list[dict[str, Any]]] = {}
+    diff_rows: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for part in sorted(parts, key=lambda r: r["seeds"][0]):
+        for k in shots:
+            block = part["results"][f"{WAYS}way{k}shot"]
+            for stage in ("teachers", *STAGES):
+                for arm, entry in block[stage].items():
+                    per_seed.setdefault((k, stage, arm), []).extend(entry["per_seed"])
+            for name, entry in block["paired_differences"].items():
+                diff_rows.setdefault((k, name), []).extend(entry["per_seed"])
+    settings, verdict = summarise(shots, per_seed, diff_rows)
+    seeds = sorted(s for p in parts for s in p["seeds"])
+    return {**first, "seeds": seeds, "results": settings, "verdict": verdict,
+            "config": {**first["config"], "seeds": seeds},
+            "merged_from": [{"seeds": p["seeds"], "wall_s": p["wall_s"],
+                             "load_average": p["load_average"]} for p in parts],
+            "wall_s": max(p["wall_s"] for p in parts)}
+
+
+def _verdict(shots: int, diffs: dict[str, Any]) -> str:
+    """Each paired difference of a shot setting, in points with its 95% interval over seeds."""
+    parts = []
+    for name, d in diffs.items():
+        if d["interval"] is None:
+            parts.append(f"{name} {100 * d['mean']:+.2f} (1 seed)")
+        else:
+            lo, hi = d["interval"]
+            parts.append(f"{name} {100 * d['mean']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]")
+    return f"{WAYS}-way {shots}-shot, paired (points, 95% t over seeds): " + "; ".join(parts)
+
+
+def table(result: dict[str, Any]) -> str:
+    """A Markdown table of the mean accuracy (and 95% interval over seeds) of every arm."""
+    shots = result["shots"]
+    lines = ["| stage | arm | " + " | ".join(f"{WAYS}-way {k}-shot" for k in shots) + " |",
+             "|---|---|" + "---|" * len(shots)]
+    first = result["results"][f"{WAYS}way{shots[0]}shot"]
+    for stage in ("teachers", *STAGES):
+        for arm in first[stage]:
+            cells = []
+            for k in shots:
+                e = result["results"][f"{WAYS}way{k}shot"][stage][arm]
+                ci = "" if e["ci95"] is None else f" ± {100 * e['ci95']:.2f}"
+                cells.append(f"{100 * e['mean']:.2f}{ci}")
+            lines.append(f"| {stage} | {arm} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true",
+                   help=f"a smoke run of 1-2 minutes, nothing written: {QUICK}")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
+    p.add_argument("--shots", type=int, nargs="+", help="test shot settings (default 1 5)")
+    p.add_argument("--cb-epochs", type=int, help="Classifier-Baseline epochs (default 8)")
+    p.add_argument("--mb-steps", type=int, help="Meta-Baseline steps (default 120)")
+    p.add_argument("--test-tasks", type=int, help="fixed held-out test episodes (default 250)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--workdir", help="keep the run folders here (default: a temporary folder)")
+    p.add_argument("--out", type=Path, help="JSON result file (default benchmarks/results/"
+                                            "baseline_omniglot_cpu.json); not with --quick")
+    p.add_argument("--reuse", action="store_true",
+                   help="score finished run folders of --workdir again instead of training")
+    p.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                   help="merge result files of single-seed runs into --out, and stop")
+    args = p.parse_args(argv)
+    if args.merge:
+        result = merge([json.loads(f.read_text()) for f in args.merge])
+        out = args.out or RESULTS / "baseline_omniglot_cpu.json"
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(table(result))
+        for line in result["verdict"]:
+            print(line)
+        print(json.dumps(result))
+        return
+    cfg = Config(threads=args.threads)
+    if args.quick:
+        cfg = replace(cfg, **QUICK)
+    for name in ("cb_epochs", "mb_steps", "test_tasks"):
+        if getattr(args, name) is not None:
+            cfg = replace(cfg, **{name: getattr(args, name)})
+    if args.seeds:
+        cfg = replace(cfg, seeds=tuple(args.seeds))
+    if args.shots:
+        cfg = replace(cfg, shots=tuple(args.shots))
+    out = None if args.quick else (args.out or RESULTS / "baseline_omniglot_cpu.json")
+    log_path = None
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        log_path = out.with_suffix(".log")
+        log_path.write_text("")
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+        if log_path is not None:
+            with log_path.open("a") as f:
+                f.write(msg + "\n")
+
+    log(f"config: {json.dumps({**asdict(cfg), 'seeds': list(cfg.seeds)})}")
+    result = run(cfg, log, workdir=args.workdir, reuse=args.reuse)
+    log(table(result))
+    if out is not None:
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        log(f"wall time {result['wall_s']:.0f} s; results in {out}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Classifier-Baseline (stage 1) with the options of GDA's / W2S's ``train_classifier.py``.
+
+    # the plain teacher and student encoders (the original's plain commands crash; these run)
+    python examples/gda/train_classifier.py --config examples/gda/configs/classifier/train_classifier_mini.yaml \\
+        --res_type resnet12_bottle --root data/mini-imagenet --gpu 0,1,2,3
+    # ResNet-12 (bottle) -> ResNet-36 (bottle), KD + GDA, weak to strong
+    python examples/gda/train_classifier.py --config examples/gda/configs/classifier/train_classifier_mini_kd.yaml \\
+        --res_type resnet36_bottle --teacher_res_type resnet12_bottle --root data/mini-imagenet --gpu 0,1,2,3
+
+The YAML file is the run: its values run unless an option below is given on the command line
+(the original's command-line defaults silently replace its YAML values; here they do not).
+``--gpu 0,1,2,3`` starts one process per GPU under ``torch.distributed.run`` (the original
+used ``DataParallel``). Run folders go to ``--out_root`` (default ``$OUT_PATH`` or ``save``)
+under the original's names, so ``load_encoder`` / ``teacher_load`` paths of the meta configs
+find them. Same as ``metakd train classifier_baseline ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from metakd.recipes import run
+from metakd.recipes.baseline_options import from_original, launch_gpus
+
+
+def read_yaml(path: str) -> dict[str, Any]:
+    """The YAML config as a dict (PyYAML is needed only here, for ``--config``)."""
+    try:
+        import yaml
+    except ImportError:
+        sys.exit("--config needs PyYAML: pip install pyyaml")
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}
+
+
+def parser(stage: str) -> argparse.ArgumentParser:
+    """The original options (``None`` unless given), then the KD and metakd options."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True, help="a YAML config (see examples/gda/configs)")
+    p.add_argument("--res_type", help="the student's encoder (replaces model_args.encoder)")
+    p.add_argument("--teacher_res_type", help="the teacher's encoder (with a teacher_load)")
+    if stage == "meta":
+        p.add_argument("--teacher_meta_model", action="store_true",
+                       help="the teacher is the 1-shot Meta-Baseline run, not the classifier")
+    p.add_argument("--name", help="run folder name (default: the original's)")
+    p.add_argument("--tag", help="suffix of the run folder name")
+    p.add_argument("--gpu", help="GPU ids, e.g. 0,1 (several: one process each)")
+    kd = p.add_argument_group("distillation (override kd_loss_config only when given)")
+    kd.add_argument("--loss_weight", type=float, dest="kd_weight")
+    kd.add_argument("--temperature", "--T", type=float, dest="temperature")
+    kd.add_argument("--threshold", type=float)
+    kd.add_argument("--fisher_rao_lamda", type=float, dest="fisher_rao_weight")
+    kd.add_argument("--sinkhorn_lamda", type=float, dest="sinkhorn_weight")
+    kd.add_argument("--dkd_alpha", type=float)
+    kd.add_argument("--dkd_beta", type=float)
+    m = p.add_argument_group("metakd options")
+    m.add_argument("--root", help="the data set's folder")
+    m.add_argument("--out_root", default=os.environ.get("OUT_PATH", "save"),
+                   help="where run folders go (default: $OUT_PATH or save)")
+    m.add_argument("--seed", type=int)
+    m.add_argument("--max_seconds", type=float, help="training time budget, then test")
+    m.add_argument("--test_tasks", type=int, help="test episodes of the run's own test")
+    m.add_argument("--device", help="torch device (default: cuda with --gpu, else cpu)")
+    return p
+
+
+OVERRIDES = ("kd_weight", "temperature", "threshold", "fisher_rao_weight", "sinkhorn_weight",
+             "dkd_alpha", "dkd_beta", "seed", "max_seconds", "test_tasks")
+
+
+def main(stage: str = "classifier", argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse, map the YAML and options onto the recipe, run, print the result line."""
+    args = parser(stage).parse_args(argv)
+    device = args.device or launch_gpus(args.gpu)
+    cfg = from_original(read_yaml(args.config), stage, res_type=args.res_type,
+                        teacher_res_type=args.teacher_res_type,
+                        teacher_meta_model=getattr(args, "teacher_meta_model", False),
+                        out_root=args.out_root, name=args.name, tag=args.tag, root=args.root,
+                        overrides={**{k: getattr(args, k) for k in OVERRIDES},
+                                   "device": device})
+    results = run(cfg, progress=sys.stderr.isatty())
+    if results.get("test") is not None:
+        print(f"{stage} {cfg.arch} {cfg.dataset}: test {results['test_str']}  [{cfg.out_dir}]",
+              flush=True)
+        print(json.dumps({**results, "out_dir": cfg.out_dir}))
+    return results
+
+
+if __name__ == "__main__":
+    main("classifier")

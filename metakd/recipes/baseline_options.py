@@ -1,0 +1,216 @@
+"""The original few-shot code's configs and options, mapped onto the Meta-Baseline recipes.
+
+Meta-Baseline (``yinboc/few-shot-meta-baseline``), W2S (``few_shot_leaerning``) and GDA
+(``Few-shot Learning``) describe a run by a YAML file (already parsed here: the library does
+not need PyYAML) and a few command-line options. :func:`from_original` turns both into a
+:class:`ClassifierBaselineConfig` or :class:`MetaBaselineConfig`. **What the file says is
+what runs**: an option overrides the file only when it is given (``None`` otherwise). GDA's
+own scripts give their KD options argparse defaults that silently replace the file's values
+(spec, section 4.5); here a file without a value gets the recipe's default, which is the value
+that effectively runs in GDA's code.
+
+Paths: a file's ``load_encoder`` / ``teacher_load`` (``<run>/epoch-last.pth`` or
+``<run>/max-va.pth``, under ``OUT_PATH``) name a metakd run folder ``<out_root>/<run>`` and
+its last or best checkpoint. ``--res_type`` and ``--teacher_res_type`` replace the encoder
+names in them as the original scripts do; ``--teacher_meta_model`` switches the teacher from
+the classifier run to the 1-shot Meta-Baseline run of the same encoder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from metakd.recipes.baseline import ClassifierBaselineConfig, MetaBaselineConfig
+
+__all__ = ["dataset_name", "from_original", "launch_gpus", "run_folder"]
+
+_DATASETS = {"mini-imagenet": "miniimagenet", "tiered-imagenet": "tieredimagenet",
+             "omniglot": "omniglot", "miniimagenet": "miniimagenet",
+             "tieredimagenet": "tieredimagenet"}
+#: ``kd_loss_config.loss_type`` -> (``distill``, ``gda``).
+LOSS_TYPES = {"kd": ("kd", True), "dkd": ("dkd", True), "dkd_baseline": ("dkd", False),
+              "aug_conf": ("aug_conf", True), "adapt_conf": ("adapt_conf", True),
+              "kd_baseline": ("kd", False)}
+_KD_KEYS = {"loss_weight": "kd_weight", "temperature": "temperature", "T": "temperature",
+            "threshold": "threshold", "fisher_rao_lamda": "fisher_rao_weight",
+            "sinkhorn_lamda": "sinkhorn_weight", "dkd_alpha": "dkd_alpha",
+            "dkd_beta": "dkd_beta"}
+
+
+def dataset_name(name: str) -> str:
+    """metakd's name of an original data-set name (``mini-imagenet`` -> ``miniimagenet``).
+
+    Example:
+        >>> dataset_name("tiered-imagenet")
+        'tieredimagenet'
+    """
+    try:
+        return _DATASETS[name.lower()]
+    except KeyError:
+        raise ValueError(f"data set {name!r} is unknown; use one of {sorted(_DATASETS)}") \
+            from None
+
+
+def run_folder(path: str, out_root: str | os.PathLike[str]) -> tuple[str, str]:
+    """``(run folder, "last" | "best")`` of an original checkpoint path.
+
+    Example:
+        >>> run_folder("classifier_mini-imagenet_resnet12/epoch-last.pth", "save")
+        ('save/classifier_mini-imagenet_resnet12', 'last')
+        >>> run_folder("/data/runs/t", "save")
+        ('/data/runs/t', 'best')
+    """
+    p = Path(path)
+    which = "best"
+    if p.suffix in (".pth", ".pt"):
+        which = "last" if "last" in p.stem else "best"
+        p = p.parent
+    if not p.is_absolute() and not p.exists():
+        p = Path(out_root) / p
+    return str(p), which
+
+
+def _replace_arch(path: str, old: str, new: str) -> str:
+    return path.replace(old, new) if old else path
+
+
+def from_original(config: Mapping[str, Any], stage: str, *, res_type: str | None = None,
+                  teacher_res_type: str | None = None, teacher_meta_model: bool = False,
+                  out_root: str | os.PathLike[str] = "save", name: str | None = None,
+                  tag: str | None = None, root: str | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> Any:
+    """The recipe config of an original YAML config (a dict) and the options given.
+
+    Args:
+        config: the parsed YAML (``train_dataset``, ``model_args``, ``optimizer_args``,
+            ``kd_loss_config``, ...).
+        stage: ``"classifier"`` (``train_classifier.py``) or ``"meta"`` (``train_meta.py``).
+        res_type: ``--res_type``: the student's encoder (replaces it in ``load_encoder``).
+        teacher_res_type: ``--teacher_res_type``: the teacher's encoder (replaces it in
+            ``teacher_load``); ignored without a teacher in the file.
+        teacher_meta_model: ``--teacher_meta_model``: the meta-trained teacher.
+        out_root: where the original's ``./save`` (``OUT_PATH``) run folders are.
+        name: ``--name``: the run folder's name (default: the original's).
+        tag: ``--tag``: a suffix of the run folder's name.
+        root: the data set's folder.
+        overrides: config fields given on the command line (``None`` values are dropped).
+
+    Returns:
+        A :class:`ClassifierBaselineConfig` or :class:`MetaBaselineConfig`.
+
+    Example:
+        >>> cfg = from_original({"train_dataset": "mini-imagenet",
+        ...                      "model_args": {"encoder": "resnet12"},
+        ...                      "optimizer_args": {"lr": 0.05}, "max_epoch": 3},
+        ...                     "classifier", res_type="resnet36_bottle")
+        >>> cfg.arch, cfg.lr, cfg.epochs, cfg.out_dir
+        ('resnet36_bottle', 0.05, 3, 'save/classifier_mini-imagenet_resnet36_bottle')
+        >>> from_original({"train_dataset": "mini-imagenet", "max_epoch": 3}, "classifier",
+        ...               overrides={"epochs": 7}).epochs
+        7
+    """
+    if stage not in ("classifier", "meta"):
+        raise ValueError(f"stage={stage!r}: classifier or meta")
+    c = dict(config)
+    raw_ds = str(c.get("train_dataset", "mini-imagenet"))
+    dataset = dataset_name(raw_ds)
+    model_args = dict(c.get("model_args") or {})
+    encoder = str(model_args.get("encoder", "resnet12"))
+    arch = res_type or encoder
+    opt = dict(c.get("optimizer_args") or {})
+    f: dict[str, Any] = {"arch": arch, "root": root}
+    if model_args.get("encoder_args"):
+        f["model_kwargs"] = dict(model_args["encoder_args"])
+    for key, field_ in (("max_epoch", "epochs"), ("batch_size", "batch_size")):
+        if key in c:
+            f[field_] = c[key]
+    for key in ("lr", "weight_decay", "momentum", "milestones"):
+        if key in opt:
+            f[key] = opt[key]
+    if c.get("optimizer", "sgd") != "sgd":
+        raise ValueError(f"optimizer {c['optimizer']!r}: the recipes use SGD (as the original)")
+    train_args = dict(c.get("train_dataset_args") or {})
+    if stage == "classifier":
+        f["augment"] = train_args.get("augment")
+        if "val_dataset_args" in c:
+            f["val_split"] = dict(c["val_dataset_args"]).get("split")
+        if "eval_fs_epoch" in c:
+            f["fs_every"] = c["eval_fs_epoch"]
+        shots = 1
+    else:
+        for key, field_ in (("n_way", "ways"), ("n_shot", "shots"), ("n_query", "queries"),
+                            ("train_batches", "train_batches"),
+                            ("ep_per_batch", "meta_batch_size"), ("freeze_bn", "freeze_bn")):
+            if key in c:
+                f[field_] = c[key]
+        if c.get("load_encoder"):
+            path = _replace_arch(str(c["load_encoder"]), encoder, arch)
+            f["pretrained"], f["pretrained_checkpoint"] = run_folder(path, out_root)
+        shots = int(f.get("shots", 1))
+    teacher_name = ""
+    if c.get("teacher_load"):
+        t_args = dict(c.get("teacher_model_args") or {})
+        t_encoder = str(t_args.get("encoder", encoder))
+        t_arch = teacher_res_type or t_encoder
+        path = _replace_arch(str(c["teacher_load"]), t_encoder, t_arch)
+        if teacher_meta_model:
+            path = path.replace(f"classifier_{raw_ds}_", f"meta_{raw_ds}-1shot_meta-baseline-")
+        f["teacher"], f["teacher_checkpoint"] = run_folder(path, out_root)
+        f["teacher_arch"] = t_arch
+        kd = dict(c.get("kd_loss_config") or {"loss_type": "kd"})
+        loss_type = str(kd.get("loss_type", "kd"))
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"kd_loss_config.loss_type={loss_type!r} is unknown; use one of "
+                             f"{sorted(LOSS_TYPES)}")
+        f["distill"], f["gda"] = LOSS_TYPES[loss_type]
+        for key, field_ in _KD_KEYS.items():
+            if key in kd:
+                f[field_] = kd[key]
+        teacher_name = f"_kd-{loss_type}-{t_arch}" + ("-meta_teacher" if teacher_meta_model else "")
+    cls = ClassifierBaselineConfig if stage == "classifier" else MetaBaselineConfig
+    names = {fd.name for fd in dataclasses.fields(cls)}
+    f.update({k: v for k, v in c.items() if k in names and k not in f})  # metakd's own keys
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    f.update(given)
+    if name is None:
+        name = (f"classifier_{raw_ds}_{f['arch']}" if stage == "classifier"
+                else f"meta_{raw_ds}-{shots}shot_meta-baseline-{f['arch']}") + teacher_name
+    if tag:
+        name += f"_{tag}"
+    f.setdefault("out_dir", str(Path(out_root) / name))
+    ways = int(f.pop("ways", 5))
+    shots = int(f.pop("shots", shots))
+    return cls.paper(dataset, ways=ways, shots=shots, **f)
+
+
+def launch_gpus(gpu: str | None, argv: Sequence[str] | None = None) -> str:
+    """Map the original ``--gpu 0,1`` onto metakd's engine; returns the device to use.
+
+    No ``--gpu``: ``"cpu"``. One id: ``CUDA_VISIBLE_DEVICES`` set, ``"cuda"``. Several ids
+    outside ``torchrun``: the script is started again under ``torch.distributed.run`` with
+    one process per GPU (the engine then gives each its slice of every batch, where the
+    original used ``DataParallel``) and this process exits with its status. Under ``torchrun``
+    (``WORLD_SIZE`` set): ``"cuda"``.
+
+    Example:
+        >>> launch_gpus(None)
+        'cpu'
+    """
+    if not gpu:
+        return "cpu"
+    ids = [g.strip() for g in gpu.split(",") if g.strip()]
+    if "WORLD_SIZE" in os.environ:
+        return "cuda"
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(ids)
+    if len(ids) > 1:
+        args = list(sys.argv if argv is None else argv)
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={len(ids)}",
+               *args]
+        raise SystemExit(subprocess.call(cmd))
+    return "cuda"

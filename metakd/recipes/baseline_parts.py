@@ -1,0 +1,303 @@
+"""The pieces of the Classifier-Baseline and Meta-Baseline recipes (:mod:`metakd.recipes.baseline`).
+
+The data of a run, the backbone, the loss of a config, the teachers (loaded at the first
+training step), the few-shot monitor and the objectives ``fit`` calls. The configs, the
+builds and the registration are in :mod:`metakd.recipes.baseline`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from torch import nn
+
+from metakd.engine.callbacks import Callback
+
+__all__ = ["DISTILL", "FewShotMonitor", "make_loss"]
+
+log = logging.getLogger("metakd.recipes.baseline")
+
+DISTILL = ("kd", "dkd", "aug_conf", "adapt_conf")
+"""The distillation terms of ``distill`` (``None``: no distillation)."""
+
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+def make_loss(cfg: Any, steps_per_epoch: int | None = None) -> Any:
+    """The :class:`metakd.distill.DistillLoss` of a config: CE + ``distill`` (+ GDA).
+
+    Example:
+        >>> from metakd.recipes import MetaBaselineConfig
+        >>> cfg = MetaBaselineConfig(teacher="t", distill="kd", gda=True)
+        >>> [type(t).__name__ for t in make_loss(cfg).terms]
+        ['KD', 'GDA']
+    """
+    from metakd.distill import DKD, GDA, KD, DistillLoss
+    from metakd.distill.fewshot import AdaptConf, AugConf
+
+    kind = cfg.distill or "kd"
+    if kind not in DISTILL:
+        raise ValueError(f"distill={cfg.distill!r} is unknown; use one of {DISTILL}")
+    w, t = cfg.kd_weight, cfg.temperature
+    terms: list[nn.Module] = []
+    if kind == "kd":
+        terms.append(KD(t, w))
+    elif kind == "dkd":
+        terms.append(DKD(cfg.dkd_alpha, cfg.dkd_beta, t, warmup=0.0, weight=w))
+    elif kind == "aug_conf":
+        terms.append(AugConf(t, 0.25 if cfg.threshold is None else cfg.threshold,
+                             epochs=cfg.epochs, weight=w, clamp=cfg.conf_clamp))
+    else:
+        terms.append(AdaptConf(t, 8.0 if cfg.threshold is None else cfg.threshold,
+                               epochs=cfg.epochs, weight=w))
+    if cfg.gda:
+        terms.append(GDA(cfg.fisher_rao_weight, cfg.sinkhorn_weight, guard=cfg.guard,
+                         debias=cfg.debias, weight=w))
+    return DistillLoss(terms, ce_weight=1.0)
+
+
+def _augment(name: str | None, size: Any) -> Any:
+    from metakd.data.augment.base import Compose
+    from metakd.data.augment.geometric import RandomCrop, RandomHorizontalFlip, RandomResizedCrop
+
+    if name in (None, "none"):
+        return None
+    if name == "resize":
+        return Compose([RandomResizedCrop(size), RandomHorizontalFlip()])
+    if name == "crop":
+        return Compose([RandomCrop(size, padding=8), RandomHorizontalFlip()])
+    raise ValueError(f"augment={name!r}: use resize, crop or None")
+
+
+class _Data:
+    """The data sets of a run: splits, channels, normalisation, the episode factory."""
+
+    def __init__(self, cfg: Any) -> None:
+        from metakd.data.registry import get_dataset
+
+        self.cfg = cfg
+        self.extra = {"rotations": (0, 90, 180, 270)} if (
+            cfg.dataset.lower() == "omniglot" and cfg.rotations) else {}
+        self.get = lambda split: get_dataset(cfg.dataset, cfg.root, split, **self.extra)
+        self.train = self.get("train")
+        self.size = cfg.image_size or self.train.default_image_size
+        self.channels = 1 if self.train.image_mode == "L" else 3
+        self.normalize = IMAGENET_STATS if self.channels == 3 else None
+        self.has_val = not (cfg.dataset.lower() == "omniglot" and cfg.root is None)
+
+    def episodes(self, split_or_set: Any, shots: int, tasks: int | None, seed: int,
+                 queries: int | None = None, meta_batch_size: int = 4) -> Any:
+        from metakd.data import few_shot
+
+        ds = self.get(split_or_set) if isinstance(split_or_set, str) else split_or_set
+        return few_shot(ds, self.cfg.ways, shots, queries or self.cfg.test_queries,
+                        meta_batch_size=meta_batch_size, num_tasks=tasks, seed=seed,
+                        image_size=self.size, normalize=self.normalize,
+                        device=self.cfg.device, progress=False)
+
+    def test(self) -> Any:
+        cfg = self.cfg
+        seed = cfg.seed + 2 if cfg.test_seed is None else cfg.test_seed
+        return self.episodes("test", cfg.shots, cfg.test_tasks, seed)
+
+
+def _model(cfg: Any, channels: int, num_classes: int) -> nn.Module:
+    from metakd.nn import create
+
+    kwargs = dict(cfg.model_kwargs)
+    if cfg.arch.startswith("conv"):
+        kwargs.setdefault("bn_mode", "running")  # whole classification: running statistics
+    try:
+        return create(cfg.arch, in_channels=channels, num_classes=num_classes, **kwargs)
+    except TypeError as e:
+        raise ValueError(f"model {cfg.arch!r} with options {kwargs}: {e}") from e
+
+
+class _CentroidEval:
+    """``eval_fn``: nearest-centroid episodes for a classifier; top-1 for base-image batches."""
+
+    def __call__(self, learner: nn.Module, data: Any, *, device: Any = None,
+                 progress: bool = False) -> Any:
+        from metakd.data.tasks import FewShotSampler
+        from metakd.engine import evaluate
+        from metakd.meta.baseline import MetaBaseline
+
+        if isinstance(data, FewShotSampler) and not hasattr(learner, "meta_loss"):
+            return evaluate(MetaBaseline(learner, learn_temperature=False), data,
+                            device=device, progress=progress)
+        return evaluate(learner, data, device=device, progress=progress)
+
+
+def _write_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+class FewShotMonitor(Callback):
+    """Classifier-Baseline's periodic few-shot test: 1- and 5-shot centroid episodes.
+
+    Every ``every`` steps it evaluates the classifier's encoder with
+    :class:`metakd.meta.MetaBaseline` on fixed episode sets (``{shots: sampler}``), logs the
+    results and appends them to ``fs_monitor.jsonl`` in the run folder (rank 0).
+    """
+
+    def __init__(self, episodes: Mapping[int, Any], every: int) -> None:
+        self.episodes, self.every = dict(episodes), int(every)
+        self.history: list[dict[str, Any]] = []
+        self.path: Path | None = None
+        self.rank = 0
+
+    def on_fit_start(self, fit_state: Any) -> None:
+        self.path = None if fit_state.out_dir is None else Path(fit_state.out_dir) / "fs_monitor.jsonl"
+        self.rank = fit_state.rank
+
+    def next_batch(self) -> Any:
+        return None
+
+    def on_step_end(self, step: int, batch: Any, loss: Any, metrics: Any,
+                    learner: nn.Module) -> None:
+        if self.every <= 0 or step % self.every or self.rank != 0:
+            return
+        record: dict[str, Any] = {"step": step}
+        for shots, data in self.episodes.items():
+            res = _CentroidEval()(learner, data)
+            record[f"{shots}shot"] = res.as_dict()
+            log.info("step %d: few-shot monitor %d-shot %s", step, shots, res)
+        self.history.append({"step": step, **{k: v["accuracy"] for k, v in record.items()
+                                              if isinstance(v, dict)}})
+        if self.path is not None:
+            _write_jsonl(self.path, record)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [dict(h) for h in self.history]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = list(state.get("history", []))
+
+
+class _ClassifierLoss:
+    """``fit``'s objective of stage 1: CE, or a Distiller with the teacher loaded lazily."""
+
+    def __init__(self, cfg: Any, steps_per_epoch: int, classes: int) -> None:
+        self.cfg, self.steps_per_epoch, self.classes = cfg, steps_per_epoch, classes
+        self.loss = make_loss(cfg) if cfg.teacher is not None else None
+        self.distiller: Any = None
+
+    def __call__(self, learner: nn.Module, batch: Any, step: int) -> Any:
+        from metakd.distill import Distiller
+        from metakd.engine import supervised_loss
+
+        if self.loss is None or not learner.training:
+            return supervised_loss(learner, batch, step)
+        if self.distiller is None or self.distiller.student is not learner:
+            teacher = _load_classifier_teacher(self.cfg, self.classes)
+            teacher.to(next(learner.parameters()).device)
+            self.distiller = Distiller(learner, teacher, self.loss,
+                                       steps_per_epoch=self.steps_per_epoch)
+        self.distiller.train(True)
+        return self.distiller.training_loss(batch, step)
+
+
+def _teacher_method(cfg: Any) -> str | None:
+    """The method of a teacher run folder (``None`` for a weights file)."""
+    from metakd.recipes.runs import read_config
+
+    path = Path(str(cfg.teacher))
+    if not path.is_dir():
+        return None
+    method, tcfg = read_config(path)
+    if cfg.teacher_arch is not None and getattr(tcfg, "arch", None) not in (None, cfg.teacher_arch):
+        raise ValueError(f"teacher {path} is a {tcfg.arch!r} run, not teacher_arch="
+                         f"{cfg.teacher_arch!r}")
+    return method.name
+
+
+def _load_classifier_teacher(cfg: Any, classes: int) -> nn.Module:
+    from metakd.distill import load_teacher
+
+    method = _teacher_method(cfg)
+    if method is not None and method != "classifier_baseline":
+        raise ValueError(f"teacher {cfg.teacher} is a {method!r} run: stage 1 distils a "
+                         "classifier_baseline run (its base-class logits)")
+    if method is None and cfg.teacher_arch is None:
+        raise ValueError(f"teacher {cfg.teacher} is a weights file: give teacher_arch")
+    teacher = load_teacher(str(cfg.teacher), arch=cfg.teacher_arch, num_classes=classes,
+                           checkpoint=cfg.teacher_checkpoint)
+    out = getattr(teacher, "out_features", classes)
+    if out != classes:
+        raise ValueError(f"teacher {cfg.teacher} has {out} classes, the base split {classes}")
+    return teacher
+
+
+def _which(name: str) -> Any:
+    if name not in ("best", "last"):
+        raise ValueError(f"checkpoint {name!r}: use best or last")
+    return name
+
+
+def _load_meta_teacher(cfg: Any) -> Any:
+    """The teacher as a frozen :class:`MetaBaseline` with its checkpoint's temperature."""
+    from metakd.distill import freeze, load_teacher
+    from metakd.meta.baseline import MetaBaseline
+    from metakd.recipes.runs import load_run
+
+    method = _teacher_method(cfg)
+    if method == "meta_baseline":
+        teacher = cast(MetaBaseline, load_run(str(cfg.teacher),
+                                              checkpoint=_which(cfg.teacher_checkpoint),
+                                              device=cfg.device).learner)
+        teacher.loss, teacher.steps_per_epoch = None, None
+        object.__setattr__(teacher, "_teacher", None)  # a teacher's teacher is not needed
+    elif method in ("classifier_baseline", None):
+        if method is None and cfg.teacher_arch is None:
+            raise ValueError(f"teacher {cfg.teacher} is a weights file: give teacher_arch")
+        encoder = load_teacher(str(cfg.teacher), arch=cfg.teacher_arch,
+                               checkpoint=cfg.teacher_checkpoint)
+        teacher = MetaBaseline(encoder, temperature=10.0, learn_temperature=False)
+    else:
+        raise ValueError(f"teacher {cfg.teacher} is a {method!r} run; use a meta_baseline or "
+                         "classifier_baseline run")
+    if cfg.teacher_temperature is not None:
+        teacher.temperature.data.fill_(float(cfg.teacher_temperature))
+    return freeze(teacher.to(cfg.device))
+
+
+def _checkpoint(folder: str | Path, which: str) -> Path | None:
+    order = ("last.pt", "best.pt") if which == "last" else ("best.pt", "last.pt")
+    for name in order:
+        if (Path(folder) / name).is_file():
+            return Path(folder) / name
+    return None
+
+
+class _MetaLoss:
+    """``fit``'s objective of stage 2: ``meta_loss``, with the teacher attached lazily."""
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.loss = make_loss(cfg) if cfg.teacher is not None else None
+
+    def __call__(self, learner: Any, batch: Any, step: int) -> Any:
+        if self.loss is not None and learner.training and learner.teacher is None:
+            learner.set_teacher(_load_meta_teacher(self.cfg), self.loss)
+        return learner.meta_loss(batch, training=learner.training, step=step)
+
+
+def _encoder_state(cfg: Any) -> dict[str, torch.Tensor] | None:
+    from metakd.engine import load_checkpoint
+
+    ckpt = _checkpoint(cfg.pretrained, cfg.pretrained_checkpoint) if cfg.pretrained else None
+    if ckpt is None:
+        log.info("no pre-trained encoder (pretrained=%s): weights must come from a checkpoint",
+                 cfg.pretrained)
+        return None
+    state = load_checkpoint(ckpt)["model"]
+    if "temperature" in state:  # a meta_baseline run: MetaBaseline(encoder) weights
+        state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    return {k: v for k, v in state.items() if not k.startswith("head.")}
+
+
