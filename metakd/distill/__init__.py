@@ -23,6 +23,7 @@ Example:
 """
 
 from metakd.distill.distiller import Distiller, DistillObjective, epoch_clock, freeze
+from metakd.distill.fewshot import AdaptConf, AugConf
 from metakd.distill.losses import (
     dkd_loss,
     dkd_parts,
@@ -47,6 +48,8 @@ __all__ = [
     "KD",
     "PMAML",
     "PRESETS",
+    "AdaptConf",
+    "AugConf",
     "DistillLoss",
     "DistillObjective",
     "Distiller",

@@ -16,6 +16,7 @@ Example:
     torch.Size([3, 5])
 """
 
+from metakd.meta.baseline import MetaBaseline, centroid_logits, class_centroids
 from metakd.meta.functional import (
     ParamLayout,
     flatten_params,
@@ -25,21 +26,32 @@ from metakd.meta.functional import (
 from metakd.meta.hard_tasks import HardTaskSampler
 from metakd.meta.inner import InnerLoop, run_task
 from metakd.meta.maml import MAMLLearner, MAMLWrapper, default_backend
+from metakd.meta.meta_lstm import MetaLSTMOptimizer
+from metakd.meta.meta_lstm_attention import AttentionLearner, CrossAttentionFrontEnd, MetaAttention
+from metakd.meta.meta_lstm_learner import MetaLSTM
 from metakd.meta.objectives import CrossEntropy, LossObjective, Objective, total
 from metakd.meta.rules import SGD, MetaSGD, UpdateRule
 
 __all__ = [
     "SGD",
+    "AttentionLearner",
+    "CrossAttentionFrontEnd",
     "CrossEntropy",
     "HardTaskSampler",
     "InnerLoop",
     "LossObjective",
     "MAMLLearner",
     "MAMLWrapper",
+    "MetaAttention",
+    "MetaBaseline",
+    "MetaLSTM",
+    "MetaLSTMOptimizer",
     "MetaSGD",
     "Objective",
     "ParamLayout",
     "UpdateRule",
+    "centroid_logits",
+    "class_centroids",
     "default_backend",
     "flatten_params",
     "functional_forward",

@@ -14,8 +14,10 @@ Example:
     (0.4, True)
 """
 
+from metakd.recipes.baseline import ClassifierBaselineConfig, MetaBaselineConfig
 from metakd.recipes.cifar_kd import CifarKDConfig
 from metakd.recipes.maml import MAMLConfig, run_maml
+from metakd.recipes.meta_lstm import MetaLSTMConfig
 from metakd.recipes.mtl import MTLConfig, finetune_learner
 from metakd.recipes.pmaml import PMAMLConfig
 from metakd.recipes.registry import (
@@ -33,8 +35,11 @@ from metakd.recipes.runs import Run, load_run, read_config, run
 __all__ = [
     "REQUIRED_FIELDS",
     "CifarKDConfig",
+    "ClassifierBaselineConfig",
     "MAMLConfig",
     "MTLConfig",
+    "MetaBaselineConfig",
+    "MetaLSTMConfig",
     "Method",
     "PMAMLConfig",
     "Parts",
