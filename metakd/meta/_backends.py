@@ -97,6 +97,23 @@ def class_accuracy(logits: Tensor, y: Tensor, ways: int) -> Tensor:
     return hits / count  # 0/0 -> NaN for absent classes
 
 
+def query_metrics(loss: Tensor, terms: dict[str, Tensor], logits: Tensor, y: Tensor
+                  ) -> dict[str, Any]:
+    """A meta-learner's metrics of a meta-batch: ``loss``, the mean of each term over tasks,
+    and the query ``accuracy``, ``task_accuracy [T]`` and ``class_accuracy [T, N]`` from
+    ``logits [T, M, N]`` and ``y [T, M]`` (NaN for regression targets)."""
+    metrics: dict[str, Any] = {"loss": float(loss.detach()),
+                               "terms": {k: float(v.mean()) for k, v in terms.items()}}
+    if y.dtype.is_floating_point or y.dim() != 2:  # regression: no accuracy
+        nan = torch.full((y.shape[0],), float("nan"), dtype=torch.float64)
+        metrics.update(accuracy=float("nan"), task_accuracy=nan, class_accuracy=nan[:, None])
+    else:
+        accs = accuracy(logits, y)
+        metrics.update(accuracy=float(accs.mean()), task_accuracy=accs,
+                       class_accuracy=class_accuracy(logits, y, logits.shape[-1]))
+    return metrics
+
+
 class Backend:
     """Base of the paths: one task at a time through :meth:`adapt` (learn2learn, higher)."""
 

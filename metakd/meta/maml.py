@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from metakd.data.batch import TaskBatch
-from metakd.meta._backends import BACKENDS, Backend, MAMLLearner, accuracy, class_accuracy
+from metakd.meta._backends import BACKENDS, Backend, MAMLLearner, query_metrics
 from metakd.meta._params import AdaptSpec, select_adapted
 from metakd.meta.functional import ParamLayout
 from metakd.meta.inner import InnerLoop, Mode
@@ -361,19 +361,7 @@ class MAMLWrapper(nn.Module):
             # The paths build no meta-graph; the inner steps still need their gradients.
             terms, logits = self._backend.predict(task_batch, self.test_inner_steps, meta_step)
             loss = total(terms).mean().detach()
-        y = task_batch.query_y
-        metrics: dict[str, Any] = {
-            "loss": float(loss.detach()),
-            "terms": {k: float(v.mean()) for k, v in terms.items()},
-        }
-        if y.dtype.is_floating_point or y.dim() != 2:  # regression: no accuracy
-            nan = torch.full((len(task_batch),), float("nan"), dtype=torch.float64)
-            metrics.update(accuracy=float("nan"), task_accuracy=nan, class_accuracy=nan[:, None])
-        else:
-            accs = accuracy(logits, y)
-            metrics.update(accuracy=float(accs.mean()), task_accuracy=accs,
-                           class_accuracy=class_accuracy(logits, y, logits.shape[-1]))
-        return loss, metrics
+        return loss, query_metrics(loss, terms, logits, task_batch.query_y)
 
     def predict(
         self, task_batch: TaskBatch, steps: int | None = None, step: int | Tensor | None = None

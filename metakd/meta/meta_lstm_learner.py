@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from metakd.data.batch import TaskBatch
-from metakd.meta._backends import accuracy, class_accuracy
+from metakd.meta._backends import query_metrics
 from metakd.meta.functional import ParamLayout
 from metakd.meta.inner import InnerLoop, autograd_grad, run_task
 from metakd.meta.meta_lstm import MetaLSTMOptimizer
@@ -257,17 +257,7 @@ class MetaLSTM(nn.Module):
                 dot = torch.stack([(p * g).sum() for p, g in pairs]).sum()
                 loss = loss + (dot - dot.detach())
         logits = torch.stack(all_logits)
-        y = task_batch.query_y
-        metrics: dict[str, Any] = {"loss": float(loss.detach()),
-                                   "terms": {k: float(v.mean()) for k, v in stacked.items()}}
-        if y.dtype.is_floating_point or y.dim() != 2:
-            nan = torch.full((num,), float("nan"), dtype=torch.float64)
-            metrics.update(accuracy=float("nan"), task_accuracy=nan, class_accuracy=nan[:, None])
-        else:
-            accs = accuracy(logits, y)
-            metrics.update(accuracy=float(accs.mean()), task_accuracy=accs,
-                           class_accuracy=class_accuracy(logits, y, logits.shape[-1]))
-        return loss, metrics
+        return loss, query_metrics(loss, stacked, logits, task_batch.query_y)
 
     def predict(self, task_batch: TaskBatch) -> Tensor:
         """The query logits ``[T, N*Q, N]`` after meta-test adaptation, without a graph.
