@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from metakd.data import TaskBatch
 
-__all__ = ["main"]
+__all__ = ["guarded", "main", "report_failure"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,7 +82,9 @@ def _print_results(res: dict[str, Any], out: Path) -> None:
     print(f"  {verb} {res['steps']} {unit}" + (" (time budget reached)" if res["stopped_early"] else ""))
     print(f"  model: {res['selected']}")
     print(f"  held-out {res['episode']} accuracy on {res['dataset']}: {res['test_str']}")
-    print(f"  run folder: {out} (last.pt, log.jsonl, learning_curve.png, results.json)")
+    files = [n for n in ("last.pt", "best.pt", "log.jsonl", "learning_curve.png", "results.json")
+             if (out / n).is_file()]
+    print(f"  run folder: {out} ({', '.join(files)})")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -113,7 +115,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 # Parsed options that are not config fields, whatever a method's config holds.
-_NOT_CONFIG = ("command", "func", "method", "fresh", "no_progress")
+_NOT_CONFIG = ("command", "func", "method", "fresh", "no_progress", "debug", "checkpoint_every",
+               "override")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -125,7 +128,8 @@ def _train(args: argparse.Namespace) -> int:
              if v is not None and k in fields and k not in _NOT_CONFIG}
     dataset, ways, shots = given.pop("dataset"), given.pop("ways"), given.pop("shots")
     cfg = method.config_cls.paper(dataset, ways, shots, **given)
-    res = run(cfg, progress=not args.no_progress, resume=not args.fresh, method=method.name)
+    res = run(cfg, progress=not args.no_progress, resume=not args.fresh, method=method.name,
+              checkpoint_every=args.checkpoint_every, override=args.override)
     _print_results(res, Path(cfg.out_dir))
     return 0
 
@@ -147,8 +151,11 @@ def _eval(args: argparse.Namespace) -> int:
         "test_queries": args.test_queries, "test_tasks": args.episodes, "seed": args.seed,
         "device": args.device,
     }.items() if v is not None}
-    r = load_run(args.run, checkpoint="last" if args.last else "best", **overrides)
-    res = r.evaluate(progress=not args.no_progress)
+    from metakd.engine import progress_bars
+
+    with progress_bars(not args.no_progress):  # the data load_run builds, too
+        r = load_run(args.run, checkpoint="last" if args.last else "best", **overrides)
+        res = r.evaluate(progress=not args.no_progress)
     cfg, trained = r.config, r.trained_config
     where = cfg.dataset if cfg.root else f"{cfg.dataset} (bundled)"
     task = get_method(r.method).task_of(cfg)
@@ -215,8 +222,14 @@ def _add_train_parser(sub: Any, method: Any) -> None:
     t.add_argument("--out-dir", help=f"run folder (default: {d.out_dir})")
     t.add_argument("--max-seconds", type=float, help="time budget for training")
     t.add_argument("--device", help=f"cpu or cuda (default: {d.device})")
-    t.add_argument("--fresh", action="store_true", help="do not resume from the run folder")
+    t.add_argument("--checkpoint-every", type=int, default=100, metavar="N",
+                   help="write last.pt every N steps and at the end (default: %(default)s)")
+    t.add_argument("--fresh", action="store_true",
+                   help="start afresh; a run already in the folder is kept as OUT_DIR.old-N")
+    t.add_argument("--override", action="store_true",
+                   help="resume although options changed; the new values are recorded and used")
     t.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_debug(t)
     if method.add_arguments is not None:
         method.add_arguments(t)
     else:
@@ -224,10 +237,19 @@ def _add_train_parser(sub: Any, method: Any) -> None:
     t.set_defaults(func=_train)
 
 
+def _add_debug(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of a failure instead of one line")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     from metakd.recipes import methods
 
-    p = _Parser(prog="metakd", description="Few-shot meta-learning and distillation.")
+    p = _Parser(prog="metakd", description="Few-shot meta-learning and distillation. Exit "
+                "status: 0 done, 2 usage, 3 data or input file, 4 training diverged, 5 disk or "
+                "device.")
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of a failure instead of one line")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     d = sub.add_parser("demo", help="a few minutes of MAML on the bundled Omniglot")
@@ -250,6 +272,7 @@ def _build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     d.add_argument("--fresh", action="store_true", help="do not resume from the run folder")
     d.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_debug(d)
     d.set_defaults(func=_demo)
 
     t = sub.add_parser("train", help="train a registered method with the paper's settings",
@@ -278,6 +301,7 @@ def _build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", help="cpu or cuda (default: the run's)")
     e.add_argument("--last", action="store_true", help="use last.pt even if best.pt exists")
     e.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_debug(e)
     e.set_defaults(func=_eval)
 
     m = sub.add_parser("methods", help="list the registered methods")
@@ -285,16 +309,64 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (its lines joined with `` | ``)."""
+    text = " | ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return text or type(exc).__name__
+
+
+def report_failure(exc: Exception, prog: str, debug: bool = False) -> int:
+    """Print a failure as ``PROG: error: MESSAGE`` on one line and return its exit status.
+
+    Re-raises it (with its traceback) under ``debug`` or when it is not one of the classes
+    of :mod:`metakd.engine.errors` (a bug, not bad input).
+
+    Example:
+        >>> from metakd.engine.errors import UsageError
+        >>> report_failure(UsageError("steps=-1 (--steps) must be >= 0"), "metakd train")
+        2
+    """
+    from metakd.engine.errors import classify
+
+    code = classify(exc)
+    if code is None or debug:
+        raise exc
+    print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+    return code
+
+
+def guarded(fn: Callable[[], Any], prog: str) -> int:
+    """Run an example script's ``main``: 0 when it returns, else :func:`report_failure`'s
+    status (the environment variable ``METAKD_DEBUG=1`` shows the traceback instead).
+
+    Example:
+        >>> guarded(lambda: None, "demo.py")
+        0
+    """
+    import os
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        fn()
+    except Exception as e:
+        return report_failure(e, prog, debug=os.environ.get("METAKD_DEBUG", "") not in ("", "0"))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``metakd`` console script."""
+    """Entry point of the ``metakd`` console script.
+
+    A failure prints one line, ``metakd COMMAND: error: what, where and how to fix it``, and
+    exits with its class's status (:mod:`metakd.engine.errors`: 2 usage, 3 data or input, 4
+    divergence, 5 disk or device); ``--debug`` re-raises it with its traceback. An unexpected
+    exception (a bug) keeps its traceback.
+    """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = _build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ValueError, FileNotFoundError) as e:  # bad input: one line, no traceback
-        msg = " | ".join(line.strip() for line in str(e).splitlines() if line.strip())
-        print(f"metakd {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        return report_failure(e, f"metakd {args.command}", debug=args.debug)
 
 
 if __name__ == "__main__":

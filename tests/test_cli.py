@@ -52,9 +52,10 @@ def test_train_resumes_and_uses_paper_defaults(tmp_path: Path) -> None:
     assert res["steps"] == 3
 
 
-def _one_line_error(*argv: str) -> str:
+def _one_line_error(*argv: str, code: int = 2) -> str:
+    """The one line a failing command prints; ``code``: its exit status (2 usage, 3 input)."""
     r = subprocess.run([sys.executable, "-m", "metakd.cli", *argv], capture_output=True, text=True)
-    assert r.returncode == 2, r.stderr
+    assert r.returncode == code, r.stderr
     assert "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
     return r.stderr.strip()
 
@@ -70,12 +71,13 @@ def test_bad_options_are_one_line(tmp_path: Path) -> None:
     assert "unknown dataset 'imagenet'" in _one_line_error(
         "train", "maml", "--dataset", "imagenet", "--out-dir", str(tmp_path / "c"))
     assert "expected one of these layouts" in _one_line_error(
-        "train", "maml", "--root", str(tmp_path / "nowhere"), "--out-dir", str(tmp_path / "d"))
-    assert "not a run folder" in _one_line_error("eval", str(tmp_path))
+        "train", "maml", "--root", str(tmp_path / "nowhere"), "--out-dir", str(tmp_path / "d"),
+        code=3)
+    assert "not a run folder" in _one_line_error("eval", str(tmp_path), code=3)
 
 
-def _one_line_in_process(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    assert main(list(argv)) == 2
+def _one_line_in_process(capsys: pytest.CaptureFixture[str], *argv: str, code: int = 2) -> str:
+    assert main(list(argv)) == code
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "Traceback" not in err, err
     return err
@@ -157,6 +159,7 @@ def test_eval_errors_are_one_line(tiny_run: Path, tmp_path: Path,
     err = _one_line_in_process(capsys, "eval", str(alien))
     assert "method 'reptile' is not registered; registered methods: " in err and "maml" in err
     (alien / "config.json").write_text(json.dumps({"method": "maml"}))
-    assert "has config.json but no last.pt" in _one_line_in_process(capsys, "eval", str(alien))
+    assert "has config.json but no last.pt" in _one_line_in_process(capsys, "eval", str(alien),
+                                                                    code=3)
     assert "2000-way episodes need 2000 classes" in _one_line_in_process(
         capsys, "eval", str(tiny_run), "--ways", "2000", "--no-progress")

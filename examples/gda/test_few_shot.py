@@ -19,10 +19,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from train_classifier import read_yaml
-
 from metakd.recipes import load_run
-from metakd.recipes.baseline_options import dataset_name, launch_gpus, run_folder
+from metakd.recipes.baseline_options import dataset_name, launch_gpus, read_original, run_folder
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.sauc:
         p.error("--sauc (single-class AUC) is not provided")
-    c = read_yaml(args.config) if args.config else {}
+    c = read_original(args.config, "test") if args.config else {}
     path = args.load or c.get("load") or c.get("load_encoder")
     if not path:
         p.error("give --load RUN_DIR or a --config with load / load_encoder")
@@ -66,4 +64,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from metakd.cli import guarded
+
+    raise SystemExit(guarded(main, "test_few_shot.py"))

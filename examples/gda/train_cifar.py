@@ -23,6 +23,7 @@ import json
 import os
 
 from metakd.recipes import CifarKDConfig, run
+from metakd.recipes.baseline_options import read_yaml
 
 # cifar_v0.yaml keys this script maps (others are reported and ignored).
 YAML_KEYS = {"epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
@@ -62,10 +63,7 @@ def config(args: argparse.Namespace) -> CifarKDConfig:
 
     values = {}
     if args.config:
-        import yaml  # PyYAML, only for --config
-
-        with open(args.config, encoding="utf-8") as f:
-            loaded = yaml.safe_load(f) or {}
+        loaded = read_yaml(args.config)
         values = {YAML_KEYS[k]: v for k, v in loaded.items() if k in YAML_KEYS}
         ignored = sorted(k for k in loaded if k not in YAML_KEYS)
         if ignored:
@@ -96,5 +94,7 @@ def config(args: argparse.Namespace) -> CifarKDConfig:
 
 
 if __name__ == "__main__":
-    cfg = config(parse())
-    print(json.dumps(run(cfg), indent=2))
+    from metakd.cli import guarded
+
+    raise SystemExit(guarded(lambda: print(json.dumps(run(config(parse())), indent=2)),
+                             "train_cifar.py"))

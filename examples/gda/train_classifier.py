@@ -24,17 +24,7 @@ import sys
 from typing import Any
 
 from metakd.recipes import run
-from metakd.recipes.baseline_options import from_original, launch_gpus
-
-
-def read_yaml(path: str) -> dict[str, Any]:
-    """The YAML config as a dict (PyYAML is needed only here, for ``--config``)."""
-    try:
-        import yaml
-    except ImportError:
-        sys.exit("--config needs PyYAML: pip install pyyaml")
-    with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f) or {}
+from metakd.recipes.baseline_options import from_original, launch_gpus, read_original
 
 
 def parser(stage: str) -> argparse.ArgumentParser:
@@ -76,7 +66,7 @@ def main(stage: str = "classifier", argv: list[str] | None = None) -> dict[str, 
     """Parse, map the YAML and options onto the recipe, run, print the result line."""
     args = parser(stage).parse_args(argv)
     device = args.device or launch_gpus(args.gpu)
-    cfg = from_original(read_yaml(args.config), stage, res_type=args.res_type,
+    cfg = from_original(read_original(args.config, stage), stage, res_type=args.res_type,
                         teacher_res_type=args.teacher_res_type,
                         teacher_meta_model=getattr(args, "teacher_meta_model", False),
                         out_root=args.out_root, name=args.name, tag=args.tag, root=args.root,
@@ -91,4 +81,6 @@ def main(stage: str = "classifier", argv: list[str] | None = None) -> dict[str, 
 
 
 if __name__ == "__main__":
-    main("classifier")
+    from metakd.cli import guarded
+
+    raise SystemExit(guarded(lambda: main("classifier"), "train_classifier.py"))

@@ -24,4 +24,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_classifier import main
 
 if __name__ == "__main__":
-    main("meta")
+    from metakd.cli import guarded
+
+    raise SystemExit(guarded(lambda: main("meta"), "train_meta.py"))

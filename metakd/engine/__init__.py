@@ -13,9 +13,17 @@ from metakd.engine.distributed import (
     rank_slice,
     shutdown_distributed,
 )
+from metakd.engine.errors import (
+    DivergenceError,
+    InputError,
+    MetakdError,
+    RunEnvironmentError,
+    UsageError,
+)
 from metakd.engine.evaluation import evaluate
 from metakd.engine.logger import JsonlLogger, plot_learning_curve, read_log
-from metakd.engine.objective import supervised_loss
+from metakd.engine.objective import HasTrainingLoss, supervised_loss
+from metakd.engine.progress import progress_bars, show_progress
 from metakd.engine.schedule import BudgetCosine
 from metakd.engine.stats import (
     EvalResult,
@@ -29,12 +37,18 @@ from metakd.engine.trainer import FitResult, MetaLearner, NonFiniteLossError, fi
 __all__ = [
     "BudgetCosine",
     "Callback",
+    "DivergenceError",
     "EvalResult",
     "FitResult",
     "FitState",
+    "HasTrainingLoss",
+    "InputError",
     "JsonlLogger",
     "MetaLearner",
+    "MetakdError",
     "NonFiniteLossError",
+    "RunEnvironmentError",
+    "UsageError",
     "all_reduce_gradients",
     "binomial_confidence_interval",
     "evaluate",
@@ -44,9 +58,11 @@ __all__ = [
     "mean_confidence_interval",
     "paired_difference",
     "plot_learning_curve",
+    "progress_bars",
     "rank_slice",
     "read_log",
     "save_checkpoint",
+    "show_progress",
     "shutdown_distributed",
     "student_t_quantile",
     "supervised_loss",

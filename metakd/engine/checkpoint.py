@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from metakd.engine.errors import InputError
 
 __all__ = ["get_rng_state", "load_checkpoint", "save_checkpoint", "set_rng_state"]
 
@@ -17,7 +20,12 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path
     """Write ``state`` with ``torch.save`` to a temporary file in the same folder, then rename.
 
     A reader (or a run killed mid-write, SIGKILL included) sees either the previous complete
-    file or the new complete file, never a partial one.
+    file or the new complete file, never a partial one (see
+    :func:`metakd.engine.runfolder.atomic_write`).
+
+    Raises:
+        RunEnvironmentError: the disk is full or the folder is not writable; the previous file
+            is unchanged.
 
     Example:
         >>> import tempfile, torch
@@ -26,19 +34,9 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path
         ...     load_checkpoint(path)["w"]
         tensor([1., 1.])
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    from metakd.engine.runfolder import atomic_write, checkpoint_bytes
+
+    return atomic_write(path, checkpoint_bytes(state))
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Any:
@@ -46,6 +44,10 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
 
     Raises:
         FileNotFoundError: there is no file at ``path``.
+        InputError: the file is empty or not a PyTorch checkpoint (text, truncated, another
+            format), or it pickles Python objects that weights-only loading refuses to run
+            (one line naming the object; metakd never loads such a file with
+            ``weights_only=False``).
 
     Example:
         >>> import tempfile, torch
@@ -57,7 +59,45 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    if path.stat().st_size == 0:
+        raise InputError(f"{path} is empty, not a PyTorch checkpoint")
+    try:
+        with warnings.catch_warnings():  # a plain pickle's protocol: the error says enough
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise unreadable_checkpoint(path, e) from None
+
+
+def _first_line(text: str, limit: int = 160) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # terminal colour codes
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def unreadable_checkpoint(path: Path, exc: BaseException) -> InputError:
+    """The one-line :class:`InputError` for a file ``torch.load`` could not read safely.
+
+    A file that pickles Python objects (refused by weights-only loading) is named as such,
+    with the object; anything else is "not a PyTorch checkpoint" with the first line of the
+    reason.
+
+    Example:
+        >>> str(unreadable_checkpoint(Path("t.pt"), KeyError(101)))
+        't.pt is not a PyTorch checkpoint (torch.load failed: KeyError: 101)'
+    """
+    text = str(exc)
+    refused = re.search(r"WeightsUnpickler error: (.*)", text, re.DOTALL)
+    detail = _first_line(refused.group(1)) if refused else ""
+    found = re.search(r"GLOBAL ([\w.<>]+)", text)
+    if found or "reduce for unrecognized function" in detail or "new object" in detail:
+        what = f" ({found.group(1)})" if found else f" ({detail})"
+        return InputError(f"{path}: refused: the file pickles Python objects{what} that "
+                          "weights-only loading does not run; save a state dict of tensors "
+                          "instead")
+    reason = detail or _first_line(text) or "unexpected end of file"
+    return InputError(f"{path} is not a PyTorch checkpoint (torch.load failed: "
+                      f"{type(exc).__name__}: {reason})")
 
 
 def get_rng_state() -> dict[str, Any]:

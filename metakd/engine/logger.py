@@ -49,13 +49,31 @@ class JsonlLogger:
                     log.debug("tensorboard not installed; logging to JSON lines only")
 
     def truncate_after(self, step: int) -> None:
-        """Drop records after ``step`` (used on resume so the log matches the checkpoint)."""
+        """Drop records after ``step`` (used on resume so the log matches the checkpoint).
+
+        The file is rewritten atomically, and only when a record is dropped.
+        """
         if self.path is None or not self.path.exists():
             return
-        keep = [r for r in read_log(self.path) if r.get("step", 0) <= step]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-        os.replace(tmp, self.path)
+        records = read_log(self.path)
+        keep = [r for r in records if r.get("step", 0) <= step]
+        if len(keep) == len(records):
+            return
+        from metakd.engine.runfolder import atomic_write
+
+        atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in keep).encode())
+
+    def size(self) -> int:
+        """The log's length in bytes (0 without a file): a mark for :meth:`rollback`."""
+        if self.path is None or not self.path.exists():
+            return 0
+        return self.path.stat().st_size
+
+    def rollback(self, size: int) -> None:
+        """Cut the log back to ``size`` bytes (a :meth:`size` mark); needs no free disk space."""
+        if self.path is None or not self.path.exists() or self.path.stat().st_size <= size:
+            return
+        os.truncate(self.path, size)
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one record (a JSON-ready dict with ``kind`` and ``step``)."""

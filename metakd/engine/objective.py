@@ -1,17 +1,27 @@
 """What one training step computes: the loss of a batch (episodes or minibatches), named terms.
 
-Two kinds of batch reach the engine:
+:class:`Objective` is the one place that decides which loss a batch gets. In order:
 
-- **episodes**: a :class:`metakd.data.TaskBatch`; the default objective is the learner's
-  ``meta_loss(batch, training=..., step=...)``;
-- **minibatches**: a tuple or list ``(x [B, ...], y [B])`` (a ``NamedTuple`` counts); the
-  default objective is :func:`supervised_loss`, the cross-entropy of ``learner(x)``.
+1. ``loss_fn(learner, batch, step) -> (loss, metrics)`` when the caller passes one (the older
+   two-argument form ``loss_fn(learner, batch)`` is accepted too): an explicit objective wins;
+2. the learner's own training objective, ``learner.training_loss(batch, step) -> (loss,
+   metrics)`` (the :class:`HasTrainingLoss` protocol), for any batch, in training. A learner
+   whose loss is more than the cross-entropy of its outputs (for example
+   :class:`metakd.distill.Distiller`, whose loss has a distillation term) defines it, so
+   ``fit(learner, ...)`` trains on that loss without being told;
+3. **episodes** (a :class:`metakd.data.TaskBatch`): the meta-learner's
+   ``meta_loss(batch, training=..., step=...)``, which is the training objective of the
+   episodic learners (MAML, PMAML, Meta-LSTM, Meta-Baseline) and their evaluation;
+4. **minibatches** (a tuple or list ``(x [B, ...], y [B])``; a ``NamedTuple`` counts):
+   :func:`supervised_loss`, the cross-entropy of ``learner(x)``.
 
-Any other objective plugs in as ``loss_fn(learner, batch, step) -> (loss, metrics)``; the older
-two-argument form ``loss_fn(learner, batch)`` is accepted too. ``metrics`` may hold
-``"accuracy"`` (a float), ``"terms"`` (``{name: float or 0-d tensor}``, the named parts of the
-loss, logged as ``loss/NAME``) and any other scalar; tensors with more than one element (for
-example ``task_accuracy [T]`` or ``class_accuracy``) reach callbacks but are not logged.
+In evaluation (``training=False``) episodes go to ``meta_loss(batch, training=False)`` first,
+and to ``training_loss`` (called in eval mode) only when the learner has no ``meta_loss``.
+
+``metrics`` may hold ``"accuracy"`` (a float), ``"terms"`` (``{name: float or 0-d tensor}``,
+the named parts of the loss, logged as ``loss/NAME``) and any other scalar; tensors with more
+than one element (for example ``task_accuracy [T]`` or ``class_accuracy``) reach callbacks but
+are not logged.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -27,11 +37,49 @@ from torch import nn
 
 from metakd.data.batch import TaskBatch
 
-__all__ = ["LossFn", "Metrics", "supervised_loss"]
+__all__ = ["HasTrainingLoss", "LossFn", "Metrics", "own_training_loss", "supervised_loss"]
 
 Metrics = dict[str, Any]
 LossFn = Callable[..., tuple[torch.Tensor, Metrics]]
 """``loss_fn(learner, batch, step) -> (loss, metrics)``, or the older ``loss_fn(learner, batch)``."""
+
+
+@runtime_checkable
+class HasTrainingLoss(Protocol):
+    """A learner with its own training objective, which :func:`metakd.engine.fit` prefers.
+
+    ``training_loss(batch, step) -> (loss, metrics)``: the loss of one batch at the 0-based
+    training ``step`` (a 0-d tensor with a graph) and its metrics (``"accuracy"``,
+    ``"terms"``: the named parts of the loss). In eval mode it may return a plain validation
+    loss. An explicit ``loss_fn`` passed to ``fit`` still wins; a learner without the method
+    trains on its ``meta_loss`` (episodes) or on the cross-entropy of its outputs
+    (minibatches).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> class Smooth(nn.Linear):
+        ...     def training_loss(self, batch, step=0):
+        ...         x, y = batch
+        ...         loss = nn.functional.cross_entropy(self(x), y, label_smoothing=0.1)
+        ...         return loss, {"terms": {"smoothed_ce": float(loss)}}
+        >>> isinstance(Smooth(2, 2), HasTrainingLoss), isinstance(nn.Linear(2, 2), HasTrainingLoss)
+        (True, False)
+    """
+
+    def training_loss(self, batch: Any, step: int = 0) -> tuple[torch.Tensor, Metrics]: ...
+
+
+def own_training_loss(learner: Any) -> Callable[[Any, int], tuple[torch.Tensor, Metrics]] | None:
+    """The learner's bound ``training_loss`` (see :class:`HasTrainingLoss`), or ``None``.
+
+    Example:
+        >>> from torch import nn
+        >>> own_training_loss(nn.Linear(2, 2)) is None
+        True
+    """
+    fn = getattr(learner, "training_loss", None)
+    return fn if callable(fn) else None
 
 
 def is_minibatch(batch: Any) -> bool:
@@ -138,6 +186,11 @@ def _accepts_keyword(fn: Callable[..., Any], name: str) -> bool:
 class Objective:
     """``objective(batch, step) -> (loss, metrics)`` for one learner; signatures inspected once.
 
+    The order in which the objective is chosen is the module docstring's: an explicit
+    ``loss_fn``, then the learner's ``training_loss`` (:class:`HasTrainingLoss`), then
+    ``meta_loss`` for episodes and ``minibatch_default`` for minibatches. In evaluation
+    (``training=False``) episodes prefer ``meta_loss``.
+
     Args:
         learner: the model or meta-learner.
         loss_fn: a user objective (three- or two-argument form), or ``None`` for the defaults.
@@ -151,6 +204,7 @@ class Objective:
         self.loss_fn = loss_fn
         self.training = training
         self.minibatch_default = minibatch_default
+        self.own = own_training_loss(learner) if loss_fn is None else None
         self._with_step = _positional_capacity(loss_fn) >= 3 if loss_fn is not None else True
         self._meta_step: bool | None = None  # does meta_loss take step=? (checked on first use)
 
@@ -159,13 +213,16 @@ class Objective:
             if self._with_step:
                 return self.loss_fn(self.learner, batch, 0 if step is None else step)
             return self.loss_fn(self.learner, batch)
+        meta_loss = getattr(self.learner, "meta_loss", None) if isinstance(batch, TaskBatch) \
+            else None
+        if self.own is not None and (self.training or meta_loss is None):
+            return self.own(batch, 0 if step is None else step)
         if isinstance(batch, TaskBatch):
-            meta_loss = getattr(self.learner, "meta_loss", None)
             if meta_loss is None:
                 raise TypeError(
-                    f"{type(self.learner).__name__} has no meta_loss(batch, training, step): "
-                    "train episodes with a meta-learner (e.g. metakd.MAMLWrapper) or pass "
-                    "loss_fn=..."
+                    f"{type(self.learner).__name__} has no meta_loss(batch, training, step) "
+                    "nor training_loss(batch, step): train episodes with a meta-learner (e.g. "
+                    "metakd.MAMLWrapper) or pass loss_fn=..."
                 )
             if self._meta_step is None:
                 self._meta_step = _accepts_keyword(meta_loss, "step")
@@ -176,7 +233,8 @@ class Objective:
             return self.minibatch_default(self.learner, batch, 0 if step is None else step)
         raise TypeError(
             f"no default objective for a batch of type {type(batch).__name__}: the engine knows "
-            "TaskBatch episodes and (x, y) minibatches; pass loss_fn(learner, batch, step)"
+            "TaskBatch episodes and (x, y) minibatches; pass loss_fn(learner, batch, step) or "
+            "give the learner a training_loss(batch, step)"
         )
 
 

@@ -1,10 +1,60 @@
-"""The training progress bar: steps out of ``steps``, or seconds out of a time budget."""
+"""Progress bars: the training bar, and the default that switches every other bar off.
+
+:class:`TrainingBar` counts steps out of ``steps``, or seconds out of a time budget.
+
+Bars that a run shows without being asked (decoding a data set into the cache, downloading
+it) take ``progress=None``, which means "the current default": :func:`show_progress` reads
+it, and :func:`progress_bars` sets it for a block of code. :func:`metakd.recipes.run` and the
+``metakd`` command set it from their own ``progress`` setting (``--no-progress``), so a quiet
+run is quiet from the data it builds to its test, without a flag threaded through every
+reader. An explicit ``progress=True`` or ``False`` always wins over the default.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["TrainingBar"]
+__all__ = ["TrainingBar", "progress_bars", "show_progress"]
+
+_DEFAULT: contextvars.ContextVar[bool] = contextvars.ContextVar("metakd_progress", default=True)
+
+
+def show_progress(progress: bool | None = None) -> bool:
+    """Whether to show a bar: ``progress`` when given, else the current default.
+
+    Example:
+        >>> show_progress(), show_progress(False)
+        (True, False)
+        >>> with progress_bars(False):
+        ...     show_progress(), show_progress(True)
+        (False, True)
+    """
+    return _DEFAULT.get() if progress is None else bool(progress)
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool) -> Iterator[None]:
+    """Set the default of :func:`show_progress` inside a ``with`` block (restored after).
+
+    Args:
+        enabled: ``False`` hides the bars that are not asked for explicitly (data-cache
+            decoding, downloads); ``True`` shows them.
+
+    Example:
+        >>> with progress_bars(False):
+        ...     show_progress()
+        False
+        >>> show_progress()
+        True
+    """
+    token = _DEFAULT.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _DEFAULT.reset(token)
 
 
 def _tqdm(**kwargs: Any) -> Any:

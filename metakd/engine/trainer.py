@@ -9,6 +9,7 @@ to the learner's ``meta_loss(batch, training=True, step=step)``; ``(x, y)`` mini
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -21,8 +22,9 @@ from torch import nn
 
 from metakd.data.batch import TaskBatch
 from metakd.engine.callbacks import Callback, FitState
-from metakd.engine.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from metakd.engine.checkpoint import get_rng_state, load_checkpoint, set_rng_state
 from metakd.engine.distributed import all_reduce_gradients, rank_slice, world
+from metakd.engine.errors import DivergenceError, InputError
 from metakd.engine.evaluation import evaluate
 from metakd.engine.logger import JsonlLogger
 from metakd.engine.objective import (
@@ -35,6 +37,7 @@ from metakd.engine.objective import (
     move_batch,
 )
 from metakd.engine.progress import TrainingBar
+from metakd.engine.runfolder import RunFolder, checkpoint_bytes
 from metakd.engine.stats import EvalResult
 
 __all__ = ["FitResult", "MetaLearner", "NonFiniteLossError", "evaluate", "fit"]
@@ -65,8 +68,12 @@ class MetaLearner(Protocol):
                   step: int = 0) -> tuple[torch.Tensor, Metrics]: ...
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; the run stopped and its last good checkpoint was kept.
+class NonFiniteLossError(DivergenceError):
+    """The loss, a gradient or a weight became NaN or infinite; the run stopped.
+
+    The message names the step, the first non-finite tensor and the last finite checkpoint,
+    which is kept as it was (or says that there is none). A :class:`DivergenceError`, so also
+    a ``FloatingPointError``.
 
     Example:
         >>> issubclass(NonFiniteLossError, FloatingPointError)
@@ -113,14 +120,37 @@ def _state(learner: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
     }
 
 
-def _non_finite(loss: torch.Tensor, step: int, last_path: Path | None) -> NonFiniteLossError:
-    kept = (load_checkpoint(last_path)["step"] if last_path is not None and last_path.exists()
-            else "none")
+def _non_finite(what: str, step: int, last_path: Path | None) -> NonFiniteLossError:
+    """The divergence stop: ``what`` is not finite at (1-based) step ``step + 1``."""
+    if last_path is not None and last_path.exists():
+        try:
+            kept = f"the last finite checkpoint, {last_path} (step {load_checkpoint(last_path)['step']}), is kept"
+        except (InputError, KeyError, TypeError):
+            kept = f"{last_path} is kept as it was"
+    else:
+        kept = "there is no checkpoint to keep"
     return NonFiniteLossError(
-        f"the training loss is {float(loss.detach())} at step {step + 1}; stopped without "
-        f"updating. The last good checkpoint ({last_path}, step {kept}) is kept. Lower the "
-        "learning rates or clip gradients (clip_grad_norm)."
+        f"training diverged at step {step + 1}: {what}; stopped without updating and wrote no "
+        f"result; {kept}. Lower the learning rates or clip gradients (clip_grad_norm)"
     )
+
+
+def _first_non_finite(named: Iterable[tuple[str, torch.Tensor | None]]) -> str | None:
+    """The name and kind (``nan``/``inf``) of the first non-finite floating tensor, or None."""
+    for name, t in named:
+        if t is None or not torch.is_floating_point(t):
+            continue
+        if not bool(torch.isfinite(t).all()):
+            kind = "NaN" if bool(torch.isnan(t).any()) else "infinite"
+            return f"{name} is {kind}"
+    return None
+
+
+def _grads_finite(grads: list[torch.Tensor]) -> bool:
+    """One fused max-abs over every gradient: finite iff every entry is (NaN propagates)."""
+    if not grads:
+        return True
+    return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=float("inf"))))
 
 
 def _restore(ckpt: dict[str, Any], path: Path, learner: nn.Module,
@@ -133,8 +163,15 @@ def _restore(ckpt: dict[str, Any], path: Path, learner: nn.Module,
             f"{len(callbacks)}: resume with the same callbacks, in the same order, as the run "
             "that wrote it (or pass resume=False, or another out_dir, to start afresh)"
         )
-    learner.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
+    try:
+        learner.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()
+        detail = next((ln.strip() for ln in first if "size mismatch" in ln or "Missing" in ln
+                       or "Unexpected" in ln), first[0] if first else type(e).__name__)
+        raise InputError(f"{path} does not fit the learner built now ({detail}); resume with "
+                         "the options that wrote it, or start afresh (--fresh)") from None
     if scheduler is not None and ckpt["scheduler"] is not None:
         scheduler.load_state_dict(ckpt["scheduler"])
     if ckpt["sampler"] is not None and hasattr(batches, "load_state_dict"):
@@ -160,7 +197,7 @@ def fit(
     scheduler: Any = None,
     clip_grad_norm: float | None = None,
     clip_grad_value: float | None = None,
-    out_dir: str | os.PathLike[str] | None = None,
+    out_dir: str | os.PathLike[str] | RunFolder | None = None,
     checkpoint_every: int = 100,
     resume: bool = True,
     max_seconds: float | None = None,
@@ -170,15 +207,22 @@ def fit(
     tensorboard: bool = True,
     val_tasks: Iterable[Any] | None = None,
     eval_fn: Callable[..., EvalResult] | None = None,
+    on_resume: Callable[[], None] | None = None,
+    divergence_factor: float | None = 1000.0,
 ) -> FitResult:
     """Train ``learner`` for ``steps`` steps on a stream of episodes or minibatches.
 
     Each step takes a batch (from the first callback whose ``next_batch()`` returns one, else
     from ``batches``), computes the objective, back-propagates, clips, takes an optimiser step
-    and a scheduler step, then calls every callback's ``on_step_end``. The objective is:
+    and a scheduler step, then calls every callback's ``on_step_end``. The objective is the
+    first of (chosen in one place, :mod:`metakd.engine.objective`):
 
     - ``loss_fn(learner, batch, step) -> (loss, metrics)`` when given (the older two-argument
       ``loss_fn(learner, batch)`` works too);
+    - the learner's own ``learner.training_loss(batch, step)`` when it has one
+      (:class:`metakd.engine.HasTrainingLoss`; :class:`metakd.distill.Distiller` does, so
+      ``fit(Distiller(student, teacher, ...), ...)`` trains on cross-entropy *and* the
+      distillation terms);
     - for a :class:`metakd.data.TaskBatch`, ``learner.meta_loss(batch, training=True,
       step=step)`` (without ``step`` when ``meta_loss`` does not take it);
     - for a minibatch ``(x [B, ...], y [B])``, :func:`metakd.engine.supervised_loss`.
@@ -229,13 +273,24 @@ def fit(
         device: where to move each batch.
         tensorboard: also log to TensorBoard when it is installed.
         val_tasks: the former name of ``val_data`` (still accepted).
+        on_resume: called after a checkpoint was restored, before training goes on (for
+            example to give the optimiser changed hyper-parameters).
+        divergence_factor: stop as diverged when the training loss exceeds this many times
+            its value at the first step of the call (or this many times 1, when that is
+            smaller): a cross-entropy of a thousand means logits a thousand apart, which no
+            learning run recovers from. ``None``: only NaN/inf stop a run.
 
     Returns:
         :class:`FitResult`.
 
+    Every step checks that the loss and the gradients are finite (one fused max over the
+    gradients) and that the loss has not exploded (``divergence_factor``); every checkpoint
+    checks the weights. A run that fails a check stops before updating, with
+    :class:`NonFiniteLossError` naming the step and the first offending tensor.
+
     Raises:
-        NonFiniteLossError: the loss became NaN/inf; nothing is written after the last good
-            step and ``last.pt`` stays as it was.
+        NonFiniteLossError: training diverged; nothing is written after the last good
+            checkpoint and ``last.pt`` stays as it was.
         ValueError: ``last.pt`` holds a different number of callback states; the stream ended
             before ``steps``; both ``val_data`` and ``val_tasks`` were given.
 
@@ -255,30 +310,47 @@ def fit(
         if val_data is not None:
             raise ValueError("pass val_data or its former name val_tasks, not both")
         val_data = val_tasks
+    if steps < 0 or checkpoint_every < 1 or log_every < 1 or (val_data is not None
+                                                              and val_every < 1):
+        raise ValueError(f"fit needs steps >= 0 and positive periods; got steps={steps}, "
+                         f"checkpoint_every={checkpoint_every}, val_every={val_every}, "
+                         f"log_every={log_every}")
     callbacks = list(callbacks)
     rank, world_size = world()
     main_rank = rank == 0
-    folder = Path(out_dir) if out_dir is not None else None
+    run_folder = (out_dir if isinstance(out_dir, RunFolder)
+                  else RunFolder(out_dir) if out_dir is not None else None)
+    folder = run_folder.path if run_folder is not None else None
     last_path = folder / "last.pt" if folder is not None else None
     best: dict[str, Any] = {"accuracy": None, "step": None, "result": None}
     start = 0
     history: list[dict[str, Any]] = []
-    resumed = False
     if resume and last_path is not None and last_path.exists():
-        resumed = True
         ckpt = load_checkpoint(last_path)
         _restore(ckpt, last_path, learner, optimizer, scheduler, batches, callbacks)
         best = ckpt["best"]
         start = int(ckpt["step"])
+        if on_resume is not None:
+            on_resume()
         log.info("resumed from %s at step %d", last_path, start)
     logger = JsonlLogger(folder if main_rank else None, tensorboard=tensorboard)
-    if resumed and main_rank:
-        logger.truncate_after(start)
+    if main_rank:
+        logger.truncate_after(start)  # a fresh run starts an empty log; a resumed one its own
+    committed_log = logger.size()
 
     def checkpoint(step: int) -> None:
-        if last_path is not None and main_rank:
-            save_checkpoint(_state(learner, optimizer, scheduler, step, batches, best, callbacks),
-                            last_path)
+        """Stage ``last.pt`` (and a better ``best.pt``) and commit them with the caller's files;
+        the weights are checked first: a non-finite weight never reaches a checkpoint."""
+        nonlocal committed_log
+        if run_folder is None or not main_rank:
+            return
+        bad = _first_non_finite(learner.state_dict().items())
+        if bad is not None:
+            raise _non_finite(f"the weight {bad}", step - 1, last_path)
+        state = _state(learner, optimizer, scheduler, step, batches, best, callbacks)
+        run_folder.stage("last.pt", lambda: checkpoint_bytes(state))
+        run_folder.commit()
+        committed_log = logger.size()
 
     def validate(step: int) -> None:
         if val_data is None:
@@ -293,9 +365,10 @@ def fit(
         log.info("step %d: validation %s", step, res)
         if best["accuracy"] is None or res.mean > best["accuracy"]:
             best.update(accuracy=res.mean, step=step, result=res.as_dict())
-            if folder is not None and main_rank:
-                save_checkpoint({"step": step, "model": learner.state_dict(),
-                                 "val": res.as_dict()}, folder / "best.pt")
+            if run_folder is not None and main_rank:  # written with the next last.pt
+                weights = {k: v.detach().clone() for k, v in learner.state_dict().items()}
+                record = {"step": step, "model": weights, "val": res.as_dict()}
+                run_folder.stage("best.pt", lambda: checkpoint_bytes(record))
 
     def draw() -> Any:
         for cb in callbacks:
@@ -317,6 +390,7 @@ def fit(
     t_start = time.perf_counter()
     step = start
     stopped_early = False
+    first_loss: tuple[int, float] | None = None
     for cb in callbacks:
         cb.on_fit_start(FitState(learner, optimizer, scheduler, start, steps, folder, device,
                                  rank, world_size, max_seconds))
@@ -328,11 +402,24 @@ def fit(
             while step < steps:
                 batch = move_batch(rank_slice(draw(), rank, world_size), device)
                 loss, metrics = objective(batch, step)
-                if not torch.isfinite(loss.detach()).all():
-                    raise _non_finite(loss, step, last_path)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise _non_finite(f"the training loss is {value}", step, last_path)
+                if first_loss is None:
+                    first_loss = (step, value)
+                elif divergence_factor is not None and \
+                        value > divergence_factor * max(abs(first_loss[1]), 1.0):
+                    raise _non_finite(
+                        f"the training loss {value:.4g} is over {divergence_factor:g} times its "
+                        f"value at step {first_loss[0] + 1} ({first_loss[1]:.4g})", step,
+                        last_path)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 all_reduce_gradients(params)
+                if not _grads_finite([p.grad for p in params if p.grad is not None]):
+                    bad = _first_non_finite((f"the gradient of {n}", p.grad)
+                                            for n, p in learner.named_parameters())
+                    raise _non_finite(bad or "a gradient is not finite", step, last_path)
                 if clip_grad_value is not None:
                     torch.nn.utils.clip_grad_value_(params, clip_grad_value)
                 if clip_grad_norm is not None:
@@ -367,6 +454,14 @@ def fit(
                 if max_seconds is not None and time.perf_counter() - t_start > max_seconds:
                     bar.update(step, time.perf_counter() - t_start)  # the budget is used up
                     stopped_early = step < steps
+                    if step % log_every != 0:  # the log ends at the step the run ended
+                        rec = {"kind": "train", "step": step, "loss": float(loss),
+                               "accuracy": metric_accuracy(metrics),
+                               **loggable_metrics(metrics, _RESERVED),
+                               "lr": optimizer.param_groups[0]["lr"],
+                               "elapsed_s": time.perf_counter() - t_start}
+                        history.append(rec)
+                        logger.write(rec)
                     break
         except KeyboardInterrupt:
             log.warning("interrupted at step %d: saving %s before stopping", step, last_path)
@@ -377,6 +472,12 @@ def fit(
         if val_data is not None and (best["step"] != step):
             validate(step)
         checkpoint(step)
+    except BaseException:
+        if main_rank:  # the log goes back to the last checkpoint, as a resume would read it
+            logger.rollback(committed_log)
+        if run_folder is not None:
+            run_folder.discard()
+        raise
     finally:
         logger.close()
     best_res = best["result"]

@@ -28,7 +28,21 @@ from typing import Any
 
 from metakd.recipes.baseline import ClassifierBaselineConfig, MetaBaselineConfig
 
-__all__ = ["dataset_name", "from_original", "launch_gpus", "run_folder"]
+__all__ = ["ORIGINAL_KEYS", "check_original", "dataset_name", "from_original", "launch_gpus",
+           "read_original", "read_yaml", "run_folder"]
+
+ORIGINAL_KEYS: dict[str, type | tuple[type, ...]] = {
+    **{k: dict for k in ("train_dataset_args", "val_dataset_args", "fs_dataset_args",
+                         "tval_dataset_args", "model_args", "teacher_model_args",
+                         "optimizer_args", "kd_loss_config")},
+    **{k: str for k in ("train_dataset", "val_dataset", "fs_dataset", "tval_dataset", "model",
+                        "teacher_model", "optimizer", "load", "load_encoder", "teacher_load")},
+    **{k: int for k in ("max_epoch", "save_epoch", "batch_size", "n_way", "n_shot", "n_query",
+                        "train_batches", "ep_per_batch", "eval_fs_epoch")},
+    **{k: bool for k in ("freeze_bn", "visualize_datasets", "_parallel")},
+}
+"""The keys of the original few-shot YAML configs (Meta-Baseline, W2S, GDA) and their types;
+a file may also set any field of the recipe's config by its metakd name."""
 
 _DATASETS = {"mini-imagenet": "miniimagenet", "tiered-imagenet": "tieredimagenet",
              "omniglot": "omniglot", "miniimagenet": "miniimagenet",
@@ -41,6 +55,111 @@ _KD_KEYS = {"loss_weight": "kd_weight", "temperature": "temperature", "T": "temp
             "threshold": "threshold", "fisher_rao_lamda": "fisher_rao_weight",
             "sinkhorn_lamda": "sinkhorn_weight", "dkd_alpha": "dkd_alpha",
             "dkd_beta": "dkd_beta"}
+
+
+def _field_types(stage: str) -> dict[str, type | tuple[type, ...]]:
+    if stage == "test":  # test_few_shot.py's own keys
+        return {"dataset": str, "dataset_args": dict}
+    cls = ClassifierBaselineConfig if stage == "classifier" else MetaBaselineConfig
+    out: dict[str, type | tuple[type, ...]] = {}
+    for fd in dataclasses.fields(cls):
+        default: Any = None
+        if fd.default is not dataclasses.MISSING:
+            default = fd.default
+        elif fd.default_factory is not dataclasses.MISSING:
+            default = fd.default_factory()
+        if isinstance(default, bool):
+            out[fd.name] = bool
+        elif isinstance(default, (int, float)):
+            out[fd.name] = (int, float) if isinstance(default, float) else int
+        elif isinstance(default, (str, list, dict)):
+            out[fd.name] = type(default)
+        else:
+            out[fd.name] = object
+    return out
+
+
+def check_original(config: Mapping[str, Any], stage: str, source: str = "the config") -> None:
+    """Refuse unknown keys (naming the closest valid one) and values of the wrong type.
+
+    ``stage`` is ``"classifier"``, ``"meta"`` (the keys of :data:`ORIGINAL_KEYS` and the
+    recipe's config fields) or ``"test"`` (``test_few_shot.py``: also ``dataset``).
+
+    Raises:
+        InputError: one line naming the file, the key and the fix.
+
+    Example:
+        >>> check_original({"max_epoch": 3}, "classifier")
+        >>> check_original({"max_epochs": 3}, "classifier", "c.yaml")
+        Traceback (most recent call last):
+        ...
+        metakd.engine.errors.InputError: c.yaml: unknown key 'max_epochs' (did you mean 'max_epoch'?)
+    """
+    import difflib
+
+    from metakd.engine.errors import InputError
+
+    known = {**_field_types(stage), **ORIGINAL_KEYS}
+    for key, value in config.items():
+        if key not in known:
+            close = difflib.get_close_matches(str(key), list(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise InputError(f"{source}: unknown key {key!r}{hint}")
+        want = known[key]
+        if value is None or want is object:
+            continue
+        ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+        if not ok:
+            kinds = want if isinstance(want, tuple) else (want,)
+            names = " or ".join({"int": "an integer", "float": "a number", "bool": "true/false",
+                                 "str": "a string", "dict": "a mapping", "list": "a list"}
+                                .get(t.__name__, t.__name__) for t in kinds)
+            raise InputError(f"{source}: {key} is {value!r} ({type(value).__name__}); it must "
+                             f"be {names}")
+
+
+def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a YAML file that holds a mapping (PyYAML is imported here only).
+
+    Raises:
+        InputError: the file is missing, is not YAML or does not hold a mapping; one line
+            naming the file (and the line of a syntax error).
+        RunEnvironmentError: PyYAML is not installed.
+    """
+    from metakd.engine.errors import InputError, RunEnvironmentError
+
+    try:
+        import yaml
+    except ImportError:
+        raise RunEnvironmentError("--config needs PyYAML: pip install pyyaml") from None
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"--config {p}: no such file (the configs are in examples/gda/configs)")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise InputError(f"{p} is not valid YAML{at}: {what}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(f"{p} holds a {type(data).__name__}, not a mapping of config keys")
+    return data
+
+
+def read_original(path: str | os.PathLike[str], stage: str) -> dict[str, Any]:
+    """Read an original few-shot YAML config (:func:`read_yaml`) and check it
+    (:func:`check_original`: unknown keys and wrong types are refused).
+
+    Example:
+        >>> cfg = read_original("examples/gda/configs/classifier/train_classifier_mini.yaml",
+        ...                     "classifier")  # doctest: +SKIP
+    """
+    data = read_yaml(path)
+    check_original(data, stage, str(path))
+    return data
 
 
 def dataset_name(name: str) -> str:

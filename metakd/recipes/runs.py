@@ -13,14 +13,27 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from torch import nn
 
+from metakd.engine.runfolder import RunFolder
+from metakd.engine.trainer import fit
+from metakd.recipes.preflight import (
+    apply_hyperparameters,
+    check_checkpoint_fits,
+    check_device,
+    check_out_dir,
+    check_resume,
+    hyperparameters,
+    move_aside,
+    versions,
+)
 from metakd.recipes.registry import Method, Parts, get_method, method_of
+from metakd.recipes.validate import check_values
 
 __all__ = ["Run", "load_run", "read_config", "run", "write_json"]
 
@@ -32,25 +45,26 @@ the registry, all MAML)."""
 
 RUN_FILES = "config.json, last.pt and, when validation ran, best.pt"
 
+VERSIONS_KEY = "versions"
+"""The ``config.json`` entry recording what ran the latest call (metakd, torch, Python and the
+git commit of a source checkout); not a config field."""
+
+
+def json_bytes(obj: Any) -> bytes:
+    """``obj`` as the indented JSON text of metakd's run files."""
+    return (json.dumps(obj, indent=2) + "\n").encode("utf-8")
+
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
-    """Write ``obj`` as indented JSON atomically (a temporary file in the folder, then rename).
+    """Write ``obj`` as indented JSON atomically (temporary file, ``fsync``, rename).
 
     Example:
         >>> write_json("results.json", {"accuracy": 0.5}).read_text()
         '{\\n  "accuracy": 0.5\\n}\\n'
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(obj, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    from metakd.engine.runfolder import atomic_write
+
+    return atomic_write(path, json_bytes(obj))
 
 
 def _config_dict(method: Method, cfg: Any) -> dict[str, Any]:
@@ -86,6 +100,7 @@ def read_config(run_dir: str | os.PathLike[str]) -> tuple[Method, Any]:
         raise ValueError(f"{path} is not valid JSON ({e})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path} does not hold a config (a JSON object)")
+    data.pop(VERSIONS_KEY, None)
     name = data.pop("method", LEGACY_METHOD)
     try:
         method = get_method(name)
@@ -112,7 +127,8 @@ def _dataset_name(cfg: Any) -> str:
 
 
 def run(cfg: Any, progress: bool = True, resume: bool = True, *,
-        method: str | None = None) -> dict[str, Any]:
+        method: str | None = None, checkpoint_every: int = 100,
+        override: bool = False) -> dict[str, Any]:
     """Train a registered method's config, select on validation, test, and write the results.
 
     Writes into ``cfg.out_dir``: ``config.json`` (``{"method": NAME, ...fields}``), and from
@@ -123,9 +139,16 @@ def run(cfg: Any, progress: bool = True, resume: bool = True, *,
 
     Args:
         cfg: a config of a registered method (for example :class:`MAMLConfig`).
-        progress: show progress bars.
-        resume: continue from ``out_dir/last.pt`` if it exists.
+        progress: show progress bars: training, testing, and those the data sets show
+            while they are decoded into the cache (:func:`metakd.engine.progress_bars`).
+        resume: continue from ``out_dir/last.pt`` if it exists (with the options it was
+            trained with: see ``override``); ``False`` moves an existing run in ``out_dir``
+            aside to ``OUT_DIR.old-N`` and starts afresh.
         method: the method's name, needed only when several methods share a config class.
+        checkpoint_every: write ``last.pt`` every this many steps (and at the end).
+        override: resume even though options other than those of
+            :data:`metakd.recipes.preflight.MAY_CHANGE_ON_RESUME` changed: the new values are
+            recorded in ``config.json`` and used (the optimiser takes the new learning rates).
 
     Returns:
         On rank 0 the content of ``results.json``: ``method``, ``dataset``, ``episode``,
@@ -134,8 +157,18 @@ def run(cfg: Any, progress: bool = True, resume: bool = True, *,
         ``values``; ``None`` without test data), ``test_str`` and
         ``best_val``. On other ranks ``{"rank", "steps", "stopped_early"}``.
 
+    Nothing in ``out_dir`` changes until the call has checked that it can run (the values,
+    the device, the folder, the checkpoint it resumes); ``config.json`` changes together with
+    the first checkpoint of the call, and a failure leaves the folder's files as they were
+    (see :mod:`metakd.engine.runfolder`).
+
     Raises:
-        ValueError: ``out_dir`` holds a run of another method that would be resumed.
+        UsageError: a value cannot run (:func:`metakd.recipes.validate.check_values`);
+            ``out_dir`` is a file or an input of the run; it holds a run of another method or
+            one trained with other options.
+        InputError: the checkpoint to resume is unreadable or does not fit.
+        RunEnvironmentError: no such device; the folder cannot be written.
+        NonFiniteLossError: training diverged (no result is written).
 
     Example:
         >>> from metakd.recipes import MAMLConfig
@@ -145,52 +178,81 @@ def run(cfg: Any, progress: bool = True, resume: bool = True, *,
         >>> res["method"], res["steps"], res["test"]["episodes"]
         ('maml', 1, 2)
     """
+    from metakd.engine import progress_bars
+
+    with progress_bars(progress):  # the data the build decodes into the cache too
+        return _run(cfg, progress, resume, method, checkpoint_every, override)
+
+
+def _run(cfg: Any, progress: bool, resume: bool, method: str | None, checkpoint_every: int,
+         override: bool) -> dict[str, Any]:
     import torch.distributed as dist
 
-    from metakd.engine import (
-        fit,
-        init_distributed,
-        load_checkpoint,
-        plot_learning_curve,
-        shutdown_distributed,
-    )
+    from metakd.engine import init_distributed, shutdown_distributed
 
     spec = get_method(method) if method is not None else method_of(cfg)
     if not isinstance(cfg, spec.config_cls):
         raise ValueError(f"method {spec.name!r} takes a {spec.config_cls.__name__}, "
                          f"not a {type(cfg).__name__}")
+    check_values(cfg)
+    check_device(cfg.device)
+    check_out_dir(cfg)
     if spec.check is not None:
         spec.check(cfg)  # e.g. a teacher that does not fit: refused before anything is built
     out = Path(cfg.out_dir)
-    if resume and (out / "last.pt").is_file() and (out / "config.json").is_file():
-        try:
-            previous = json.loads((out / "config.json").read_text()).get("method", LEGACY_METHOD)
-        except (json.JSONDecodeError, AttributeError):
-            previous = None
-        if previous is not None and previous != spec.name:
-            raise ValueError(f"{out} holds a {previous!r} run; give another out_dir, or start "
-                             "afresh (resume=False, --fresh) to overwrite it")
+    resuming = resume and (out / "last.pt").is_file()
+    if resuming:
+        check_resume(spec.name, cfg, out, override)
+    elif resume and (out / "config.json").is_file():
+        log.warning("%s has no checkpoint (its run stopped before the first one): starting "
+                    "over", out)
 
     own_group = not (dist.is_available() and dist.is_initialized())
     rank, world_size = init_distributed()  # torchrun: each rank takes a slice of every batch
     if world_size > 1 and cfg.device == "cuda":
         cfg = dataclasses.replace(cfg, device=f"cuda:{os.environ.get('LOCAL_RANK', 0)}")
-    out.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        write_json(out / "config.json", _config_dict(spec, cfg))
     parts = spec.build(cfg)
+    if resuming:  # the checkpoint must load before anything in the folder changes
+        check_checkpoint_fits(parts.learner, out / "last.pt")
+    if parts.val_data is None and cfg.val_every != type(cfg)().val_every:
+        log.warning("val_every=%s has no effect: this %s run has no validation data; the last "
+                    "weights are tested", cfg.val_every, spec.name)
+    fresh_groups = hyperparameters(parts.optimizer)
+    created = not out.exists()
+    if rank == 0 and not resume and out.is_dir() and any(out.iterdir()):
+        log.warning("--fresh: the previous run in %s is kept as %s", out, move_aside(out))
+        created = True
+    folder = RunFolder(out)
+    if rank == 0:  # config.json changes with the first checkpoint of this call, not before
+        folder.stage("config.json", json_bytes({**_config_dict(spec, cfg),
+                                                VERSIONS_KEY: versions()}))
+        folder.remove(("results.json", "learning_curve.png"))
     steps = parts.steps if parts.steps is not None else cfg.steps
-    result = fit(parts.learner, parts.train_data, parts.optimizer, steps,
-                 loss_fn=parts.loss_fn, callbacks=parts.callbacks, val_data=parts.val_data,
-                 eval_fn=parts.eval_fn,
-                 val_every=cfg.val_every, scheduler=parts.scheduler,
-                 clip_grad_norm=parts.clip_grad_norm, clip_grad_value=parts.clip_grad_value,
-                 out_dir=out, resume=resume, max_seconds=cfg.max_seconds, progress=progress,
-                 device=cfg.device)
+    try:
+        result = fit(parts.learner, parts.train_data, parts.optimizer, steps,
+                     loss_fn=parts.loss_fn, callbacks=parts.callbacks, val_data=parts.val_data,
+                     eval_fn=parts.eval_fn,
+                     val_every=cfg.val_every, scheduler=parts.scheduler,
+                     clip_grad_norm=parts.clip_grad_norm, clip_grad_value=parts.clip_grad_value,
+                     out_dir=folder, resume=resume, max_seconds=cfg.max_seconds,
+                     progress=progress, device=cfg.device, checkpoint_every=checkpoint_every,
+                     on_resume=(lambda: apply_hyperparameters(parts.optimizer, parts.scheduler,
+                                                              fresh_groups))
+                     if override else None)
+    except BaseException:
+        if created and folder.commits == 0 and rank == 0:
+            shutil.rmtree(out, ignore_errors=True)  # made by this call, holding nothing yet
+        raise
     if world_size > 1 and own_group:
         shutdown_distributed()  # every rank is done training; leave the group together
     if rank != 0:  # rank 0 alone tests and writes the results
         return {"rank": rank, "steps": result.step, "stopped_early": result.stopped_early}
+    return _test_and_report(spec, cfg, parts, out, result, progress)
+
+
+def _test_and_report(spec: Method, cfg: Any, parts: Parts, out: Path, result: Any,
+                     progress: bool) -> dict[str, Any]:
+    from metakd.engine import load_checkpoint, plot_learning_curve
 
     selected = "last"
     if parts.val_data is not None and (out / "best.pt").exists():
