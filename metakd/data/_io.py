@@ -71,7 +71,7 @@ def download_url(
     folder: str | os.PathLike[str],
     filename: str | None = None,
     md5: str | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> Path:
     """Download ``url`` into ``folder`` (atomically) and check its md5.
 
@@ -130,10 +130,14 @@ def download_url(
     return target
 
 
-def _copy_with_progress(src: BinaryIO, dst: BinaryIO, total: int, name: str, progress: bool) -> None:
+def _copy_with_progress(src: BinaryIO, dst: BinaryIO, total: int, name: str,
+                        progress: bool | None) -> None:
     from tqdm.auto import tqdm
 
-    with tqdm(total=total or None, unit="B", unit_scale=True, desc=name, disable=not progress) as bar:
+    from metakd.engine.progress import show_progress
+
+    with tqdm(total=total or None, unit="B", unit_scale=True, desc=name,
+              disable=not show_progress(progress)) as bar:
         while True:
             try:
                 block = src.read(1 << 20)

@@ -309,12 +309,14 @@ class ImageClassDataset(Dataset):
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         return np.ascontiguousarray(arr)
 
-    def arrays(self, image_size: ImageSize | None = None, progress: bool = True) -> ImageArray:
+    def arrays(self, image_size: ImageSize | None = None,
+               progress: bool | None = None) -> ImageArray:
         """The split as an :class:`ImageArray`, decoded once into the HDF5 cache.
 
         Args:
             image_size: ``H`` (square) or ``(H, W)``; default :attr:`default_image_size`.
-            progress: show a progress bar if the cache has to be built.
+            progress: show a progress bar if the cache has to be built; ``None``: the
+                current default (:func:`metakd.engine.show_progress`).
         """
         from metakd.data.cache import load_or_build
 

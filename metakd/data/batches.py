@@ -80,7 +80,7 @@ class MiniBatchLoader:
         augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
-        progress: bool = True,
+        progress: bool | None = None,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
@@ -192,7 +192,7 @@ def batches(
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> MiniBatchLoader:
     """Whole-classification ``(x, y)`` minibatches of a data set, in seeded shuffled epochs.
 
@@ -216,7 +216,8 @@ def batches(
             ``[0, 1]`` (see :mod:`metakd.data.augment`).
         dtype: floating type of the images.
         device: where to put the batches (augmentation runs there).
-        progress: progress bar while the cache is built (first use only).
+        progress: progress bar while the cache is built (first use only); ``None``: the
+            current default (:func:`metakd.engine.show_progress`).
 
     Returns:
         A :class:`MiniBatchLoader` yielding ``(x [B, C, H, W], y [B] int64)``.

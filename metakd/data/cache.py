@@ -44,7 +44,7 @@ def load_or_build(
     count: int,
     decode: Callable[[int], np.ndarray],
     folder: str | os.PathLike[str] | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     workers: int | None = None,
 ) -> np.ndarray:
     """Return the ``[count, C, H, W]`` uint8 array of a data set, building the cache if needed.
@@ -56,7 +56,8 @@ def load_or_build(
         count: number of images.
         decode: ``decode(j) -> uint8 [C, H, W]`` for ``j`` in ``range(count)``; all the same shape.
         folder: cache folder (default :func:`cache_dir`).
-        progress: show a progress bar while decoding.
+        progress: show a progress bar while decoding; ``None``: the current default
+            (:func:`metakd.engine.show_progress`, off inside ``progress_bars(False)``).
         workers: decoding threads (default: number of CPUs, at most 8).
     """
     import h5py
@@ -90,9 +91,12 @@ def load_or_build(
 
 
 def _decode_all(
-    name: str, count: int, decode: Callable[[int], np.ndarray], progress: bool, workers: int | None
+    name: str, count: int, decode: Callable[[int], np.ndarray], progress: bool | None,
+    workers: int | None,
 ) -> np.ndarray:
     from tqdm.auto import tqdm
+
+    from metakd.engine.progress import show_progress
 
     if count == 0:
         raise ValueError(f"{name}: no images to cache")
@@ -110,7 +114,8 @@ def _decode_all(
             )
         out[j] = img
 
-    with tqdm(total=count, desc=f"decoding {name}", unit="img", disable=not progress) as bar:
+    with tqdm(total=count, desc=f"decoding {name}", unit="img",
+              disable=not show_progress(progress)) as bar:
         bar.update(1)
         with ThreadPoolExecutor(workers) as pool:
             for _ in pool.map(put, range(1, count), chunksize=64):

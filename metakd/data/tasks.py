@@ -117,7 +117,7 @@ class FewShotSampler:
         normalize: tuple[Sequence[float], Sequence[float]] | None = None,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
-        progress: bool = True,
+        progress: bool | None = None,
         augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     ) -> None:
         if meta_batch_size < 1:
@@ -212,7 +212,7 @@ def few_shot(
     normalize: tuple[Sequence[float], Sequence[float]] | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
 ) -> FewShotSampler:
     """N-way K-shot Q-query episodes from a data set, in meta-batches.
@@ -235,7 +235,8 @@ def few_shot(
             after ``augment``.
         dtype: floating type of the images.
         device: where to put the batches (augmentation runs there).
-        progress: progress bar while the cache is built (first use only).
+        progress: progress bar while the cache is built (first use only); ``None``: the
+            current default (:func:`metakd.engine.show_progress`).
         augment: ``augment(x [T, M, C, H, W], generator) -> x`` on the float images in
             ``[0, 1]`` of the support and the query sets (e.g.
             ``metakd.data.augmentation("miniimagenet", 84)``). It draws from the sampler's

@@ -301,22 +301,64 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 
 _GDA_KEYS = ("fisher_rao_weight", "sinkhorn_weight", "epsilon", "iters", "tau", "fisher_rao",
              "guard", "debias")
+_KD_KEYS = ("ce_weight", "kd_weight", "temperature", "reduction", "t_squared")
+_DKD_KEYS = ("ce_weight", "kd_weight", "temperature", "alpha", "beta", "warmup")
+_TORCHDISTILL_KEYS = ("alpha", "temperature", "reduction", "t_squared")
+
+
+def _accepted(name: str) -> tuple[str, ...]:
+    """The settings preset ``name`` applies: its own loss's, and the GDA term's."""
+    if name == "ce":
+        return ("ce_weight",)
+    own: tuple[str, ...]
+    if name == "torchdistill_kd":
+        own = _TORCHDISTILL_KEYS
+    elif name.endswith("dkd"):
+        own = _DKD_KEYS
+    else:
+        own = _KD_KEYS
+    return own + _GDA_KEYS
+
+
+def _why(name: str, refused: list[str]) -> str:
+    """A short reason for the settings a preset refuses (empty when the list says it all)."""
+    known = {k for p in PRESETS for k in _accepted(p)}
+    reasons = []
+    if any(k not in known for k in refused):
+        reasons.append("unknown settings")
+    if name == "torchdistill_kd" and {"beta", "warmup"} & set(refused):
+        reasons.append("beta and warmup belong to DKD")
+    elif name != "ce" and not name.endswith("dkd") and {"alpha", "beta", "warmup"} & set(refused):
+        reasons.append("alpha, beta and warmup belong to DKD")
+    if name == "torchdistill_kd" and {"ce_weight", "kd_weight"} & set(refused):
+        reasons.append("its CE weight is alpha and its KD weight 1 - alpha")
+    if "fisher_rao_weight" in refused and name != "ce":
+        reasons.append("fisher_rao_weight needs fisher_rao=True")
+    return f" ({'; '.join(reasons)})" if reasons else ""
 
 
 def preset(name: str, **overrides: Any) -> DistillLoss:
     """A :class:`DistillLoss` with a published code's weighting (see :data:`PRESETS`).
 
+    Every setting given is applied; a setting the preset would not use is refused.
+
     Args:
         name: a key of :data:`PRESETS`.
-        **overrides: settings to change: ``ce_weight``, ``kd_weight`` (the KD or DKD term's
-            weight), ``temperature``, ``reduction`` (KD), ``t_squared`` (KD), ``alpha``,
-            ``beta``, ``warmup`` (DKD; for ``torchdistill_kd`` ``alpha`` is its CE weight),
-            and the GDA settings ``fisher_rao_weight``, ``sinkhorn_weight``, ``epsilon``,
-            ``iters``, ``tau``, ``fisher_rao``, ``guard``, ``debias``. Giving a GDA setting to
-            a KD or DKD preset adds the GDA term.
+        **overrides: settings to change. ``ce`` takes ``ce_weight`` alone. The KD presets
+            (``mdistiller_kd``, ``pmaml``, ``gda_kd``, ``gda_fewshot_kd``) take ``ce_weight``,
+            ``kd_weight``, ``temperature``, ``reduction`` and ``t_squared``; the DKD presets
+            (``mdistiller_dkd``, ``gda_dkd``) ``ce_weight``, ``kd_weight`` (the DKD term's
+            weight), ``temperature``, ``alpha``, ``beta`` and ``warmup``;
+            ``torchdistill_kd`` ``alpha`` (its CE weight; the KD weight is ``1 - alpha``),
+            ``temperature``, ``reduction`` and ``t_squared``. All but ``ce`` also take the
+            GDA settings ``fisher_rao_weight``, ``sinkhorn_weight``, ``epsilon``, ``iters``,
+            ``tau``, ``fisher_rao``, ``guard`` and ``debias``; giving one to a preset without
+            the GDA term adds the term, and ``fisher_rao_weight`` needs the Fisher–Rao part
+            on (``fisher_rao=True`` for ``gda_dkd``).
 
     Raises:
-        ValueError: an unknown preset or setting.
+        ValueError: an unknown preset, or a setting the preset does not take (the one-line
+            message names the preset, the setting and the settings it takes).
 
     Example:
         >>> preset("mdistiller_kd")
@@ -330,42 +372,49 @@ def preset(name: str, **overrides: Any) -> DistillLoss:
         ['DKD', 'GDA']
         >>> preset("torchdistill_kd", alpha=None).terms[0].t_squared
         False
+        >>> preset("torchdistill_kd", beta=0.3)
+        Traceback (most recent call last):
+        ...
+        ValueError: preset 'torchdistill_kd' does not use beta (...); it takes alpha, temperature, ...
     """
     if name not in PRESETS:
         raise ValueError(f"unknown distillation preset {name!r}; known: {', '.join(PRESETS)}")
-    s = {**PRESETS[name][1], **{k: v for k, v in overrides.items()}}
-    known = {"ce_weight", "kd_weight", "temperature", "reduction", "t_squared", "alpha", "beta",
-             "warmup", *_GDA_KEYS}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"preset {name!r}: unknown settings {unknown}; known: {sorted(known)}")
+    accepted = _accepted(name)
+    s = {**PRESETS[name][1], **overrides}
+    refused = [k for k in overrides if k not in accepted]
+    if "fisher_rao_weight" in overrides and not s.get("fisher_rao", True):
+        refused.append("fisher_rao_weight")
+    if refused:
+        raise ValueError(f"preset {name!r} does not use {', '.join(refused)}"
+                         f"{_why(name, refused)}; it takes {', '.join(accepted)}")
     gda_given = any(k in s for k in _GDA_KEYS)
     gda = GDA(**{k: s[k] for k in _GDA_KEYS if k in s}) if gda_given else None
     temperature = float(s.get("temperature", 4.0))
+    reduction = str(s.get("reduction", "batchmean"))
     terms: list[nn.Module] = []
     if name == "ce":
-        if gda is not None or "kd_weight" in overrides:
-            raise ValueError("preset 'ce' has no teacher terms; pick a distillation preset")
         return DistillLoss([], ce_weight=float(s["ce_weight"]))
     if name == "torchdistill_kd":
         alpha = s["alpha"]
         if alpha is None or alpha == 0:  # torchdistill: the KL alone, without T^2
-            terms.append(KD(temperature, 1.0, t_squared=False))
-            return DistillLoss(terms + ([gda] if gda else []), ce_weight=0.0)
-        terms.append(KD(temperature, 1.0 - float(alpha), t_squared=bool(s.get("t_squared", True))))
-        return DistillLoss(terms + ([gda] if gda else []), ce_weight=float(alpha))
-    if "alpha" in s and name.endswith("dkd"):
+            terms.append(KD(temperature, 1.0, reduction=reduction,
+                            t_squared=bool(s.get("t_squared", False))))
+            ce_weight = 0.0
+        else:
+            terms.append(KD(temperature, 1.0 - float(alpha), reduction=reduction,
+                            t_squared=bool(s.get("t_squared", True))))
+            ce_weight = float(alpha)
+    elif name.endswith("dkd"):
         terms.append(DKD(float(s["alpha"]), float(s["beta"]), temperature, float(s["warmup"]),
                          float(s["kd_weight"])))
+        ce_weight = float(s["ce_weight"])
     else:
-        if "alpha" in overrides or "beta" in overrides or "warmup" in overrides:
-            raise ValueError(f"preset {name!r} is KD: alpha, beta and warmup belong to DKD")
-        terms.append(KD(temperature, float(s["kd_weight"]),
-                        reduction=str(s.get("reduction", "batchmean")),
+        terms.append(KD(temperature, float(s["kd_weight"]), reduction=reduction,
                         t_squared=bool(s.get("t_squared", True))))
+        ce_weight = float(s["ce_weight"])
     if gda is not None:
         terms.append(gda)
-    return DistillLoss(terms, ce_weight=float(s["ce_weight"]))
+    return DistillLoss(terms, ce_weight=ce_weight)
 
 
 #: mdistiller's per-pair DKD β on CIFAR-100 (``configs/cifar100/dkd/*.yaml``); default 8.0.

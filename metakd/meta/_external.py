@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from metakd._quiet import drop_cuda_home_warning, import_quietly
 from metakd.meta._backends import Backend, MAMLLearner
 from metakd.meta.inner import InnerLoop, Mode
 from metakd.meta.objectives import total
@@ -39,8 +40,9 @@ def _support_loss(loop: InnerLoop, logits: Tensor, sy: Tensor, extras: Mapping[s
 
 
 def _import_learn2learn() -> Any:
+    drop_cuda_home_warning()
     try:
-        import learn2learn
+        learn2learn = import_quietly("learn2learn")  # without gym's banner
     except ImportError as e:
         raise ImportError(
             "backend='learn2learn' needs the learn2learn package: `pip install metakd[learn2learn]`"
@@ -51,30 +53,44 @@ def _import_learn2learn() -> Any:
 
 
 class Learn2LearnBackend(Backend):
-    """learn2learn's ``MAML.clone()``, then ``maml_update`` (scalar α) or ``update_module``."""
+    """learn2learn's ``MAML.clone()``, then ``maml_update`` (scalar α) or ``update_module``.
+
+    It keeps no reference to the learn2learn package or to its ``MAML`` wrapper (rebuilt on
+    demand around ``loop.model``), so a wrapper on it is deep-copied and pickled like one on
+    the func backend.
+    """
 
     name = "learn2learn"
 
     def __init__(self, loop: InnerLoop, first_order: bool) -> None:
         super().__init__(loop)
         rates = _sgd_rates(loop, "learn2learn")
-        self.l2l = _import_learn2learn()
+        _import_learn2learn()  # fail now, with the installation hint, if it is missing
         first = next(iter(rates.values()))
-        lr = float(first) if not isinstance(first, Tensor) else 1.0
-        # Kept in a list so that nn.Module attribute registration never sees it.
-        self._maml = [
-            self.l2l.algorithms.MAML(
-                loop.model, lr=lr, first_order=first_order, allow_unused=True,
+        self.lr = float(first) if not isinstance(first, Tensor) else 1.0
+        self.first_order = first_order
+        self._maml: Any = None
+
+    def __getstate__(self) -> dict[str, object]:
+        # copy.deepcopy / pickle: the learn2learn wrapper is rebuilt around the copied model.
+        return {**self.__dict__, "_maml": None}
+
+    def _wrapper(self) -> Any:
+        if self._maml is None or self._maml.module is not self.loop.model:
+            l2l = _import_learn2learn()
+            self._maml = l2l.algorithms.MAML(
+                self.loop.model, lr=self.lr, first_order=self.first_order, allow_unused=True,
                 allow_nograd=True,
             )
-        ]
+        return self._maml
 
     def adapt(
         self, sx: Tensor, sy: Tensor, extras: Mapping[str, Tensor], steps: int, mode: Mode
     ) -> MAMLLearner:
         pb = self.loop
         lrs = _sgd_rates(pb, "learn2learn")
-        clone = self._maml[0].clone()
+        l2l = _import_learn2learn()
+        clone = self._wrapper().clone()
         module = clone.module
         adapted = set(pb.adapted)
         scalar_lr = all(not isinstance(v, Tensor) for v in lrs.values()) and len(
@@ -94,12 +110,12 @@ class Learn2LearnBackend(Backend):
                 full = [by_name.get(n) for n, _ in named]
                 with torch.no_grad() if mode == "none" else contextlib.nullcontext():
                     if scalar_lr:
-                        self.l2l.algorithms.maml.maml_update(module, lrs[pb.adapted[0]], full)
+                        l2l.algorithms.maml.maml_update(module, lrs[pb.adapted[0]], full)
                     else:
                         for (n, p), g in zip(named, full):
                             if g is not None:
                                 p.update = -lrs[n] * g
-                        self.l2l.utils.update_module(module)
+                        l2l.utils.update_module(module)
                 if mode == "none":  # no meta-graph in evaluation, but the next step needs grads
                     for n, p in module.named_parameters():
                         if n in adapted:
@@ -116,8 +132,9 @@ class Learn2LearnBackend(Backend):
 
 # ------------------------------------------------------------------------------------- higher
 def _import_higher() -> Any:
+    drop_cuda_home_warning()
     try:
-        import higher
+        higher = import_quietly("higher")
     except ImportError as e:
         raise ImportError(
             "backend='higher' needs the higher package: `pip install higher` (it is a dependency "
@@ -127,16 +144,19 @@ def _import_higher() -> Any:
 
 
 class HigherBackend(Backend):
-    """``higher.innerloop_ctx`` with a differentiable SGD, one parameter group per parameter."""
+    """``higher.innerloop_ctx`` with a differentiable SGD, one parameter group per parameter.
+
+    The SGD it hands to higher is built for each adaptation from ``loop.model`` (it holds no
+    state: higher reads its parameter groups), so the backend keeps no package or optimiser
+    and a wrapper on it is deep-copied and pickled like one on the func backend.
+    """
 
     name = "higher"
 
     def __init__(self, loop: InnerLoop) -> None:
         super().__init__(loop)
         _sgd_rates(loop, "higher")
-        self.higher = _import_higher()
-        meta = dict(loop.model.named_parameters())
-        self._opt = torch.optim.SGD([{"params": [meta[n]]} for n in loop.adapted], lr=1.0)
+        _import_higher()  # fail now, with the installation hint, if it is missing
 
     def adapt(
         self, sx: Tensor, sy: Tensor, extras: Mapping[str, Tensor], steps: int, mode: Mode
@@ -144,8 +164,10 @@ class HigherBackend(Backend):
         pb = self.loop
         lrs = _sgd_rates(pb, "higher")
         override = {"lr": [lrs[n] for n in pb.adapted]}
-        ctx = self.higher.innerloop_ctx(
-            pb.model, self._opt, copy_initial_weights=False, override=override,
+        meta = dict(pb.model.named_parameters())
+        opt = torch.optim.SGD([{"params": [meta[n]]} for n in pb.adapted], lr=1.0)
+        ctx = _import_higher().innerloop_ctx(
+            pb.model, opt, copy_initial_weights=False, override=override,
             track_higher_grads=mode != "none",
         )
         with ctx as (fmodel, diffopt), torch.enable_grad():

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from metakd._quiet import drop_cuda_home_warning
 from metakd.data.batch import TaskBatch
 from metakd.meta._backends import Terms, buffer_writers, vmap_unsafe
 from metakd.meta.inner import Mode, func_grad, run_task
@@ -228,6 +229,7 @@ def _build(backend: FuncBackend, model: nn.Module, steps: int, first_order: bool
         grads, (_, (terms, logits)) = torch.func.grad_and_value(outer, has_aux=True)(p, *data)
         return grads, terms, logits
 
+    drop_cuda_home_warning()  # Inductor's C++ build imports torch.utils.cpp_extension
     return torch.compile(_own_code(unit_meta), fullgraph=True, dynamic=False,
                          options=COMPILE_OPTIONS)
 
