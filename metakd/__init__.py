@@ -36,7 +36,7 @@ from metakd.data import (
     batches,
     few_shot,
 )
-from metakd.distill import Distiller, DistillLoss, DistillObjective, load_teacher
+from metakd.distill import Distiller, DistillLoss, DistillObjective
 from metakd.engine import Callback, EvalResult, evaluate, fit, supervised_loss
 from metakd.meta import (
     SGD,
@@ -53,7 +53,7 @@ from metakd.meta import (
     unflatten_params,
 )
 from metakd.nn import create
-from metakd.recipes import load_run
+from metakd.recipes import load_run, load_teacher
 
 __all__ = [
     "CIFAR100",

@@ -285,7 +285,7 @@ def test_teacher_errors_name_the_layouts_and_the_keys(tmp_path) -> None:
 
 
 def test_a_maml_run_folder_is_a_teacher(tmp_path) -> None:
-    from metakd.recipes import MAMLConfig, load_run, run
+    from metakd.recipes import MAMLConfig, load_run, load_teacher, run  # reads run folders
 
     run(MAMLConfig(steps=1, meta_batch_size=2, test_tasks=2, out_dir=str(tmp_path / "t"),
                    compile="off"), progress=False)

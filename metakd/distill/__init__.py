@@ -9,8 +9,10 @@ Three layers, each usable alone:
   mdistiller, torchdistill, PMAML and GDA by name;
 - :class:`Distiller` (a student, a frozen and unregistered teacher and a loss) for
   minibatches, :class:`DistillObjective` (the same loss as a meta-learner's query objective)
-  for episodes, and :func:`load_teacher` (run folders, state-dict files, mdistiller
-  checkpoints).
+  for episodes, :class:`FrozenTeacher` (the holder that keeps every teacher frozen, loaded at
+  first use and out of its student's parameters and checkpoints) and :func:`load_teacher`
+  (state-dict files, mdistiller checkpoints; run folders are read by
+  :func:`metakd.recipes.load_teacher`).
 
 Example:
     >>> import torch
@@ -22,6 +24,7 @@ Example:
     ['ce', 'dkd']
 """
 
+from metakd._frozen import FrozenTeacher
 from metakd.distill.distiller import Distiller, DistillObjective, epoch_clock, freeze
 from metakd.distill.fewshot import AdaptConf, AugConf
 from metakd.distill.losses import (
@@ -53,6 +56,7 @@ __all__ = [
     "DistillLoss",
     "DistillObjective",
     "Distiller",
+    "FrozenTeacher",
     "KDSchedule",
     "PMAMLObjective",
     "SupportDistill",

@@ -1,16 +1,16 @@
 """The :class:`Distiller`: a student, a frozen teacher and a :class:`DistillLoss`.
 
 The shape is mdistiller's: ``forward_train(x, y, step) -> (student_logits, {name: loss})``
-while training, the student's logits otherwise. What the teacher is, the Distiller enforces:
+while training, the student's logits otherwise. The teacher is held by a
+:class:`~metakd.distill.FrozenTeacher`, which makes it what a teacher must be:
 
-- it is **always in eval mode**: ``distiller.train()`` sets the student to training mode and
-  puts the teacher back into eval mode;
-- it runs **without a graph** (``torch.no_grad``), its parameters have
-  ``requires_grad=False``;
-- it is **not registered** as a submodule: ``distiller.parameters()`` (what the optimiser
+- **frozen**: eval mode at every use (``distiller.train()`` does not reach it), run
+  without a graph (``torch.no_grad``), ``requires_grad=False``;
+- **not registered** as a submodule: ``distiller.parameters()`` (what the optimiser
   receives) and ``distiller.state_dict()`` (what :func:`metakd.engine.fit` checkpoints) hold
   the student alone (and the loss's learnable tensors, if any). ``distiller.to(device)``
-  still moves it.
+  still moves it, and it follows the student's device;
+- given as a module, or as a function that returns it, called at the first use.
 
 Episodes use the same losses through :class:`DistillObjective`, the query objective of a
 meta-learner (PMAML, Meta-Baseline): it reads the teacher's logits of each task from
@@ -26,24 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metakd._frozen import FrozenTeacher, device_of, freeze
 from metakd.distill.terms import DistillLoss, preset
 from metakd.engine.objective import Metrics, minibatch_xy
 from metakd.meta.objectives import Objective, total
 
 __all__ = ["DistillObjective", "Distiller", "epoch_clock", "freeze"]
-
-
-def freeze(model: nn.Module) -> nn.Module:
-    """Put ``model`` in eval mode with ``requires_grad=False`` on every parameter; return it.
-
-    Example:
-        >>> net = freeze(nn.Linear(2, 2))
-        >>> net.training, any(p.requires_grad for p in net.parameters())
-        (False, False)
-    """
-    model.eval()
-    model.requires_grad_(False)
-    return model
 
 
 def _warmups(loss: nn.Module) -> list[float]:
@@ -71,10 +59,11 @@ class Distiller(nn.Module):
 
     Args:
         student: the model being trained, ``student(x) -> logits [B, C]``.
-        teacher: the frozen model, ``teacher(x) -> logits [B, C]`` (same classes). It is
-            frozen here (eval, ``requires_grad=False``) and kept out of the registered
-            submodules (see the module docstring). ``None`` only with a loss that needs no
-            teacher (the ``"ce"`` preset).
+        teacher: the frozen model, ``teacher(x) -> logits [B, C]`` (same classes): a module,
+            a function of no argument returning it (called at the first use) or a
+            :class:`~metakd.distill.FrozenTeacher` (shared with other models). It is held
+            frozen and unregistered (see the module docstring). ``None`` only with a loss
+            that needs no teacher (the ``"ce"`` preset).
         loss: a :class:`DistillLoss` or the name of a preset (:func:`metakd.distill.preset`).
         steps_per_epoch: batches per epoch, for the epoch clock of schedules (DKD's warm-up);
             required when the loss has a warm-up.
@@ -98,9 +87,8 @@ class Distiller(nn.Module):
         False
     """
 
-    _teacher: nn.Module | None  # set with object.__setattr__: not a registered submodule
-
-    def __init__(self, student: nn.Module, teacher: nn.Module | None,
+    def __init__(self, student: nn.Module,
+                 teacher: nn.Module | Callable[[], nn.Module] | FrozenTeacher | None,
                  loss: DistillLoss | str = "mdistiller_kd", *,
                  steps_per_epoch: int | None = None) -> None:
         super().__init__()
@@ -118,25 +106,22 @@ class Distiller(nn.Module):
             raise ValueError("the loss has a warm-up counted in epochs (DKD): pass "
                              "steps_per_epoch=<batches per epoch>")
         self.steps_per_epoch = steps_per_epoch
-        # Stored outside nn.Module's registries: not in parameters(), state_dict() or train().
-        object.__setattr__(self, "_teacher", freeze(teacher) if teacher is not None else None)
+        # A plain attribute (FrozenTeacher is not a module): not in parameters() or state_dict().
+        self.frozen_teacher: FrozenTeacher | None = (
+            teacher if isinstance(teacher, FrozenTeacher) or teacher is None
+            else FrozenTeacher(teacher))
 
     @property
     def teacher(self) -> nn.Module | None:
-        """The frozen teacher (not a registered submodule)."""
-        return self._teacher
-
-    def train(self, mode: bool = True) -> Distiller:
-        """Set the student's mode; the teacher stays in eval mode."""
-        super().train(mode)
-        if self._teacher is not None:
-            self._teacher.eval()
-        return self
+        """The frozen teacher (not a registered submodule), loaded if need be."""
+        if self.frozen_teacher is None:
+            return None
+        return self.frozen_teacher.get(device_of(self.student))
 
     def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> Distiller:
         super()._apply(fn, recurse)  # .to(), .cuda(), .double(), ... move the teacher too
-        if self._teacher is not None:
-            self._teacher._apply(fn, recurse)
+        if self.frozen_teacher is not None:
+            self.frozen_teacher.apply_tensors(fn)
         return self
 
     def get_learnable_parameters(self) -> list[nn.Parameter]:
@@ -161,12 +146,9 @@ class Distiller(nn.Module):
             >>> d.teacher_logits(torch.randn(4, 2)).requires_grad
             False
         """
-        if self._teacher is None:
+        if self.frozen_teacher is None:
             raise ValueError("this Distiller has no teacher")
-        if self._teacher.training:
-            self._teacher.eval()
-        with torch.no_grad():
-            return self._teacher(x)
+        return self.frozen_teacher(x, device=device_of(self.student))
 
     def epoch(self, step: int | Tensor) -> int | Tensor:
         """The 1-based epoch of training step ``step`` (see :func:`epoch_clock`)."""
@@ -188,7 +170,7 @@ class Distiller(nn.Module):
     def training_loss(self, batch: Any, step: int = 0) -> tuple[Tensor, Metrics]:
         """The objective of :func:`metakd.engine.fit`: ``(loss, metrics)`` of a minibatch.
 
-        Pass ``loss_fn=Distiller.training_loss`` to ``fit``. In training mode the loss is the
+        :func:`metakd.engine.fit` uses it by itself. In training mode the loss is the
         sum of :meth:`forward_train`'s parts; in eval mode (validation) it is the student's
         plain cross-entropy and the teacher is not run.
 
@@ -214,8 +196,8 @@ class Distiller(nn.Module):
                       "terms": {k: float(v.detach()) for k, v in terms.items()}}
 
     def extra_repr(self) -> str:
-        teacher = type(self._teacher).__name__ if self._teacher is not None else None
-        return f"teacher={teacher} (frozen, unregistered), steps_per_epoch={self.steps_per_epoch}"
+        return (f"teacher={self.frozen_teacher!r} (unregistered), "
+                f"steps_per_epoch={self.steps_per_epoch}")
 
 
 class DistillObjective(Objective):

@@ -26,8 +26,9 @@ support logits): the paper's wording allows it, no official code does it.
 - ``True``: the teacher is first adapted on the task's support set with its own inner
   learning rate and steps, without a graph (``teacher.predict``), then classifies the query.
 
-The teacher is a :class:`metakd.meta.MAMLWrapper`, frozen (eval, ``requires_grad=False``),
-run without a graph and kept out of the registered submodules: it is not in
+The teacher is a :class:`metakd.meta.MAMLWrapper` held by a
+:class:`~metakd.distill.FrozenTeacher`: frozen (eval, ``requires_grad=False``), run without a
+graph, on the student's device, and kept out of the registered submodules: it is not in
 ``parameters()`` and not in ``state_dict()``.
 """
 
@@ -40,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metakd._frozen import FrozenTeacher, device_of
 from metakd.data.batch import TaskBatch
-from metakd.distill.distiller import freeze
 from metakd.distill.terms import DistillLoss, preset
 from metakd.meta.maml import MAMLWrapper
 from metakd.meta.objectives import CrossEntropy, Objective
@@ -185,9 +186,9 @@ class PMAML(nn.Module):
         model: the student's backbone (Conv-1, Conv-2, Conv-4...).
         teacher: the teacher, a :class:`metakd.meta.MAMLWrapper` (its own inner learning
             rate and steps adapt it when ``teacher_adapt``), a backbone together with
-            ``teacher_inner_lr``, or a function returning a ``MAMLWrapper``, called at the
-            first training step (a run read back for evaluation never loads its teacher).
-            Frozen here.
+            ``teacher_inner_lr``, a function returning a ``MAMLWrapper``, called at the first
+            training step (a run read back for evaluation never loads its teacher), or a
+            :class:`~metakd.distill.FrozenTeacher` of one. Frozen here.
         inner_lr: the student's inner learning rate (PMAML: 0.4).
         inner_steps: the student's inner steps in training (PMAML: 1).
         test_inner_steps: inner steps at evaluation (default ``inner_steps``).
@@ -225,13 +226,10 @@ class PMAML(nn.Module):
         False
     """
 
-    _teacher: MAMLWrapper | None  # set with object.__setattr__: not a registered submodule
-    _teacher_loader: Callable[[], MAMLWrapper] | None
-
     def __init__(
         self,
         model: nn.Module,
-        teacher: MAMLWrapper | nn.Module | Callable[[], MAMLWrapper],
+        teacher: MAMLWrapper | nn.Module | Callable[[], MAMLWrapper] | FrozenTeacher,
         *,
         inner_lr: float = 0.4,
         inner_steps: int = 1,
@@ -249,11 +247,8 @@ class PMAML(nn.Module):
     ) -> None:
         super().__init__()
         loss = preset(loss) if isinstance(loss, str) else loss
-        loader: Callable[[], MAMLWrapper] | None = None
-        wrapped: MAMLWrapper | None = None
-        if isinstance(teacher, MAMLWrapper):
-            wrapped = teacher
-        elif isinstance(teacher, nn.Module):
+        wrapped: Any = teacher  # a MAMLWrapper, a loader or a FrozenTeacher
+        if isinstance(teacher, nn.Module) and not isinstance(teacher, MAMLWrapper):
             if teacher_inner_lr is None:
                 if teacher_adapt:
                     raise ValueError("an adapted teacher given as a backbone needs "
@@ -261,9 +256,7 @@ class PMAML(nn.Module):
                 teacher_inner_lr = inner_lr  # unused: the unadapted teacher takes no step
             wrapped = MAMLWrapper(teacher, inner_lr=teacher_inner_lr,
                                   test_inner_steps=teacher_inner_steps)
-        else:  # a loader: loaded at the first use (a run read back for evaluation never
-            loader = teacher  # needs it)
-        if wrapped is not None and wrapped.model is model:
+        if isinstance(wrapped, MAMLWrapper) and wrapped.model is model:
             raise ValueError("the teacher and the student are the same model")
         if inner_kd not in (None, "every", "last"):
             raise ValueError(f"inner_kd={inner_kd!r}: use None, 'every' or 'last'")
@@ -281,40 +274,23 @@ class PMAML(nn.Module):
             test_inner_steps=test_inner_steps, inner_loss_reduction=inner_loss_reduction,
             support=support, objective=PMAMLObjective(loss), **maml_kwargs,
         )
-        object.__setattr__(self, "_teacher", freeze(wrapped) if wrapped is not None else None)
-        object.__setattr__(self, "_teacher_loader", loader)
+        # A plain attribute (FrozenTeacher is not a module): not in parameters() or state_dict().
+        self.frozen_teacher = wrapped if isinstance(wrapped, FrozenTeacher) \
+            else FrozenTeacher(wrapped, kind=MAMLWrapper)
 
     @property
     def teacher(self) -> MAMLWrapper:
         """The frozen teacher (not a registered submodule), loaded at first use if need be."""
-        if self._teacher is None:
-            assert self._teacher_loader is not None
-            teacher = self._teacher_loader()
-            if not isinstance(teacher, MAMLWrapper):
-                raise TypeError(f"the teacher loader returned a {type(teacher).__name__}, "
-                                "not a MAMLWrapper")
-            device = next(self.student.parameters()).device
-            freeze(teacher.to(device))  # in place: .to() and freeze return the same module
-            object.__setattr__(self, "_teacher", teacher)
-            return teacher
-        return self._teacher
+        return self.frozen_teacher.get(device_of(self.student))  # type: ignore[return-value]
 
     @property
     def model(self) -> nn.Module:
         """The student's backbone."""
         return self.student.model
 
-    def train(self, mode: bool = True) -> PMAML:
-        """Set the student's mode; the teacher stays in eval mode."""
-        super().train(mode)
-        if self._teacher is not None:
-            self._teacher.eval()
-        return self
-
     def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> PMAML:
-        super()._apply(fn, recurse)
-        if self._teacher is not None:
-            self._teacher._apply(fn, recurse)
+        super()._apply(fn, recurse)  # .to(), .double(), ... move the teacher too
+        self.frozen_teacher.apply_tensors(fn)
         return self
 
     def _check_ways(self, batch: TaskBatch) -> None:
@@ -334,8 +310,7 @@ class PMAML(nn.Module):
             raise ValueError(f"on={on!r}: 'query' or 'support'")
         self._check_ways(batch)
         xs = batch.query_x if on == "query" else batch.support_x
-        teacher = self.teacher
-        teacher.eval()
+        teacher = self.teacher  # eval mode, on the student's device
         if self.teacher_adapt and on == "query":
             return teacher.predict(batch, steps=self.teacher_inner_steps)
         with torch.no_grad():
@@ -380,5 +355,5 @@ class PMAML(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"schedule={self.schedule!r}, inner_kd={self.inner_kd!r}, "
-                f"teacher_adapt={self.teacher_adapt}, teacher: frozen, unregistered"
-                f"{'' if self._teacher is not None else ', loaded at first use'}")
+                f"teacher_adapt={self.teacher_adapt}, teacher={self.frozen_teacher!r} "
+                "(unregistered)")

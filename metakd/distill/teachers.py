@@ -1,21 +1,23 @@
-"""Teachers from where they are kept: metakd run folders, state-dict files, mdistiller checkpoints.
+"""Teachers from weights files: state-dict files and mdistiller checkpoints.
 
 :func:`load_teacher` returns a frozen model (eval mode, ``requires_grad=False``) from
 
-- a **metakd run folder** (``config.json`` + ``best.pt``/``last.pt``, from ``metakd train``
-  or :func:`metakd.recipes.run`): its method rebuilds the model and loads the weights;
 - a **state-dict file** (``.pt``/``.pth``) holding ``{name: tensor}``, read with
   ``torch.load(weights_only=True)`` (no pickled code runs); ``arch`` names the model;
 - an **mdistiller CIFAR teacher** (``download_ckpts/cifar_teachers/<name>_vanilla/
   ckpt_epoch_240.pth``: ``{"model": state_dict, ...}``), whose key names differ from
   metakd's only in the classifier (``fc.*`` there, ``head.*`` here); a ``module.`` prefix
   (saved from ``DataParallel``) is removed.
+
+A **metakd run folder** (``config.json`` + ``best.pt``/``last.pt``) is read by the method
+that wrote it: :func:`metakd.recipes.load_teacher` (also ``metakd.load_teacher``) takes run
+folders and the files above alike. Models that distil take the result as a module, or take a
+function that loads it at first use (:class:`metakd.distill.FrozenTeacher`).
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,13 +25,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from metakd.distill.distiller import freeze
+from metakd._frozen import freeze
+from metakd.engine.errors import InputError
 
 __all__ = ["from_mdistiller", "load_teacher"]
 
+_EXPECTED = ("a state-dict file ({name: tensor}, .pt/.pth) or an mdistiller checkpoint "
+             "({'model': state_dict}), with arch=..., or a metakd run folder")
+
 _LAYOUTS = (
-    "a metakd run folder (config.json with best.pt or last.pt), a state-dict file "
-    "({name: tensor}, .pt/.pth) with arch=..., or an mdistiller checkpoint "
+    "a metakd run folder (config.json with best.pt or last.pt; read by "
+    "metakd.recipes.load_teacher), a state-dict file ({name: tensor} saved with torch.save, "
+    ".pt/.pth, read weights-only) with arch=..., or an mdistiller checkpoint "
     "({'model': state_dict}, e.g. cifar_teachers/resnet56_vanilla/ckpt_epoch_240.pth) with "
     "arch=..."
 )
@@ -79,7 +86,17 @@ def _raw_tensors(obj: Any, path: Path) -> dict[str, Tensor]:
     if isinstance(obj, Mapping) and obj and all(
             isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
         return _strip_prefix(obj, "module.")
-    raise ValueError(f"{path} holds no state dict; a teacher is {_LAYOUTS}")
+    raise InputError(f"{path} holds no state dict; a teacher is {_EXPECTED}")
+
+
+def _read(path: Path) -> Any:
+    """``load_checkpoint(path)`` (weights only), its failures one line saying what to give."""
+    from metakd.engine.checkpoint import load_checkpoint
+
+    try:
+        return load_checkpoint(path)
+    except InputError as e:
+        raise InputError(f"{e}; a teacher is {_EXPECTED}") from None
 
 
 def _num_classes(state: Mapping[str, Tensor]) -> int | None:
@@ -94,17 +111,27 @@ def load_teacher(
     arch: str | None = None,
     *,
     num_classes: int | None = None,
-    checkpoint: str = "best",
+    format: str | None = None,
+    part: str | None = None,
     **model_kwargs: Any,
 ) -> nn.Module:
-    """A frozen teacher model from a run folder, a state-dict file or an mdistiller checkpoint.
+    """A frozen teacher model from a state-dict file or an original project's checkpoint.
+
+    A file in a format of :mod:`metakd.interop` (the original projects' own checkpoints) is
+    converted by it, and may name its architecture itself; any other file is read as a state
+    dict (plain, or under ``model`` / ``state_dict`` / ``model_sd``, mdistiller's classifier
+    names renamed).
+
+    Run folders are read by :func:`metakd.recipes.load_teacher` (also
+    ``metakd.load_teacher``), which passes weights files on to this function.
 
     Args:
-        source: the run folder or file (or an ``nn.Module``, returned frozen).
-        arch: the model's registered name (:func:`metakd.nn.create`), required for files; for
-            a run folder, if given, it must match the run's (an error otherwise).
+        source: the file (or an ``nn.Module``, returned frozen).
+        arch: the model's registered name (:func:`metakd.nn.create`).
         num_classes: classes of the teacher's head; default: read from the weights.
-        checkpoint: for a run folder, ``"best"`` or ``"last"``.
+        format: the :mod:`metakd.interop` format to read the file as; default: detected.
+        part: which network of a file holding several (``"student"`` or ``"teacher"`` of a
+            distiller's checkpoint); passed to the format.
         **model_kwargs: further arguments of the model factory (``in_channels``, BN options).
 
     Returns:
@@ -112,8 +139,11 @@ def load_teacher(
 
     Raises:
         FileNotFoundError: ``source`` does not exist (the message lists the layouts).
-        ValueError: the file holds no state dict, is not weights-only loadable, or does not
-            fit ``arch`` (missing, unexpected or mis-shaped keys are named).
+        ValueError: in one line naming the file: ``source`` is a run folder; no ``arch``;
+            the file is not a PyTorch checkpoint (text, truncated, another format); it
+            pickles Python objects, which weights-only loading refuses to run (the file is
+            never loaded otherwise); it holds no state dict; or it does not fit ``arch``
+            (missing, unexpected or mis-shaped keys are named).
 
     Example:
         >>> import metakd.nn as mnn
@@ -133,29 +163,26 @@ def load_teacher(
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"teacher {path} is a folder without config.json; a teacher "
                                     f"is {_LAYOUTS}")
-        from metakd.recipes import load_run
-        from metakd.recipes.runs import read_config
-
-        _, cfg = read_config(path)
-        run_arch = getattr(cfg, "arch", None) or getattr(cfg, "backbone", None)
-        if arch is not None and run_arch is not None and arch != run_arch:
-            raise ValueError(f"teacher {path} is a {run_arch!r} run, not {arch!r}")
-        if checkpoint not in ("best", "last"):
-            raise ValueError(f"checkpoint={checkpoint!r}: use 'best' or 'last'")
-        return freeze(load_run(path, checkpoint="last" if checkpoint == "last" else "best").model)
+        raise ValueError(f"teacher {path} is a run folder: read it with "
+                         "metakd.recipes.load_teacher (or metakd.load_teacher); "
+                         "metakd.distill.load_teacher reads weights files")
     if not path.is_file():
         raise FileNotFoundError(f"teacher {path} does not exist; a teacher is {_LAYOUTS}")
-    if arch is None:
-        raise ValueError(f"teacher {path} is a weights file, which does not say its "
-                         "architecture: pass arch=... (for example 'resnet56')")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        raise ValueError(f"{path} cannot be read as a weights-only checkpoint ({e}); a teacher "
-                         f"is {_LAYOUTS}") from None
-    state = _tensors(obj, path)
+    obj = _read(path)
     import metakd.nn as mnn
+    from metakd import interop
 
+    options = {"part": part} if part is not None else {}
+    converted = interop.read(obj, arch, format=format, source=str(path), **options)
+    if converted is not None:
+        arch, state = converted.arch, converted.state
+        model_kwargs = {**converted.model_kwargs, **model_kwargs}
+    else:
+        if arch is None:
+            raise ValueError(f"teacher {path} is a weights file, which does not say its "
+                             "architecture: pass arch=... (for example 'resnet56')")
+        state = _tensors(obj, path)
+        state = mnn.rename_original_keys(state, arch)  # e.g. mdistiller's classifier names
     classes = num_classes if num_classes is not None else _num_classes(state)
     if classes is not None:
         model_kwargs["num_classes"] = classes
@@ -170,7 +197,7 @@ def load_teacher(
         parts = [f"missing {few(missing)}" if missing else "",
                  f"unexpected {few(unexpected)}" if unexpected else "",
                  f"shape mismatch {few(shapes)}" if shapes else ""]
-        raise ValueError(f"{path} does not fit a {arch!r}: "
+        raise InputError(f"{path} does not fit a {arch!r}: "
                          + "; ".join(p for p in parts if p))
     model.load_state_dict(state)
     return freeze(model)

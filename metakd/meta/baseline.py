@@ -12,7 +12,8 @@ on accuracy); stage 2 (Meta-Baseline) fine-tunes the encoder on episodes with th
 a learnable ``τ`` initialised at 10. Support and query images of a meta-batch go through the
 encoder in **one** forward, as the original does (batch norm sees both).
 
-With a frozen ``teacher`` (another :class:`MetaBaseline`) and a
+With a frozen ``teacher`` (another :class:`MetaBaseline`, held by a
+:class:`metakd.distill.FrozenTeacher`) and a loss such as a
 :class:`metakd.distill.DistillLoss`, the episode loss distils the teacher's episode logits,
 computed from the teacher's **own** centroids of the same support set and its own
 temperature, into the student's (GDA's few-shot distillation; the loss sees the queries of
@@ -21,21 +22,23 @@ the whole meta-batch at once, ``[T·N·Q, N]``, as GDA's Sinkhorn term does).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metakd._frozen import FrozenTeacher
 from metakd.data.batch import TaskBatch
 from metakd.meta.objectives import total
-
-if TYPE_CHECKING:
-    from metakd.distill.terms import DistillLoss
 
 __all__ = ["MetaBaseline", "centroid_logits", "class_centroids", "embed", "set_bn_eval"]
 
 Metric = Literal["cos", "sqr"]
+#: ``loss(student_logits [M, N], teacher_logits [M, N], labels [M], epoch) -> {name: term}``,
+#: such as a :class:`metakd.distill.DistillLoss`.
+EpisodeLoss = Callable[[Tensor, Tensor, Tensor, Any], dict[str, Tensor]]
 
 
 def class_centroids(support: Tensor, labels: Tensor, ways: int) -> Tensor:
@@ -131,16 +134,18 @@ def set_bn_eval(module: nn.Module) -> nn.Module:
     return module
 
 
-def _loss(loss: DistillLoss | str | None) -> DistillLoss:
-    from metakd.distill.terms import preset
+def _checked_loss(loss: Any) -> EpisodeLoss | None:
+    if isinstance(loss, str):
+        raise TypeError(f"loss={loss!r} is a name: pass the loss itself, for example "
+                        f"metakd.distill.preset({loss!r})")
+    if loss is not None and not callable(loss):
+        raise TypeError(f"the loss must be callable, not a {type(loss).__name__}")
+    return loss
 
-    return preset(loss or "gda_fewshot_kd") if isinstance(loss, (str, type(None))) else loss
 
-
-def _freeze(model: nn.Module) -> nn.Module:
-    from metakd.distill.distiller import freeze
-
-    return freeze(model)
+def _epoch(step: int | Tensor, steps_per_epoch: int | None) -> int | Tensor:
+    """The 1-based epoch of a 0-based step (``metakd.distill.epoch_clock``'s convention)."""
+    return 1 if steps_per_epoch is None else step // steps_per_epoch + 1
 
 
 class MetaBaseline(nn.Module):
@@ -160,12 +165,15 @@ class MetaBaseline(nn.Module):
         metric: ``"cos"`` (Meta-Baseline) or ``"sqr"``.
         freeze_bn: keep the encoder's batch norm in eval mode while training (the original's
             ImageNet-800 ``freeze_bn``).
-        teacher: a :class:`MetaBaseline` whose episode logits are distilled; it is frozen
-            (eval, no gradient) and not registered (not in ``parameters()`` or the
-            ``state_dict``). Its own ``temperature`` is used.
-        loss: the episode loss with a teacher: a :class:`metakd.distill.DistillLoss` or a
-            preset name; default ``"gda_fewshot_kd"``. Without a teacher the loss is the
-            cross-entropy.
+        teacher: a :class:`MetaBaseline` whose episode logits are distilled, a function of
+            no argument returning one (called at the first use) or a
+            :class:`metakd.distill.FrozenTeacher` holding one. It is frozen (eval, no
+            gradient), follows the student's device and is not registered (not in
+            ``parameters()`` or the ``state_dict``). Its own ``temperature`` is used.
+        loss: the episode loss with a teacher, ``loss(student_logits, teacher_logits,
+            labels, epoch) -> {name: term}``: a :class:`metakd.distill.DistillLoss` such as
+            ``metakd.distill.preset("gda_fewshot_kd")``; training with a teacher needs one.
+            Without a teacher the loss is the cross-entropy.
         steps_per_epoch: meta-iterations per epoch for the epoch clock of schedules (DKD
             warm-up, the AugConf ramp); ``None``: every step is epoch 1.
 
@@ -188,12 +196,11 @@ class MetaBaseline(nn.Module):
         (torch.Size([2]), 10.0)
     """
 
-    _teacher: MetaBaseline | None
-
     def __init__(self, encoder: nn.Module, *, temperature: float = 10.0,
                  learn_temperature: bool = True, metric: Metric = "cos",
-                 freeze_bn: bool = False, teacher: MetaBaseline | None = None,
-                 loss: DistillLoss | str | None = None,
+                 freeze_bn: bool = False,
+                 teacher: MetaBaseline | Callable[[], MetaBaseline] | FrozenTeacher | None = None,
+                 loss: EpisodeLoss | None = None,
                  steps_per_epoch: int | None = None) -> None:
         super().__init__()
         if metric not in ("cos", "sqr"):
@@ -207,55 +214,61 @@ class MetaBaseline(nn.Module):
             self.register_buffer("temperature", tau)
         self.metric: Metric = metric
         self.freeze_bn = bool(freeze_bn)
-        if teacher is not None and not isinstance(teacher, MetaBaseline):
-            raise TypeError("teacher must be a MetaBaseline (wrap an encoder: "
-                            "MetaBaseline(encoder, temperature=...))")
-        if teacher is self:
-            raise ValueError("the teacher and the student are the same module")
-        if teacher is None and loss is not None and getattr(_loss(loss), "needs_teacher", False):
+        loss = _checked_loss(loss)
+        if teacher is None and loss is not None and getattr(loss, "needs_teacher", False):
             raise ValueError("a distillation loss needs a teacher (teacher=MetaBaseline(...))")
-        self.loss = _loss(loss) if teacher is not None else None
         self.steps_per_epoch = steps_per_epoch
-        object.__setattr__(self, "_teacher", _freeze(teacher) if teacher is not None else None)
+        self.loss: Any = None
+        self.frozen_teacher: FrozenTeacher | None = None  # a plain attribute, not a submodule
+        self.set_teacher(teacher, loss)
         if self.freeze_bn:
             set_bn_eval(self.encoder)
 
     @property
     def teacher(self) -> MetaBaseline | None:
-        """The frozen teacher (not a registered submodule), or ``None``."""
-        return self._teacher
+        """The frozen teacher (not a registered submodule, loaded if need be), or ``None``."""
+        if self.frozen_teacher is None:
+            return None
+        return self.frozen_teacher.get(self.temperature.device)  # type: ignore[return-value]
 
-    def set_teacher(self, teacher: MetaBaseline | None,
-                    loss: DistillLoss | str | None = None) -> MetaBaseline:
+    def set_teacher(self, teacher: MetaBaseline | Callable[[], MetaBaseline] | FrozenTeacher | None,
+                    loss: EpisodeLoss | None = None) -> MetaBaseline:
         """Attach (or, with ``None``, remove) a frozen teacher and its distillation loss.
 
+        Args:
+            teacher: a :class:`MetaBaseline`, a function of no argument returning one (called
+                at the first use), a :class:`metakd.distill.FrozenTeacher`, or ``None``.
+            loss: the episode loss (see the class); needed to train with the teacher.
+
         Example:
+            >>> from metakd.distill import preset
             >>> enc = lambda: nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
-            >>> mb = MetaBaseline(enc()).set_teacher(MetaBaseline(enc()), "gda_fewshot_kd")
+            >>> mb = MetaBaseline(enc()).set_teacher(MetaBaseline(enc()), preset("gda_fewshot_kd"))
             >>> mb.teacher.training, [n for n, _ in mb.named_parameters()]
             (False, ['temperature', 'encoder.1.weight', 'encoder.1.bias'])
         """
-        if teacher is not None and not isinstance(teacher, MetaBaseline):
-            raise TypeError("teacher must be a MetaBaseline")
         if teacher is self:
             raise ValueError("the teacher and the student are the same module")
-        self.loss = None if teacher is None else _loss(loss)
-        object.__setattr__(self, "_teacher", _freeze(teacher) if teacher is not None else None)
+        loss = _checked_loss(loss)
+        if teacher is None:
+            self.frozen_teacher, self.loss = None, None
+            return self
+        self.frozen_teacher = teacher if isinstance(teacher, FrozenTeacher) \
+            else FrozenTeacher(teacher, kind=MetaBaseline)
+        self.loss = loss
         return self
 
     def train(self, mode: bool = True) -> MetaBaseline:
-        """Set the mode; batch norm stays in eval with ``freeze_bn``, the teacher always."""
+        """Set the mode; batch norm stays in eval with ``freeze_bn`` (the teacher always is)."""
         super().train(mode)
         if self.freeze_bn:
             set_bn_eval(self.encoder)
-        if self._teacher is not None:
-            self._teacher.eval()
         return self
 
     def _apply(self, fn: Any, recurse: bool = True) -> MetaBaseline:
-        super()._apply(fn, recurse)
-        if self._teacher is not None:
-            self._teacher._apply(fn, recurse)
+        super()._apply(fn, recurse)  # .to(), .double(), ... move the teacher too
+        if self.frozen_teacher is not None:
+            self.frozen_teacher.apply_tensors(fn)
         return self
 
     def forward(self, x: Tensor) -> Tensor:
@@ -285,12 +298,9 @@ class MetaBaseline(nn.Module):
             >>> mb.teacher_logits(b).requires_grad, float(mb.teacher.temperature)
             (False, 5.0)
         """
-        if self._teacher is None:
+        if self.frozen_teacher is None:
             raise ValueError("this MetaBaseline has no teacher")
-        if self._teacher.training:
-            self._teacher.eval()
-        with torch.no_grad():
-            return self._teacher.logits(batch)
+        return self.frozen_teacher(batch, device=self.temperature.device, method="logits")
 
     def meta_loss(self, batch: TaskBatch, training: bool = True,
                   step: int | Tensor = 0) -> tuple[Tensor, dict[str, Any]]:
@@ -302,11 +312,12 @@ class MetaBaseline(nn.Module):
         logits = self.logits(batch)
         ways = logits.shape[-1]
         flat, labels = logits.reshape(-1, ways), batch.query_y.reshape(-1)
-        if training and self._teacher is not None and self.loss is not None:
-            from metakd.distill.distiller import epoch_clock
-
+        if training and self.frozen_teacher is not None:
+            if self.loss is None:
+                raise ValueError("this MetaBaseline has a teacher but no loss to train with: "
+                                 "set_teacher(teacher, loss=metakd.distill.preset(...))")
             teacher = self.teacher_logits(batch).reshape(-1, ways)
-            terms = self.loss(flat, teacher, labels, epoch_clock(step, self.steps_per_epoch))
+            terms = self.loss(flat, teacher, labels, _epoch(step, self.steps_per_epoch))
         else:
             terms = {"ce": F.cross_entropy(flat, labels)}
         loss = total(terms)
@@ -318,6 +329,6 @@ class MetaBaseline(nn.Module):
 
     def extra_repr(self) -> str:
         learn = isinstance(self.temperature, nn.Parameter)
-        teacher = type(self._teacher).__name__ if self._teacher is not None else None
+        teacher = self.frozen_teacher
         return (f"temperature={float(self.temperature.detach()):g}, learn_temperature={learn}, "
                 f"metric={self.metric!r}, freeze_bn={self.freeze_bn}, teacher={teacher}")

@@ -31,6 +31,7 @@ from metakd.recipes.registry import (
     unregister,
 )
 from metakd.recipes.runs import Run, load_run, read_config, run
+from metakd.recipes.teachers import load_teacher
 
 __all__ = [
     "REQUIRED_FIELDS",
@@ -47,6 +48,7 @@ __all__ = [
     "finetune_learner",
     "get_method",
     "load_run",
+    "load_teacher",
     "method_of",
     "methods",
     "read_config",

@@ -1,12 +1,13 @@
 """The pieces of the Classifier-Baseline and Meta-Baseline recipes (:mod:`metakd.recipes.baseline`).
 
-The data of a run, the backbone, the loss of a config, the teachers (loaded at the first
-training step), the few-shot monitor and the objectives ``fit`` calls. The configs, the
+The data of a run, the backbone, the loss of a config, the teachers (handed to the models as
+loaders, read at the first training step), the few-shot monitor and the objectives ``fit`` calls. The configs, the
 builds and the registration are in :mod:`metakd.recipes.baseline`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from metakd._frozen import FrozenTeacher
 from metakd.engine.callbacks import Callback
 
 __all__ = ["DISTILL", "FewShotMonitor", "make_loss"]
@@ -180,11 +182,13 @@ class FewShotMonitor(Callback):
 
 
 class _ClassifierLoss:
-    """``fit``'s objective of stage 1: CE, or a Distiller with the teacher loaded lazily."""
+    """``fit``'s objective of stage 1: CE, or a Distiller whose teacher is read at first use."""
 
     def __init__(self, cfg: Any, steps_per_epoch: int, classes: int) -> None:
         self.cfg, self.steps_per_epoch, self.classes = cfg, steps_per_epoch, classes
         self.loss = make_loss(cfg) if cfg.teacher is not None else None
+        self.teacher = None if self.loss is None else FrozenTeacher(
+            functools.partial(_load_classifier_teacher, cfg, classes))
         self.distiller: Any = None
 
     def __call__(self, learner: nn.Module, batch: Any, step: int) -> Any:
@@ -194,9 +198,7 @@ class _ClassifierLoss:
         if self.loss is None or not learner.training:
             return supervised_loss(learner, batch, step)
         if self.distiller is None or self.distiller.student is not learner:
-            teacher = _load_classifier_teacher(self.cfg, self.classes)
-            teacher.to(next(learner.parameters()).device)
-            self.distiller = Distiller(learner, teacher, self.loss,
+            self.distiller = Distiller(learner, self.teacher, self.loss,
                                        steps_per_epoch=self.steps_per_epoch)
         self.distiller.train(True)
         return self.distiller.training_loss(batch, step)
@@ -217,7 +219,7 @@ def _teacher_method(cfg: Any) -> str | None:
 
 
 def _load_classifier_teacher(cfg: Any, classes: int) -> nn.Module:
-    from metakd.distill import load_teacher
+    from metakd.recipes.teachers import load_teacher
 
     method = _teacher_method(cfg)
     if method is not None and method != "classifier_baseline":
@@ -240,18 +242,18 @@ def _which(name: str) -> Any:
 
 
 def _load_meta_teacher(cfg: Any) -> Any:
-    """The teacher as a frozen :class:`MetaBaseline` with its checkpoint's temperature."""
-    from metakd.distill import freeze, load_teacher
+    """The teacher as a :class:`MetaBaseline` with its checkpoint's temperature."""
     from metakd.meta.baseline import MetaBaseline
     from metakd.recipes.runs import load_run
+    from metakd.recipes.teachers import load_teacher
 
     method = _teacher_method(cfg)
     if method == "meta_baseline":
         teacher = cast(MetaBaseline, load_run(str(cfg.teacher),
                                               checkpoint=_which(cfg.teacher_checkpoint),
                                               device=cfg.device).learner)
-        teacher.loss, teacher.steps_per_epoch = None, None
-        object.__setattr__(teacher, "_teacher", None)  # a teacher's teacher is not needed
+        teacher.set_teacher(None)  # a teacher's own teacher (and loss) is not needed
+        teacher.steps_per_epoch = None
     elif method in ("classifier_baseline", None):
         if method is None and cfg.teacher_arch is None:
             raise ValueError(f"teacher {cfg.teacher} is a weights file: give teacher_arch")
@@ -263,7 +265,7 @@ def _load_meta_teacher(cfg: Any) -> Any:
                          "classifier_baseline run")
     if cfg.teacher_temperature is not None:
         teacher.temperature.data.fill_(float(cfg.teacher_temperature))
-    return freeze(teacher.to(cfg.device))
+    return teacher  # frozen and moved to the student's device by its FrozenTeacher
 
 
 def _checkpoint(folder: str | Path, which: str) -> Path | None:
@@ -275,7 +277,8 @@ def _checkpoint(folder: str | Path, which: str) -> Path | None:
 
 
 class _MetaLoss:
-    """``fit``'s objective of stage 2: ``meta_loss``, with the teacher attached lazily."""
+    """``fit``'s objective of stage 2: ``meta_loss``; a teacher is attached at the first
+    training step, as a loader that the learner calls at its first use."""
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -283,7 +286,7 @@ class _MetaLoss:
 
     def __call__(self, learner: Any, batch: Any, step: int) -> Any:
         if self.loss is not None and learner.training and learner.teacher is None:
-            learner.set_teacher(_load_meta_teacher(self.cfg), self.loss)
+            learner.set_teacher(functools.partial(_load_meta_teacher, self.cfg), self.loss)
         return learner.meta_loss(batch, training=learner.training, step=step)
 
 

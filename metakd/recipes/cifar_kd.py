@@ -21,6 +21,7 @@ the reference trainers, which set it at the start of each epoch.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -327,8 +328,18 @@ def _autocast(enabled: bool, device: str) -> Iterator[None]:
         yield
 
 
+def _load_teacher(cfg: CifarKDConfig, channels_last: bool) -> nn.Module:
+    """The config's teacher (a run folder or a weights file), in the student's memory format."""
+    from metakd.recipes.teachers import load_teacher
+
+    teacher = load_teacher(str(cfg.teacher), arch=cfg.teacher_arch, num_classes=cfg.ways)
+    if channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+    return teacher
+
+
 class _TrainingLoss:
-    """``fit``'s objective: the distillation loss (teacher loaded at the first step), or CE.
+    """``fit``'s objective: the distillation loss (teacher read at the first step), or CE.
 
     The learner ``fit`` trains is the student itself, so its checkpoints are a plain
     ``state_dict`` of the student (a later run can use it as a teacher) and reading the run
@@ -341,22 +352,18 @@ class _TrainingLoss:
         self.amp, self.channels_last = amp, channels_last
         self.distiller: Any = None
         self.loss: Any = None  # a metakd.distill.DistillLoss, or None: plain cross-entropy
+        self.teacher: Any = None  # its FrozenTeacher: read at the first use, on the student's device
         if cfg.distill != "ce":
-            from metakd.distill import preset
+            from metakd.distill import FrozenTeacher, preset
 
             self.loss = preset(str(cfg.distill), **_loss_settings(cfg))  # bad settings fail early
+            self.teacher = FrozenTeacher(functools.partial(_load_teacher, cfg, channels_last))
 
     def _distiller(self, student: nn.Module) -> Any:
         if self.distiller is None or self.distiller.student is not student:
-            from metakd.distill import Distiller, load_teacher
+            from metakd.distill import Distiller
 
-            cfg = self.cfg
-            teacher = load_teacher(str(cfg.teacher), arch=cfg.teacher_arch, num_classes=cfg.ways)
-            device = next(student.parameters()).device
-            teacher = teacher.to(device)
-            if self.channels_last:
-                teacher = teacher.to(memory_format=torch.channels_last)
-            self.distiller = Distiller(student, teacher, self.loss,
+            self.distiller = Distiller(student, self.teacher, self.loss,
                                        steps_per_epoch=self.steps_per_epoch)
         return self.distiller
 

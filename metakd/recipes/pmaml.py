@@ -166,8 +166,8 @@ def build(cfg: PMAMLConfig) -> Parts:
     base = build_maml(dataclasses.replace(cfg, compile="off"))
     model = base.model
 
-    def load_teacher() -> Any:
-        from metakd.recipes import load_run
+    def read_teacher() -> Any:  # PMAML calls it at the first step that distils
+        from metakd.recipes.runs import load_run
 
         if not cfg.teacher:
             raise ValueError("PMAML needs a teacher to train: set teacher (--teacher RUN_DIR)")
@@ -176,7 +176,7 @@ def build(cfg: PMAMLConfig) -> Parts:
         return load_run(cfg.teacher, checkpoint="best", device=cfg.device).learner
 
     learner = PMAML(
-        model, load_teacher, inner_lr=cfg.inner_lr, inner_steps=cfg.inner_steps,
+        model, read_teacher, inner_lr=cfg.inner_lr, inner_steps=cfg.inner_steps,
         test_inner_steps=cfg.test_inner_steps, first_order=cfg.first_order, loss=_loss(cfg),
         schedule=_schedule(cfg), total_steps=cfg.steps, inner_kd=cfg.inner_kd,
         teacher_adapt=cfg.teacher_adapt, teacher_inner_steps=cfg.teacher_inner_steps,
