@@ -15,11 +15,23 @@ Example:
     ['conv1', 'conv2', 'conv4', 'conv6', 'conv8']
 """
 
+from metakd.nn.cifar_bottleneck import CifarBottleneckResNet
+from metakd.nn.cifar_mobilenet import CifarMobileNetV2
 from metakd.nn.cifar_resnet import CifarResNet
+from metakd.nn.cifar_shufflenet import CifarShuffleNetV1, CifarShuffleNetV2
+from metakd.nn.cifar_vgg import CifarVGG
+from metakd.nn.cifar_wrn import CifarWideResNet
 from metakd.nn.conv import ConvNet, TFSamePad2d
 from metakd.nn.heads import Backbone, CosineHead, LinearHead, cosine_logits, make_head
 from metakd.nn.norm import BatchNorm1d, BatchNorm2d, BatchNormConfig, set_bn_step
-from metakd.nn.registry import create, is_model, list_models, register_model
+from metakd.nn.registry import (
+    create,
+    is_model,
+    list_models,
+    original_key_map,
+    register_model,
+    rename_original_keys,
+)
 from metakd.nn.resnet import (
     BasicBlock,
     BottleResNet,
@@ -37,7 +49,13 @@ __all__ = [
     "BatchNorm2d",
     "BatchNormConfig",
     "BottleResNet",
+    "CifarBottleneckResNet",
+    "CifarMobileNetV2",
     "CifarResNet",
+    "CifarShuffleNetV1",
+    "CifarShuffleNetV2",
+    "CifarVGG",
+    "CifarWideResNet",
     "ConvNet",
     "CosineHead",
     "LinearHead",
@@ -54,6 +72,8 @@ __all__ = [
     "list_models",
     "make_head",
     "mtl_preset",
+    "original_key_map",
     "register_model",
+    "rename_original_keys",
     "set_bn_step",
 ]

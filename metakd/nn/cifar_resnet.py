@@ -1,7 +1,10 @@
 """CIFAR ResNets, the teacher/student pairs of the distillation literature.
 
-Registered names: ``resnet8``, ``resnet20``, ``resnet32``, ``resnet56``, ``resnet110``
-(filters [16, 16, 32, 64]) and ``resnet8x4``, ``resnet32x4`` (filters [32, 64, 128, 256]).
+Registered names: ``resnet8``, ``resnet14``, ``resnet20``, ``resnet32``, ``resnet44``,
+``resnet56``, ``resnet110`` (filters [16, 16, 32, 64]) and ``resnet8x4``, ``resnet32x4``
+(filters [32, 64, 128, 256]): mdistiller's CIFAR ResNets under their mdistiller names. Their
+state-dict keys are mdistiller's but for the classifier (``fc.*`` there, ``head.*`` here;
+:func:`metakd.nn.original_key_map`).
 
 Layout (He et al., "Deep Residual Learning for Image Recognition", CVPR 2016, §4.2; as in
 ``megvii-research/mdistiller : mdistiller/models/cifar/resnet.py``): a 3×3 stem conv (no bias)
@@ -32,9 +35,11 @@ __all__ = [
     "CifarResNet",
     "resnet8",
     "resnet8x4",
+    "resnet14",
     "resnet20",
     "resnet32",
     "resnet32x4",
+    "resnet44",
     "resnet56",
     "resnet110",
 ]
@@ -104,15 +109,22 @@ def _cifar(depth: int, filters: Sequence[int], kwargs: dict[str, Any]) -> CifarR
 
 _SMALL = (16, 16, 32, 64)
 _X4 = (32, 64, 128, 256)
+_MDISTILLER = {"fc.": "head."}  # the classifier's name in mdistiller's code
 
 
-@register_model
+@register_model(original_keys=_MDISTILLER)
 def resnet8(**kwargs: Any) -> CifarResNet:
     """CIFAR ResNet-8 (n=1, [16,16,32,64])."""
     return _cifar(8, _SMALL, kwargs)
 
 
-@register_model
+@register_model(original_keys=_MDISTILLER)
+def resnet14(**kwargs: Any) -> CifarResNet:
+    """CIFAR ResNet-14 (n=2, [16,16,32,64]); 181,108 params at 100 classes."""
+    return _cifar(14, _SMALL, kwargs)
+
+
+@register_model(original_keys=_MDISTILLER)
 def resnet20(**kwargs: Any) -> CifarResNet:
     """CIFAR ResNet-20 (n=3, [16,16,32,64]); 278,324 params at 100 classes.
 
@@ -123,31 +135,37 @@ def resnet20(**kwargs: Any) -> CifarResNet:
     return _cifar(20, _SMALL, kwargs)
 
 
-@register_model
+@register_model(original_keys=_MDISTILLER)
 def resnet32(**kwargs: Any) -> CifarResNet:
     """CIFAR ResNet-32 (n=5, [16,16,32,64])."""
     return _cifar(32, _SMALL, kwargs)
 
 
-@register_model
+@register_model(original_keys=_MDISTILLER)
+def resnet44(**kwargs: Any) -> CifarResNet:
+    """CIFAR ResNet-44 (n=7, [16,16,32,64]); 667,188 params at 100 classes."""
+    return _cifar(44, _SMALL, kwargs)
+
+
+@register_model(original_keys=_MDISTILLER)
 def resnet56(**kwargs: Any) -> CifarResNet:
     """CIFAR ResNet-56 (n=9, [16,16,32,64]); 861,620 params at 100 classes."""
     return _cifar(56, _SMALL, kwargs)
 
 
-@register_model
+@register_model(original_keys=_MDISTILLER)
 def resnet110(**kwargs: Any) -> CifarResNet:
     """CIFAR ResNet-110 (n=18, [16,16,32,64])."""
     return _cifar(110, _SMALL, kwargs)
 
 
-@register_model
+@register_model(original_keys=_MDISTILLER)
 def resnet8x4(**kwargs: Any) -> CifarResNet:
     """CIFAR ResNet-8x4 (n=1, [32,64,128,256])."""
     return _cifar(8, _X4, kwargs)
 
 
-@register_model
+@register_model(original_keys=_MDISTILLER)
 def resnet32x4(**kwargs: Any) -> CifarResNet:
     """CIFAR ResNet-32x4 (n=5, [32,64,128,256])."""
     return _cifar(32, _X4, kwargs)

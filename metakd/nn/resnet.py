@@ -12,7 +12,9 @@ Registered names:
 ``resnet12_bottle``, ``resnet18_bottle``, ``resnet36_bottle``, ``resnet50_bottle``
     GDA/W2S ``ResNet(layers)`` (``Few-shot Learning/models/resnet.py``): stage s is one
     Meta-Baseline block with shortcut and pool, then ``layers[s] - 1`` blocks with identity
-    shortcut and no pool; layers [1,1,1,1] / [1,2,2,1] / [2,3,5,2] / [3,4,6,3].
+    shortcut and no pool; layers [1,1,1,1] / [1,2,2,1] / [2,3,5,2] / [3,4,6,3]. Their blocks are
+    not bottlenecks: ``resnet50_bottle`` is not mdistiller's CIFAR ``ResNet50`` (registered as
+    ``ResNet50`` in :mod:`metakd.nn.cifar_bottleneck`).
 ``resnet10``, ``resnet18``
     PMAML's ``meta_backbones/resnet18.py`` after FEAT: 3×3 stem conv (stride 1, no bias) +
     BN + ReLU, no stem pool, BasicBlocks [1,1,1,1] / [2,2,2,2], planes 64-128-256-512,
@@ -497,7 +499,11 @@ def resnet36_bottle(**kwargs: Any) -> BottleResNet:
 
 @register_model
 def resnet50_bottle(**kwargs: Any) -> BottleResNet:
-    """GDA ``resnet50_bottle``: blocks [3,4,6,3] (48 3×3 convs despite the name)."""
+    """GDA ``resnet50_bottle``: blocks [3,4,6,3] (48 3×3 convs despite the name).
+
+    Not mdistiller's CIFAR ``ResNet50`` (registered as ``ResNet50``, a bottleneck ResNet-50 of
+    23.7M parameters, :class:`metakd.nn.CifarBottleneckResNet`).
+    """
     return _build(BottleResNet, ((3, 4, 6, 3),), kwargs, _RUNNING_BN)
 
 
