@@ -1,6 +1,7 @@
 # The two commands of the README:
 #   make demo    set up .venv (first time only) and run the main job on the bundled data
-#   make test    set up the test environments (first time only) and run the tests in both:
+#   make test    set up the test environments (first time only), lint (ruff, mypy: a finding
+#                fails the target) and run the tests in both:
 #                .venv      with learn2learn (which pins numpy<2): the whole default suite
 #                .venv-np2  numpy 2, no learn2learn, as `pip install metakd` gives a user: the
 #                           same suite, tests marked `learn2learn` skipped (tests/conftest.py)
@@ -33,6 +34,9 @@ demo: setup
 ifeq ($(NP2),1)
 test: setup-dev setup-np2
 	@status=0; \
+	echo "== lint (ruff, mypy)"; \
+	$(PY) -m ruff check metakd tests benchmarks examples || status=1; \
+	$(PY) -m mypy || status=1; \
 	echo "== tests in .venv (numpy $$($(PY) -c 'import numpy; print(numpy.__version__)'), learn2learn)"; \
 	$(PY) -m pytest -q || status=1; \
 	echo "== tests in .venv-np2 (numpy $$($(PY_NP2) -c 'import numpy; print(numpy.__version__)'), no learn2learn)"; \
@@ -40,6 +44,8 @@ test: setup-dev setup-np2
 	exit $$status
 else
 test: setup-dev
+	$(PY) -m ruff check metakd tests benchmarks examples
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 endif
 

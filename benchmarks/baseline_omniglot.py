@@ -32,7 +32,6 @@ The last line of output is one JSON object; without ``--quick`` it is also writt
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -40,12 +39,21 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from benchmarks._common import (
+    configure,
+    finish,
+    log_config,
+    output,
+    paired_list,
+    parser,
+    result_log,
+)
 from metakd.data import Omniglot, TaskBatch, few_shot
 from metakd.engine import evaluate, mean_confidence_interval, paired_difference
 
@@ -139,10 +147,6 @@ def score(run_dir: str, episodes: list[TaskBatch]) -> Any:
     learner = r.learner if r.method == "meta_baseline" else MetaBaseline(
         r.model, learn_temperature=False)
     return evaluate(learner, episodes)
-
-
-def _ci(values: Sequence[float]) -> dict[str, Any]:
-    return mean_confidence_interval(values).summary()
 
 
 def run(cfg: Config, log: Callable[[str], None] = print,
@@ -274,9 +278,9 @@ def summarise(shots: Sequence[int], per_seed: dict[tuple[int, str, str], list[di
         block: dict[str, Any] = {}
         for stage in ("teachers", *STAGES):
             arms = TEACHERS if stage == "teachers" else ARMS
-            block[stage] = {a: {**_ci([r["mean"] for r in per_seed[(k, stage, a)]]),
+            block[stage] = {a: {**mean_confidence_interval([r["mean"] for r in per_seed[(k, stage, a)]]).summary(),
                                 "per_seed": per_seed[(k, stage, a)]} for a in arms}
-        diffs = {name: {**_ci([r["mean"] for r in rows]), "per_seed": rows}
+        diffs = {name: {**mean_confidence_interval([r["mean"] for r in rows]).summary(), "per_seed": rows}
                  for (kk, name), rows in diff_rows.items() if kk == k}
         block["paired_differences"] = diffs
         settings[f"{WAYS}way{k}shot"] = block
@@ -309,14 +313,8 @@ def merge(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 def _verdict(shots: int, diffs: dict[str, Any]) -> str:
     """Each paired difference of a shot setting, in points with its 95% interval over seeds."""
-    parts = []
-    for name, d in diffs.items():
-        if d["interval"] is None:
-            parts.append(f"{name} {100 * d['mean']:+.2f} (1 seed)")
-        else:
-            lo, hi = d["interval"]
-            parts.append(f"{name} {100 * d['mean']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]")
-    return f"{WAYS}-way {shots}-shot, paired (points, 95% t over seeds): " + "; ".join(parts)
+    return (f"{WAYS}-way {shots}-shot, paired (points, 95% t over seeds): "
+            + paired_list(diffs, "; "))
 
 
 def table(result: dict[str, Any]) -> str:
@@ -337,18 +335,9 @@ def table(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true",
-                   help=f"a smoke run of 1-2 minutes, nothing written: {QUICK}")
-    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
-    p.add_argument("--shots", type=int, nargs="+", help="test shot settings (default 1 5)")
+    p = parser(__doc__, QUICK, "baseline_omniglot_cpu.json")
     p.add_argument("--cb-epochs", type=int, help="Classifier-Baseline epochs (default 8)")
     p.add_argument("--mb-steps", type=int, help="Meta-Baseline steps (default 120)")
-    p.add_argument("--test-tasks", type=int, help="fixed held-out test episodes (default 250)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--workdir", help="keep the run folders here (default: a temporary folder)")
-    p.add_argument("--out", type=Path, help="JSON result file (default benchmarks/results/"
-                                            "baseline_omniglot_cpu.json); not with --quick")
     p.add_argument("--reuse", action="store_true",
                    help="score finished run folders of --workdir again instead of training")
     p.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
@@ -356,43 +345,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.merge:
         result = merge([json.loads(f.read_text()) for f in args.merge])
-        out = args.out or RESULTS / "baseline_omniglot_cpu.json"
-        out.write_text(json.dumps(result, indent=2) + "\n")
         print(table(result))
         for line in result["verdict"]:
             print(line)
-        print(json.dumps(result))
+        finish(result, args.out or RESULTS / "baseline_omniglot_cpu.json", print)
         return
-    cfg = Config(threads=args.threads)
-    if args.quick:
-        cfg = replace(cfg, **QUICK)
-    for name in ("cb_epochs", "mb_steps", "test_tasks"):
-        if getattr(args, name) is not None:
-            cfg = replace(cfg, **{name: getattr(args, name)})
-    if args.seeds:
-        cfg = replace(cfg, seeds=tuple(args.seeds))
-    if args.shots:
-        cfg = replace(cfg, shots=tuple(args.shots))
-    out = None if args.quick else (args.out or RESULTS / "baseline_omniglot_cpu.json")
-    log_path = None
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        log_path = out.with_suffix(".log")
-        log_path.write_text("")
-
-    def log(msg: str) -> None:
-        print(msg, flush=True)
-        if log_path is not None:
-            with log_path.open("a") as f:
-                f.write(msg + "\n")
-
-    log(f"config: {json.dumps({**asdict(cfg), 'seeds': list(cfg.seeds)})}")
-    result = run(cfg, log, workdir=args.workdir, reuse=args.reuse)
-    log(table(result))
-    if out is not None:
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        log(f"wall time {result['wall_s']:.0f} s; results in {out}")
-    print(json.dumps(result))
+    cfg = configure(Config(threads=args.threads), args, QUICK, ("cb_epochs", "mb_steps"))
+    with result_log(output(args, "baseline_omniglot_cpu.json")) as (log, out):
+        log_config(cfg, log)
+        result = run(cfg, log, workdir=args.workdir, reuse=args.reuse)
+        log(table(result))
+        finish(result, out, log)
 
 
 if __name__ == "__main__":

@@ -45,8 +45,6 @@ The last line of output is one JSON object; without ``--quick`` it is also writt
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import shutil
@@ -59,6 +57,15 @@ from typing import Any
 
 import torch
 
+from benchmarks._common import (
+    configure,
+    finish,
+    log_config,
+    output,
+    paired_list,
+    parser,
+    result_log,
+)
 from metakd.data import Omniglot, TaskBatch, few_shot
 from metakd.engine import evaluate, mean_confidence_interval, paired_difference
 
@@ -158,10 +165,6 @@ def seconds_per_iteration(cfg: Config, arms: Sequence[str], shots: int, root: Pa
     return per
 
 
-def _summary(values: Sequence[float]) -> dict[str, Any]:
-    return mean_confidence_interval(list(values)).summary()
-
-
 def run(cfg: Config, log: Callable[[str], None] = print,
         workdir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Every arm for every seed and shot setting; the JSON-ready result."""
@@ -216,7 +219,7 @@ def run(cfg: Config, log: Callable[[str], None] = print,
         settings: dict[str, Any] = {}
         verdict: list[str] = []
         for shots in cfg.shots:
-            arms_out = {a: {**_summary([x["accuracy"] for x in per_seed[shots][a]]),
+            arms_out = {a: {**mean_confidence_interval([x["accuracy"] for x in per_seed[shots][a]]).summary(),
                             "seconds_per_iteration": cost[shots][a],
                             "meta_iterations": steps[shots][a],
                             "per_seed": per_seed[shots][a]} for a in arms}
@@ -225,7 +228,7 @@ def run(cfg: Config, log: Callable[[str], None] = print,
                 per = [{"seed": s, **paired_difference(results[(shots, a, s)],
                                                        results[(shots, b, s)]).summary()}
                        for s in cfg.seeds]
-                diffs_out[f"{a}-{b}"] = {**_summary([d["mean"] for d in per]), "per_seed": per}
+                diffs_out[f"{a}-{b}"] = {**mean_confidence_interval([d["mean"] for d in per]).summary(), "per_seed": per}
             settings[f"{WAYS}way{shots}shot"] = {"arms": arms_out,
                                                  "paired_differences": diffs_out}
             verdict.append(_verdict(shots, arms, arms_out, diffs_out))
@@ -277,64 +280,22 @@ def _verdict(shots: int, names: Sequence[str], arms: dict[str, Any], diffs: dict
     """Each arm's mean and each paired difference (points, 95% over seeds)."""
     text = f"{WAYS}-way {shots}-shot: " + ", ".join(
         f"{a} {100 * arms[a]['mean']:.2f} %" for a in names)
-    parts = []
-    for k, d in diffs.items():
-        if d["interval"] is None:
-            parts.append(f"{k} {100 * d['mean']:+.2f} (1 seed)")
-        else:
-            lo, hi = d["interval"]
-            parts.append(f"{k} {100 * d['mean']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]")
-    return text + "; paired, points [95% t over seeds]: " + ", ".join(parts)
+    return text + "; paired, points [95% t over seeds]: " + paired_list(diffs)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true",
-                   help=f"a smoke run of 1-2 minutes, nothing written: {QUICK}")
+    p = parser(__doc__, QUICK, "meta_lstm_omniglot_cpu.json")
     p.add_argument("--arms", nargs="+", help=f"arms (default {' '.join(ARMS)}; also "
                                              f"{' '.join(EXTRA_ARMS)})")
     p.add_argument("--train-seconds", type=float,
                    help="meta-training seconds per arm (60), as measured meta-iterations")
-    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
-    p.add_argument("--shots", type=int, nargs="+", help="shot settings (default 1 5)")
-    p.add_argument("--test-tasks", type=int, help="fixed held-out test episodes (default 100)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--workdir", help="keep the run folders here (default: a temporary folder)")
-    p.add_argument("--out", type=Path, help="JSON result file (default benchmarks/results/"
-                                            "meta_lstm_omniglot_cpu.json); not with --quick")
     args = p.parse_args(argv)
-    cfg = Config(threads=args.threads)
-    if args.quick:
-        cfg = replace(cfg, **QUICK)
-    if args.train_seconds is not None:
-        cfg = replace(cfg, train_seconds=args.train_seconds)
-    if args.test_tasks is not None:
-        cfg = replace(cfg, test_tasks=args.test_tasks)
-    if args.seeds:
-        cfg = replace(cfg, seeds=tuple(args.seeds))
-    if args.shots:
-        cfg = replace(cfg, shots=tuple(args.shots))
+    cfg = configure(Config(threads=args.threads), args, QUICK, ("train_seconds",))
     if args.arms:
         cfg = replace(cfg, arms=tuple(args.arms))
-    out = None if args.quick else (args.out or RESULTS / "meta_lstm_omniglot_cpu.json")
-    log_path = None
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        log_path = out.with_suffix(".log")
-        log_path.write_text("")
-
-    def log(msg: str) -> None:
-        print(msg, flush=True)
-        if log_path is not None:
-            with log_path.open("a") as f:
-                f.write(msg + "\n")
-
-    log(f"config: {json.dumps({**asdict(cfg), 'seeds': list(cfg.seeds)})}")
-    result = run(cfg, log, workdir=args.workdir)
-    if out is not None:
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        log(f"wall time {result['wall_s']:.0f} s; results in {out}")
-    print(json.dumps(result))
+    with result_log(output(args, "meta_lstm_omniglot_cpu.json")) as (log, out):
+        log_config(cfg, log)
+        finish(run(cfg, log, workdir=args.workdir), out, log)
 
 
 if __name__ == "__main__":

@@ -40,24 +40,30 @@ The last line of output is one JSON object; without ``--quick`` it is also writt
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from benchmarks._common import (
+    configure,
+    finish,
+    log_config,
+    output,
+    paired_list,
+    parser,
+    result_log,
+)
 from metakd.data import Omniglot, TaskBatch, few_shot
 from metakd.engine import evaluate, mean_confidence_interval, paired_difference
 
-RESULTS = Path(__file__).resolve().parent / "results"
 WAYS = 5
 IMAGE_SIZE = 28
 ROTATIONS = (0, 90, 180, 270)
@@ -163,10 +169,6 @@ def score(run_dir: str, episodes: list[TaskBatch], finetune: bool = False
     return result, list(result.values or ())
 
 
-def _ci(values: Sequence[float]) -> dict[str, Any]:
-    return mean_confidence_interval(values).summary()
-
-
 # --- the benchmark ---------------------------------------------------------------------------
 def run(cfg: Config, log: Callable[[str], None] = print,
         workdir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
@@ -232,7 +234,7 @@ def run(cfg: Config, log: Callable[[str], None] = print,
         verdict: list[str] = []
         for shots in cfg.shots:
             arms_out: dict[str, Any] = {
-                a: {**_ci([r["accuracy"] for r in per_seed[shots][a]]),
+                a: {**mean_confidence_interval([r["accuracy"] for r in per_seed[shots][a]]).summary(),
                     "per_seed": per_seed[shots][a]} for a in ARMS}
             diffs_out: dict[str, Any] = {}
             for a, b in PAIRS:
@@ -241,7 +243,7 @@ def run(cfg: Config, log: Callable[[str], None] = print,
                     d = paired_difference(per_episode[(shots, a, seed)],
                                           per_episode[(shots, b, seed)])
                     diffs.append({"seed": seed, **d.summary()})
-                diffs_out[f"{a}-{b}"] = {**_ci([d["mean"] for d in diffs]), "per_seed": diffs}
+                diffs_out[f"{a}-{b}"] = {**mean_confidence_interval([d["mean"] for d in diffs]).summary(), "per_seed": diffs}
             settings[f"{WAYS}way{shots}shot"] = {"arms": arms_out, "paired_differences": diffs_out}
             verdict.append(_verdict(shots, arms_out, diffs_out))
         for line in verdict:
@@ -298,64 +300,19 @@ def _verdict(shots: int, arms: dict[str, Any], diffs: dict[str, Any]) -> str:
     """The best arm of a shot setting and each paired difference (points, 95% over seeds)."""
     best = max(arms, key=lambda k: arms[k]["mean"])
     text = f"{WAYS}-way {shots}-shot: best {best} {100 * arms[best]['mean']:.2f} %"
-    parts = []
-    for k, d in diffs.items():
-        if d["ci95"] is None:
-            parts.append(f"{k} {100 * d['mean']:+.2f} (1 seed)")
-        else:
-            lo, hi = d["interval"]
-            parts.append(f"{k} {100 * d['mean']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]")
-    return text + "; paired, points [95% t over seeds]: " + ", ".join(parts)
+    return text + "; paired, points [95% t over seeds]: " + paired_list(diffs)
 
 
 # --- command line ----------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true",
-                   help=f"a smoke run of 2-3 minutes, nothing written: {QUICK}")
+    p = parser(__doc__, QUICK, "mtl_omniglot_cpu.json")
     p.add_argument("--steps", type=int, help="meta-iterations of mtl, mtl_hard and maml")
     p.add_argument("--pre-epochs", type=int, help="pre-training epochs (default 5)")
-    p.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
-    p.add_argument("--shots", type=int, nargs="+", help="shot settings (default 1 5)")
-    p.add_argument("--test-tasks", type=int, help="fixed held-out test episodes (default 100)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--workdir", help="keep the run folders here (default: a temporary folder, "
-                                     "removed at the end)")
-    p.add_argument("--out", type=Path,
-                   help="JSON result file (default benchmarks/results/mtl_omniglot_cpu.json); "
-                        "the log goes next to it as .log; not written with --quick")
     args = p.parse_args(argv)
-
-    cfg = Config(threads=args.threads)
-    if args.quick:
-        cfg = replace(cfg, **QUICK)
-    for name in ("steps", "pre_epochs", "test_tasks"):
-        if getattr(args, name) is not None:
-            cfg = replace(cfg, **{name: getattr(args, name)})
-    if args.seeds:
-        cfg = replace(cfg, seeds=tuple(args.seeds))
-    if args.shots:
-        cfg = replace(cfg, shots=tuple(args.shots))
-
-    out = None if args.quick else (args.out or RESULTS / "mtl_omniglot_cpu.json")
-    log_path = None
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        log_path = out.with_suffix(".log")
-        log_path.write_text("")
-
-    def log(msg: str) -> None:
-        print(msg, flush=True)
-        if log_path is not None:
-            with log_path.open("a") as f:
-                f.write(msg + "\n")
-
-    log(f"config: {json.dumps({**asdict(cfg), 'seeds': list(cfg.seeds)})}")
-    result = run(cfg, log, workdir=args.workdir)
-    if out is not None:
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        log(f"wall time {result['wall_s']:.0f} s; results in {out}")
-    print(json.dumps(result))
+    cfg = configure(Config(threads=args.threads), args, QUICK, ("steps", "pre_epochs"))
+    with result_log(output(args, "mtl_omniglot_cpu.json")) as (log, out):
+        log_config(cfg, log)
+        finish(run(cfg, log, workdir=args.workdir), out, log)
 
 
 if __name__ == "__main__":

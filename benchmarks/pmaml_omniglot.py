@@ -37,8 +37,6 @@ The last line of output is one JSON object; it is also written to ``--out`` (def
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -52,6 +50,15 @@ from typing import Any
 
 import torch
 
+from benchmarks._common import (
+    configure,
+    finish,
+    log_config,
+    output,
+    paired_list,
+    parser,
+    result_log,
+)
 from metakd.data import Omniglot, TaskBatch, few_shot
 from metakd.engine import evaluate, mean_confidence_interval, paired_difference
 
@@ -180,10 +187,6 @@ def score(run_dir: str, episodes: list[TaskBatch]) -> tuple[Any, list[float]]:
     return result, list(result.values or ())
 
 
-def _ci(values: Sequence[float]) -> dict[str, Any]:
-    return mean_confidence_interval(values).summary()
-
-
 def _params(model: str, kwargs: dict[str, Any]) -> int:
     from metakd.nn import create
 
@@ -270,7 +273,7 @@ def run(cfg: Config, log: Callable[[str], None] = print,
                 "student": arm.student, "teacher": arm.teacher, "mode": arm.mode,
                 "schedule": MODES[arm.mode]["schedule"] or "[] (never)",
                 "teacher_adapt": MODES[arm.mode]["teacher_adapt"],
-                **_ci([r["accuracy"] for r in runs]), "per_seed": runs,
+                **mean_confidence_interval([r["accuracy"] for r in runs]).summary(), "per_seed": runs,
             }
             base = f"{arm.student}/no_kd"
             if arm.mode != "no_kd" and base in per_seed:
@@ -279,7 +282,7 @@ def run(cfg: Config, log: Callable[[str], None] = print,
                     d = paired_difference(per_episode[(arm.name, seed)],
                                           per_episode[(base, seed)])
                     diffs.append({"seed": seed, **d.summary()})
-                entry["minus_no_kd"] = {**_ci([d["mean"] for d in diffs]), "per_seed": diffs}
+                entry["minus_no_kd"] = {**mean_confidence_interval([d["mean"] for d in diffs]).summary(), "per_seed": diffs}
             arms_out[arm.name] = entry
         verdict = _verdict(arms_out, cfg.students + cfg.resnet_students)
         for line in verdict:
@@ -338,18 +341,9 @@ def _verdict(arms: dict[str, Any], students: Sequence[str]) -> list[str]:
             continue
         best = max(own, key=lambda k: own[k]["mean"])
         text = f"{s}: best {best} {100 * own[best]['mean']:.2f} %"
-        diffs = []
-        for k, v in own.items():
-            d = v.get("minus_no_kd")
-            if d is None:
-                continue
-            if d["ci95"] is None:
-                diffs.append(f"{k} {100 * d['mean']:+.2f} (1 seed)")
-            else:
-                lo, hi = d["interval"]
-                diffs.append(f"{k} {100 * d['mean']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]")
+        diffs = {k: v["minus_no_kd"] for k, v in own.items() if v.get("minus_no_kd")}
         if diffs:
-            text += "; KD minus no_kd, points [95% t over seeds]: " + ", ".join(diffs)
+            text += "; KD minus no_kd, points [95% t over seeds]: " + paired_list(diffs)
         lines.append(text)
     return lines
 
@@ -427,8 +421,7 @@ def _step_seconds(run_cfg: Any, n: int) -> float:
 
 # --- command line ----------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help=f"a smoke run of a few minutes: {QUICK}")
+    p = parser(__doc__, QUICK, "pmaml_omniglot_cpu.json", shots=False)
     p.add_argument("--measure", action="store_true",
                    help="time one meta-iteration of each teacher and arm (and the test), "
                         "estimate the run's wall time, and stop")
@@ -436,44 +429,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--teacher-steps", type=int, help="meta-iterations of each teacher")
     p.add_argument("--meta-batch", type=int, help="tasks per meta-iteration (default 4)")
     p.add_argument("--queries", type=int, help="training query images per class (default 1)")
-    p.add_argument("--test-tasks", type=int, help="fixed held-out test episodes (default 100)")
-    p.add_argument("--seeds", type=int, nargs="+", help="student seeds (default 0 1 2)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--workdir", help="keep the run folders here (default: a temporary folder, "
-                                     "removed at the end)")
-    p.add_argument("--out", type=Path,
-                   help="JSON result file (default benchmarks/results/pmaml_omniglot_cpu.json, "
-                        "or ..._quick.json with --quick); the log goes next to it as .log")
     args = p.parse_args(argv)
-
-    cfg = Config(threads=args.threads)
-    if args.quick:
-        cfg = replace(cfg, **QUICK)
-    for name in ("steps", "teacher_steps", "meta_batch", "queries", "test_tasks"):
-        if getattr(args, name) is not None:
-            cfg = replace(cfg, **{name: getattr(args, name)})
-    if args.seeds:
-        cfg = replace(cfg, seeds=tuple(args.seeds))
-
+    cfg = configure(Config(threads=args.threads), args, QUICK,
+                    ("steps", "teacher_steps", "meta_batch", "queries"))
     if args.measure:
         print(json.dumps(measure(cfg)))
         return
-    out = args.out or RESULTS / (
-        "pmaml_omniglot_cpu_quick.json" if args.quick else "pmaml_omniglot_cpu.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    log_path = out.with_suffix(".log")
-    log_path.write_text("")
-
-    def log(msg: str) -> None:
-        print(msg, flush=True)
-        with log_path.open("a") as f:
-            f.write(msg + "\n")
-
-    log(f"config: {json.dumps({**dataclasses.asdict(cfg), 'seeds': list(cfg.seeds)})}")
-    result = run(cfg, log, workdir=args.workdir)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    log(f"wall time {result['wall_s']:.0f} s; results in {out}")
-    print(json.dumps(result))
+    out = output(args, "pmaml_omniglot_cpu.json", quick_out="pmaml_omniglot_cpu_quick.json")
+    with result_log(out) as (log, out):
+        log_config(cfg, log)
+        finish(run(cfg, log, workdir=args.workdir), out, log)
 
 
 if __name__ == "__main__":
