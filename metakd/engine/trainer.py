@@ -9,10 +9,8 @@ to the learner's ``meta_loss(batch, training=True, step=step)``; ``(x, y)`` mini
 from __future__ import annotations
 
 import logging
-import math
 import os
-import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -21,32 +19,16 @@ import torch
 from torch import nn
 
 from metakd.data.batch import TaskBatch
-from metakd.engine.callbacks import Callback, FitState
-from metakd.engine.checkpoint import get_rng_state, load_checkpoint, set_rng_state
-from metakd.engine.distributed import all_reduce_gradients, rank_slice, world
-from metakd.engine.errors import DivergenceError, InputError
+from metakd.engine._loop import NonFiniteLossError, TrainingRun
+from metakd.engine.callbacks import Callback
 from metakd.engine.evaluation import evaluate
-from metakd.engine.logger import JsonlLogger
-from metakd.engine.objective import (
-    LossFn,
-    Metrics,
-    Objective,
-    batch_size,
-    loggable_metrics,
-    metric_accuracy,
-    move_batch,
-)
-from metakd.engine.progress import TrainingBar
-from metakd.engine.runfolder import RunFolder, checkpoint_bytes
+from metakd.engine.objective import LossFn, Metrics
+from metakd.engine.runfolder import RunFolder
 from metakd.engine.stats import EvalResult
 
 __all__ = ["FitResult", "MetaLearner", "NonFiniteLossError", "evaluate", "fit"]
 
 log = logging.getLogger(__name__)
-
-_RESERVED = frozenset({"kind", "step", "loss", "accuracy", "lr", "elapsed_s", "tasks_per_s",
-                       "examples_per_s", "batches_per_s"})
-
 
 @runtime_checkable
 class MetaLearner(Protocol):
@@ -66,19 +48,6 @@ class MetaLearner(Protocol):
 
     def meta_loss(self, batch: TaskBatch, training: bool = True,
                   step: int = 0) -> tuple[torch.Tensor, Metrics]: ...
-
-
-class NonFiniteLossError(DivergenceError):
-    """The loss, a gradient or a weight became NaN or infinite; the run stopped.
-
-    The message names the step, the first non-finite tensor and the last finite checkpoint,
-    which is kept as it was (or says that there is none). A :class:`DivergenceError`, so also
-    a ``FloatingPointError``.
-
-    Example:
-        >>> issubclass(NonFiniteLossError, FloatingPointError)
-        True
-    """
 
 
 @dataclass
@@ -104,84 +73,6 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
     checkpoint: Path | None = None
-
-
-def _state(learner: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, step: int,
-           sampler: Any, best: dict[str, Any], callbacks: Sequence[Callback]) -> dict[str, Any]:
-    return {
-        "step": step,
-        "model": learner.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "sampler": sampler.state_dict() if hasattr(sampler, "state_dict") else None,
-        "rng": get_rng_state(),
-        "best": best,
-        "callbacks": [cb.state_dict() for cb in callbacks],
-    }
-
-
-def _non_finite(what: str, step: int, last_path: Path | None) -> NonFiniteLossError:
-    """The divergence stop: ``what`` is not finite at (1-based) step ``step + 1``."""
-    if last_path is not None and last_path.exists():
-        try:
-            kept = f"the last finite checkpoint, {last_path} (step {load_checkpoint(last_path)['step']}), is kept"
-        except (InputError, KeyError, TypeError):
-            kept = f"{last_path} is kept as it was"
-    else:
-        kept = "there is no checkpoint to keep"
-    return NonFiniteLossError(
-        f"training diverged at step {step + 1}: {what}; stopped without updating and wrote no "
-        f"result; {kept}. Lower the learning rates or clip gradients (clip_grad_norm)"
-    )
-
-
-def _first_non_finite(named: Iterable[tuple[str, torch.Tensor | None]]) -> str | None:
-    """The name and kind (``nan``/``inf``) of the first non-finite floating tensor, or None."""
-    for name, t in named:
-        if t is None or not torch.is_floating_point(t):
-            continue
-        if not bool(torch.isfinite(t).all()):
-            kind = "NaN" if bool(torch.isnan(t).any()) else "infinite"
-            return f"{name} is {kind}"
-    return None
-
-
-def _grads_finite(grads: list[torch.Tensor]) -> bool:
-    """One fused max-abs over every gradient: finite iff every entry is (NaN propagates)."""
-    if not grads:
-        return True
-    return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads, norm_type=float("inf"))))
-
-
-def _restore(ckpt: dict[str, Any], path: Path, learner: nn.Module,
-             optimizer: torch.optim.Optimizer, scheduler: Any, batches: Any,
-             callbacks: Sequence[Callback]) -> None:
-    states = ckpt.get("callbacks", [])
-    if len(states) != len(callbacks):
-        raise ValueError(
-            f"{path} holds the state of {len(states)} callback(s) but fit() got "
-            f"{len(callbacks)}: resume with the same callbacks, in the same order, as the run "
-            "that wrote it (or pass resume=False, or another out_dir, to start afresh)"
-        )
-    try:
-        learner.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()
-        detail = next((ln.strip() for ln in first if "size mismatch" in ln or "Missing" in ln
-                       or "Unexpected" in ln), first[0] if first else type(e).__name__)
-        raise InputError(f"{path} does not fit the learner built now ({detail}); resume with "
-                         "the options that wrote it, or start afresh (--fresh)") from None
-    if scheduler is not None and ckpt["scheduler"] is not None:
-        scheduler.load_state_dict(ckpt["scheduler"])
-    if ckpt["sampler"] is not None and hasattr(batches, "load_state_dict"):
-        batches.load_state_dict(ckpt["sampler"])
-    elif not hasattr(batches, "load_state_dict"):
-        log.warning("the batch stream has no state_dict/load_state_dict: it restarts from its "
-                    "beginning, so the resumed run is not the continuation of the first")
-    for cb, state in zip(callbacks, states):
-        cb.load_state_dict(state)
-    set_rng_state(ckpt["rng"])
 
 
 def fit(
@@ -315,177 +206,26 @@ def fit(
         raise ValueError(f"fit needs steps >= 0 and positive periods; got steps={steps}, "
                          f"checkpoint_every={checkpoint_every}, val_every={val_every}, "
                          f"log_every={log_every}")
-    callbacks = list(callbacks)
-    rank, world_size = world()
-    main_rank = rank == 0
-    run_folder = (out_dir if isinstance(out_dir, RunFolder)
-                  else RunFolder(out_dir) if out_dir is not None else None)
-    folder = run_folder.path if run_folder is not None else None
-    last_path = folder / "last.pt" if folder is not None else None
-    best: dict[str, Any] = {"accuracy": None, "step": None, "result": None}
-    start = 0
-    history: list[dict[str, Any]] = []
-    if resume and last_path is not None and last_path.exists():
-        ckpt = load_checkpoint(last_path)
-        _restore(ckpt, last_path, learner, optimizer, scheduler, batches, callbacks)
-        best = ckpt["best"]
-        start = int(ckpt["step"])
-        if on_resume is not None:
-            on_resume()
-        log.info("resumed from %s at step %d", last_path, start)
-    logger = JsonlLogger(folder if main_rank else None, tensorboard=tensorboard)
-    if main_rank:
-        logger.truncate_after(start)  # a fresh run starts an empty log; a resumed one its own
-    committed_log = logger.size()
-
-    def checkpoint(step: int) -> None:
-        """Stage ``last.pt`` (and a better ``best.pt``) and commit them with the caller's files;
-        the weights are checked first: a non-finite weight never reaches a checkpoint."""
-        nonlocal committed_log
-        if run_folder is None or not main_rank:
-            return
-        bad = _first_non_finite(learner.state_dict().items())
-        if bad is not None:
-            raise _non_finite(f"the weight {bad}", step - 1, last_path)
-        state = _state(learner, optimizer, scheduler, step, batches, best, callbacks)
-        run_folder.stage("last.pt", lambda: checkpoint_bytes(state))
-        run_folder.commit()
-        committed_log = logger.size()
-
-    def validate(step: int) -> None:
-        if val_data is None:
-            return
-        if eval_fn is not None:
-            res = eval_fn(learner, val_data, device=device, progress=False)
-        else:
-            res = evaluate(learner, val_data, device=device, loss_fn=loss_fn, step=step)
-        rec = {"kind": "val", "step": step, **res.as_dict()}
-        history.append(rec)
-        logger.write(rec)
-        log.info("step %d: validation %s", step, res)
-        if best["accuracy"] is None or res.mean > best["accuracy"]:
-            best.update(accuracy=res.mean, step=step, result=res.as_dict())
-            if run_folder is not None and main_rank:  # written with the next last.pt
-                weights = {k: v.detach().clone() for k, v in learner.state_dict().items()}
-                record = {"step": step, "model": weights, "val": res.as_dict()}
-                run_folder.stage("best.pt", lambda: checkpoint_bytes(record))
-
-    def draw() -> Any:
-        for cb in callbacks:
-            b = cb.next_batch()
-            if b is not None:
-                return b
-        try:
-            return next(it)
-        except StopIteration:
-            raise ValueError(
-                f"the batch stream ended at step {step} of {steps}: fit needs an endless stream "
-                "(few_shot(..., num_tasks=None), an endless minibatch loader) or at least "
-                "`steps` batches"
-            ) from None
-
-    objective = Objective(learner, loss_fn, training=True)
-    params = [p for p in learner.parameters() if p.requires_grad]
-    it: Iterator[Any] = iter(batches)
-    t_start = time.perf_counter()
-    step = start
-    stopped_early = False
-    first_loss: tuple[int, float] | None = None
-    for cb in callbacks:
-        cb.on_fit_start(FitState(learner, optimizer, scheduler, start, steps, folder, device,
-                                 rank, world_size, max_seconds))
+    run = TrainingRun(learner, batches, optimizer, steps, loss_fn=loss_fn, callbacks=callbacks,
+                      val_data=val_data, val_every=val_every, scheduler=scheduler,
+                      clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value,
+                      out_dir=out_dir, checkpoint_every=checkpoint_every, log_every=log_every,
+                      device=device, tensorboard=tensorboard, eval_fn=eval_fn,
+                      divergence_factor=divergence_factor)
+    if resume:
+        run.restore(on_resume)
+    logger = run.open_log()
     try:
-        bar = TrainingBar(steps, start, max_seconds, enabled=progress and main_rank)
-        learner.train()
-        window_items, window_t0 = 0, time.perf_counter()
-        try:
-            while step < steps:
-                batch = move_batch(rank_slice(draw(), rank, world_size), device)
-                loss, metrics = objective(batch, step)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise _non_finite(f"the training loss is {value}", step, last_path)
-                if first_loss is None:
-                    first_loss = (step, value)
-                elif divergence_factor is not None and \
-                        value > divergence_factor * max(abs(first_loss[1]), 1.0):
-                    raise _non_finite(
-                        f"the training loss {value:.4g} is over {divergence_factor:g} times its "
-                        f"value at step {first_loss[0] + 1} ({first_loss[1]:.4g})", step,
-                        last_path)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                all_reduce_gradients(params)
-                if not _grads_finite([p.grad for p in params if p.grad is not None]):
-                    bad = _first_non_finite((f"the gradient of {n}", p.grad)
-                                            for n, p in learner.named_parameters())
-                    raise _non_finite(bad or "a gradient is not finite", step, last_path)
-                if clip_grad_value is not None:
-                    torch.nn.utils.clip_grad_value_(params, clip_grad_value)
-                if clip_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
-                optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
-                step += 1
-                loss = loss.detach()
-                for cb in callbacks:
-                    cb.on_step_end(step, batch, loss, metrics, learner)
-                items, unit = batch_size(batch)
-                window_items += items * world_size
-                now = time.perf_counter()
-                if step % log_every == 0 or step == steps:
-                    rate = window_items / max(now - window_t0, 1e-9)
-                    window_items, window_t0 = 0, now
-                    scalars = loggable_metrics(metrics, _RESERVED)
-                    rec = {"kind": "train", "step": step, "loss": float(loss),
-                           "accuracy": metric_accuracy(metrics), **scalars,
-                           f"{unit}_per_s": rate, "lr": optimizer.param_groups[0]["lr"],
-                           "elapsed_s": now - t_start}
-                    history.append(rec)
-                    logger.write(rec)
-                    terms = {k[5:]: v for k, v in scalars.items() if k.startswith("loss/")}
-                    bar.show(rec["loss"], rec["accuracy"], terms, rate, unit)
-                bar.update(step, now - t_start)
-                if val_data is not None and step % val_every == 0 and step != steps:
-                    validate(step)
-                if step % checkpoint_every == 0:
-                    checkpoint(step)
-                if max_seconds is not None and time.perf_counter() - t_start > max_seconds:
-                    bar.update(step, time.perf_counter() - t_start)  # the budget is used up
-                    stopped_early = step < steps
-                    if step % log_every != 0:  # the log ends at the step the run ended
-                        rec = {"kind": "train", "step": step, "loss": float(loss),
-                               "accuracy": metric_accuracy(metrics),
-                               **loggable_metrics(metrics, _RESERVED),
-                               "lr": optimizer.param_groups[0]["lr"],
-                               "elapsed_s": time.perf_counter() - t_start}
-                        history.append(rec)
-                        logger.write(rec)
-                    break
-        except KeyboardInterrupt:
-            log.warning("interrupted at step %d: saving %s before stopping", step, last_path)
-            checkpoint(step)
-            raise
-        finally:
-            bar.close()
-        if val_data is not None and (best["step"] != step):
-            validate(step)
-        checkpoint(step)
+        stopped_early = run.train(max_seconds, progress)
+        if val_data is not None and run.best["step"] != run.step:
+            run.validate(run.step)
+        run.checkpoint(run.step)
     except BaseException:
-        if main_rank:  # the log goes back to the last checkpoint, as a resume would read it
-            logger.rollback(committed_log)
-        if run_folder is not None:
-            run_folder.discard()
+        run.roll_back()
         raise
     finally:
         logger.close()
-    best_res = best["result"]
-    return FitResult(
-        step=step,
-        best_val=EvalResult.from_dict(best_res) if best_res else None,
-        best_step=best["step"],
-        history=history,
-        stopped_early=stopped_early,
-        checkpoint=last_path,
-    )
+    best = run.best["result"]
+    return FitResult(step=run.step, best_val=EvalResult.from_dict(best) if best else None,
+                     best_step=run.best["step"], history=run.history,
+                     stopped_early=stopped_early, checkpoint=run.last_path)
