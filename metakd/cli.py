@@ -187,12 +187,27 @@ def _methods(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_train_parser(sub: Any, method: Any) -> None:
+def _shown_config(method: Any, argv: Sequence[str]) -> Any:
+    """The config ``metakd train METHOD ARGV`` would start from: the paper's values for the
+    ``--dataset``, ``--ways`` and ``--shots`` given (the class defaults where they fail)."""
+    d = method.config_cls()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--dataset", default=d.dataset)
+    pre.add_argument("--ways", type=int, default=d.ways)
+    pre.add_argument("--shots", type=int, default=d.shots)
+    try:
+        known, _ = pre.parse_known_args(list(argv))
+        return method.config_cls.paper(known.dataset, known.ways, known.shots)
+    except (ValueError, TypeError, SystemExit):
+        return d
+
+
+def _add_train_parser(sub: Any, method: Any, argv: Sequence[str] = ()) -> None:
     """``metakd train NAME``: the options of every method (the config fields the plumbing
     reads, :data:`metakd.recipes.REQUIRED_FIELDS`, and the run's switches), then the method's own
     (its ``add_arguments``, or one option per remaining config field)."""
     from metakd.recipes import REQUIRED_FIELDS
-    from metakd.recipes.options import add_config_arguments, field_docs
+    from metakd.recipes.options import add_config_arguments, field_docs, finish_help
 
     d = method.config_cls()
     docs = field_docs(method.config_cls)
@@ -234,6 +249,8 @@ def _add_train_parser(sub: Any, method: Any) -> None:
         method.add_arguments(t)
     else:
         add_config_arguments(t, method.config_cls, skip=REQUIRED_FIELDS)
+    if "-h" in argv or "--help" in argv:  # the help of the values that would run
+        finish_help(t, _shown_config(method, argv), f"{method.name} options")
     t.set_defaults(func=_train)
 
 
@@ -242,7 +259,7 @@ def _add_debug(parser: argparse.ArgumentParser) -> None:
                         help="show the traceback of a failure instead of one line")
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     from metakd.recipes import methods
 
     p = _Parser(prog="metakd", description="Few-shot meta-learning and distillation. Exit "
@@ -281,7 +298,8 @@ def _build_parser() -> argparse.ArgumentParser:
     per_method = t.add_subparsers(dest="method", required=True, metavar="METHOD",
                                   parser_class=_Parser)
     for method in methods():
-        _add_train_parser(per_method, method)
+        _add_train_parser(per_method, method,
+                          argv if method.name in argv[:3] else ())
 
     e = sub.add_parser("eval", help="test a trained run (600 episodes, 95%% interval)",
                        description="Test a run folder of any method again, on its episode shape "
@@ -362,7 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     exception (a bug) keeps its traceback.
     """
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = _build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _build_parser(argv).parse_args(argv)
     try:
         return int(args.func(args))
     except Exception as e:

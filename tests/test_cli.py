@@ -163,3 +163,46 @@ def test_eval_errors_are_one_line(tiny_run: Path, tmp_path: Path,
                                                                     code=3)
     assert "2000-way episodes need 2000 classes" in _one_line_in_process(
         capsys, "eval", str(tiny_run), "--ways", "2000", "--no-progress")
+
+
+def _help(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--help"])
+    assert e.value.code == 0
+    return capsys.readouterr().out
+
+
+def _shown_default(text: str, flag: str) -> str:
+    """The ``(default: X)`` of ``flag``'s entry in a help text (the entry may wrap)."""
+    lines = text.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith(f"  {flag} ")
+                 or ln.strip() == flag or ln.startswith(f"  {flag},"))
+    end = next((i for i in range(start + 1, len(lines))
+                if lines[i].startswith("  -") or not lines[i].strip()), len(lines))
+    m = re.search(r"\(default: ([^)]*)\)\s*$", " ".join(" ".join(lines[start:end]).split()))
+    assert m, (flag, lines[start:end])
+    return m[1]
+
+
+def test_help_shows_the_values_that_run_for_the_data_set(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from metakd.recipes import MTLConfig, get_method
+
+    omni = _help(capsys, "train", "mtl", "--dataset", "omniglot")
+    mini = _help(capsys, "train", "mtl", "--dataset", "miniimagenet")
+    for cfg, text in ((MTLConfig.paper("omniglot", 5, 1), omni),
+                      (MTLConfig.paper("miniimagenet", 5, 1), mini)):
+        for field, flag in (("pre_epochs", "--pre-epochs"), ("pre_lr", "--pre-lr"),
+                            ("update_step", "--update-step"), ("steps", "--steps")):
+            assert _shown_default(text, flag) == str(getattr(cfg, field)), flag
+    assert _shown_default(omni, "--pre-epochs") != _shown_default(mini, "--pre-epochs")
+    for group in ("data:", "model:", "inner loop:", "outer loop:", "run:"):
+        assert f"\n{group}\n" in omni, group
+    for method in ("maml", "pmaml", "mtl", "meta_lstm", "classifier_baseline", "meta_baseline",
+                   "cifar_kd"):
+        text = _help(capsys, "train", method)
+        assert "``" not in text and ":func:" not in text and ":class:" not in text, method
+        cfg = get_method(method).config_cls.paper(get_method(method).config_cls().dataset,
+                                                  get_method(method).config_cls().ways,
+                                                  get_method(method).config_cls().shots)
+        assert _shown_default(text, "--seed") == str(cfg.seed)

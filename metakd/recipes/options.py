@@ -18,7 +18,8 @@ import typing
 from collections.abc import Sequence
 from typing import Any, Literal
 
-__all__ = ["KeyValueAction", "add_config_arguments", "field_docs", "parse_value"]
+__all__ = ["OPTION_GROUPS", "KeyValueAction", "add_config_arguments", "field_docs",
+           "finish_help", "parse_value", "plain"]
 
 _ENTRY = re.compile(r"^(?P<names>[A-Za-z_][\w]*(?:\s*,\s*[A-Za-z_][\w]*)*)\s*(?:\([^)]*\))?:\s*(?P<text>.*)$")
 
@@ -180,3 +181,100 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type[Any],
         parser.add_argument(flag, **kw)
         added.append(f.name)
     return added
+
+
+OPTION_GROUPS: dict[str, tuple[str, ...]] = {
+    "data": ("dataset", "root", "download", "ways", "shots", "queries", "test_queries",
+             "image_size", "rotations", "augment", "pre_augment", "val_split", "val_holdout",
+             "batch_size", "train_batches", "hard_tasks", "hard_task_mode", "hard_task_others",
+             "hard_task_batch"),
+    "model": ("model", "arch", "model_kwargs", "hidden_size", "input_size", "bn_momentum",
+              "bn_eps", "gate_feedback", "attention", "attention_softmax", "attention_chunk",
+              "temperature_init", "learn_temperature", "freeze_bn", "pretrained",
+              "pretrained_checkpoint", "variant", "phase"),
+    "inner loop": ("inner_lr", "inner_steps", "test_inner_steps", "first_order",
+                   "inner_loss_reduction", "base_lr", "update_step", "test_update_step",
+                   "epochs", "test_epochs", "scale_grads"),
+    "outer loop": ("meta_lr", "meta_lr1", "meta_lr2", "meta_batch_size", "steps", "lr_schedule",
+                   "clip_grad_value", "grad_clip", "weight_decay", "lr_milestones", "lr_gamma",
+                   "lr_step", "lr", "momentum", "nesterov", "milestones", "gamma",
+                   "warmup_epochs", "warmup_lr", "min_lr", "recipe", "pre_lr", "pre_epochs",
+                   "pre_batch_size", "pre_lr_step", "pre_lr_gamma", "pre_weight_decay"),
+    "distillation": ("teacher", "teacher_arch", "teacher_checkpoint", "distill", "gda",
+                     "temperature", "trade_lambda", "kd_reduction", "schedule", "inner_kd",
+                     "teacher_adapt", "teacher_inner_steps", "ce_weight", "kd_weight",
+                     "dkd_alpha", "dkd_beta", "fisher_rao_weight", "sinkhorn_weight",
+                     "threshold", "conf_clamp", "guard", "debias", "teacher_temperature"),
+    "run": ("val_every", "val_tasks", "test_tasks", "test_seed", "fs_every", "fs_tasks", "seed",
+            "out_dir", "max_seconds", "device", "backend", "compile", "amp", "channels_last",
+            "checkpoint_every", "fresh", "override", "no_progress", "debug"),
+}
+"""The group of each option in ``metakd train METHOD --help``, by config field (or ``dest``);
+an option of no group is listed under the method's own options."""
+
+_MARKUP = [(re.compile(r":(?:func|class|meth|mod|data|attr):`~?([^`]+)`"), r"\1"),
+           (re.compile(r"``([^`]+)``"), r"\1"), (re.compile(r"`([^`]+)`"), r"\1")]
+
+
+def plain(text: str) -> str:
+    """Docstring markup out of a help text (``x``, :func:`x`, `x` become x).
+
+    Example:
+        >>> plain("``None``: the :func:`metakd.nn.create` default")
+        'None: the metakd.nn.create default'
+    """
+    for pattern, repl in _MARKUP:
+        text = pattern.sub(repl, text)
+    return text
+
+
+_DEFAULT = re.compile(r"\s*\(default[^()]*(?:\([^()]*\)[^()]*)*\)")
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value) or "none"
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items()) or "none"
+    return str(value)
+
+
+def finish_help(parser: argparse.ArgumentParser, shown: Any, title: str) -> None:
+    """Make ``parser``'s help show what runs: each config option's default is the value of
+    ``shown`` (the config ``paper(dataset, ways, shots)`` builds for the data set given), in
+    plain text, and the options are grouped by :data:`OPTION_GROUPS` (the rest under
+    ``title``).
+
+    Example:
+        >>> from metakd.recipes import MAMLConfig
+        >>> p = argparse.ArgumentParser()
+        >>> _ = p.add_argument("--inner-lr", dest="inner_lr", type=float,
+        ...                    help="``alpha`` (default: the paper's)")
+        >>> finish_help(p, MAMLConfig.paper("omniglot", 5, 1), "maml options")
+        >>> [a.help for a in p._actions if a.dest == "inner_lr"]
+        ['alpha (default: 0.4)']
+    """
+    fields = {f.name for f in dataclasses.fields(shown)} if dataclasses.is_dataclass(shown) \
+        else set()
+    groups = {name: parser.add_argument_group(name) for name in OPTION_GROUPS}
+    own = parser.add_argument_group(title)
+    where = {dest: name for name, dests in OPTION_GROUPS.items() for dest in dests}
+    for container in list(parser._action_groups):
+        if container in groups.values() or container is own:
+            continue
+        for action in list(container._group_actions):
+            if action.dest == "help":
+                continue
+            if action.help and action.help is not argparse.SUPPRESS:
+                text = plain(action.help)
+                if action.dest in fields:
+                    value = _shown(getattr(shown, action.dest)).replace("%", "%%")
+                    text = _DEFAULT.sub("", text).rstrip(". ") + f" (default: {value})"
+                action.help = text
+            target = groups[where[action.dest]] if action.dest in where else own
+            container._group_actions.remove(action)
+            target._group_actions.append(action)
+    parser._action_groups = [g for g in parser._action_groups
+                             if g._group_actions or g.title not in (*OPTION_GROUPS, title)]
