@@ -241,6 +241,42 @@ def test_classifier_baseline_divergence(tmp_path: Path,
     assert "training diverged at step" in err and "there is no checkpoint to keep" in err
 
 
+@pytest.mark.parametrize("argv", [
+    ["pmaml", "--schedule", "none", "--meta-lr", "1e6", "--steps", "30", "--meta-batch-size",
+     "2", "--test-tasks", "2", "--compile", "off"],
+    ["mtl", "--phase", "pre", "--pre-lr", "1e6", "--pre-epochs", "1", "--test-tasks", "2"],
+    ["meta_lstm", "--dataset", "omniglot", "--lr", "1e6", "--steps", "30", "--test-tasks", "2"],
+], ids=["pmaml", "mtl", "meta_lstm"])
+def test_every_episodic_method_stops_when_it_diverges(
+        argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "r"
+    err = fails(capsys, ["train", *argv, "--out-dir", str(out), "--no-progress"], 4)
+    assert "training diverged at step" in err and not out.exists()
+
+
+def test_cifar_kd_divergence(cifar_root: Path, tmp_path: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    err = fails(capsys, ["train", "cifar_kd", "--root", str(cifar_root), "--arch", "resnet8",
+                         "--lr", "1e6", "--batch-size", "16", "--epochs", "2",
+                         "--out-dir", str(tmp_path / "k"), "--no-progress"], 4)
+    assert "training diverged at step" in err
+
+
+@pytest.mark.slow
+def test_meta_baseline_divergence(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--lr 1e6``: once 17 non-finite tensors in last.pt and chance accuracy as the result."""
+    cb = tmp_path / "cb"
+    assert cli.main(["train", "classifier_baseline", "--dataset", "omniglot", "--epochs", "1",
+                     "--test-tasks", "2", "--fs-every", "0", "--out-dir", str(cb),
+                     "--no-progress"]) == 0
+    out = tmp_path / "mb"
+    err = fails(capsys, ["train", "meta_baseline", "--dataset", "omniglot", "--pretrained",
+                         str(cb), "--lr", "1e6", "--epochs", "1", "--train-batches", "20",
+                         "--test-tasks", "2", "--val-tasks", "0", "--out-dir", str(out),
+                         "--no-progress"], 4)
+    assert "training diverged at step" in err and not (out / "results.json").exists()
+
+
 def _diverging_fit(tmp_path: Path, poison: str) -> str:
     """fit on a linear model whose gradient (or, after the update, weight) becomes NaN."""
     torch.manual_seed(0)

@@ -164,7 +164,11 @@ def plot_learning_curve(log_path: str | os.PathLike[str], png_path: str | os.Pat
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    png = Path(png_path)
-    fig.savefig(png, dpi=110)
+    import io
+
+    from metakd.engine.runfolder import atomic_write
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
     plt.close(fig)
-    return png
+    return atomic_write(png_path, buf.getvalue())
