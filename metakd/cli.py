@@ -1,4 +1,4 @@
-"""The ``metakd`` command: ``train``, ``eval``, ``methods`` and ``demo``.
+"""The ``metakd`` command: ``train``, ``eval``, ``convert``, ``methods`` and ``demo``.
 
 * ``metakd train METHOD --dataset omniglot [--root DIR] --ways 5 --shots 1 ...``: train a
   registered method (``metakd methods`` lists them) with the paper's settings for that data
@@ -6,6 +6,10 @@
 * ``metakd eval RUN_DIR [--dataset D] [--root R] [--ways N] [--shots K] ...``: test a trained
   run of any method again (600 episodes, 95% interval), on its episode shape or another one;
   the result also goes to ``RUN_DIR/eval-<settings>.json``.
+* ``metakd convert SRC --arch NAME --to DEST [--format F] [--part student|teacher]``: an
+  original project's checkpoint (MAML-Pytorch, PMAML, learn2learn, mdistiller... see
+  :mod:`metakd.interop`) as a metakd state dict (``DEST`` ending in ``.pt``/``.pth``) or as a
+  run folder that ``metakd eval DEST`` tests (MAML-Pytorch checkpoints).
 * ``metakd methods``: the registered methods, one line each.
 * ``metakd demo``: a few minutes of MAML on the bundled Omniglot, then held-out accuracy,
   the checkpoint, a learning curve and a picture of an episode.
@@ -177,6 +181,20 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from metakd.interop._convert import convert_file
+
+    res = convert_file(args.src, args.to, args.arch, format=args.format, part=args.part)
+    options = ", ".join(f"{k}={v}" for k, v in res["model_kwargs"].items())
+    print(f"{args.src} ({res['format']}) -> {res['arch']}" + (f" ({options})" if options else ""))
+    if res["kind"] == "run folder":
+        print(f"  run folder: {res['dest']} ({', '.join(res['files'])})")
+        print(f"  test it: metakd eval {res['dest']}")
+    else:
+        print(f"  state dict: {res['dest']}")
+    return 0
+
+
 def _methods(args: argparse.Namespace) -> int:
     from metakd.recipes import methods
 
@@ -321,6 +339,24 @@ def _build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     e.add_argument("--no-progress", action="store_true", help="hide progress bars")
     _add_debug(e)
     e.set_defaults(func=_eval)
+
+    c = sub.add_parser("convert", help="an original project's checkpoint as a metakd state dict "
+                                       "or run folder",
+                       description="Read an original project's checkpoint (weights only; "
+                                   "MAML-Pytorch, PMAML, learn2learn, mdistiller, or a plain "
+                                   "state dict of --arch), build the metakd model, load the "
+                                   "weights strictly and write them: DEST ending in .pt/.pth "
+                                   "gets {name: tensor}, any other DEST becomes a run folder "
+                                   "that `metakd eval DEST` tests (MAML-Pytorch checkpoints).")
+    c.add_argument("src", help="the checkpoint file")
+    c.add_argument("--arch", help="metakd model name (default: the one the file's format says)")
+    c.add_argument("--to", required=True, metavar="DEST", help="state-dict file or new run folder")
+    c.add_argument("--format", help="checkpoint format, e.g. maml_pytorch, pmaml, learn2learn "
+                                    "(default: detected)")
+    c.add_argument("--part", choices=["student", "teacher"],
+                   help="the network of a file holding several (a distiller's checkpoint)")
+    _add_debug(c)
+    c.set_defaults(func=_convert)
 
     m = sub.add_parser("methods", help="list the registered methods")
     m.set_defaults(func=_methods)

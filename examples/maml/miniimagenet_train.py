@@ -5,7 +5,7 @@
 
 import json
 
-from _args import config, parser
+from _args import config, describe_inner_loss, parser
 
 from metakd.recipes import run
 
@@ -13,4 +13,6 @@ if __name__ == "__main__":
     args = parser("miniimagenet", __doc__.splitlines()[0]).parse_args()
     if args.root is None:
         raise SystemExit("miniimagenet_train.py: --root is required (the miniImageNet folder)")
-    print(json.dumps(run(config("miniimagenet", args)), indent=2))
+    cfg = config("miniimagenet", args)
+    print(describe_inner_loss(cfg))
+    print(json.dumps(run(cfg), indent=2))

@@ -6,10 +6,12 @@
 
 import json
 
-from _args import config, parser
+from _args import config, describe_inner_loss, parser
 
 from metakd.recipes import run
 
 if __name__ == "__main__":
     args = parser("omniglot", __doc__.splitlines()[0]).parse_args()
-    print(json.dumps(run(config("omniglot", args)), indent=2))
+    cfg = config("omniglot", args)
+    print(describe_inner_loss(cfg))
+    print(json.dumps(run(cfg), indent=2))
