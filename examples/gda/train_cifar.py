@@ -15,13 +15,17 @@ mapped onto :class:`metakd.recipes.CifarKDConfig` (the ``gda`` recipe: GDA's
 
 As in the original, ``--batch-size`` is per process (GDA's 6 GPUs x 128 = 768 per step) and
 flags left out take the original argparse defaults. ``--teacher-pretrained`` takes a metakd
-run folder, a state-dict file or an mdistiller checkpoint.
+run folder, a state-dict file, an mdistiller checkpoint or a checkpoint of GDA's own
+``train.py`` (timm's ``CheckpointSaver`` file, whose ``args.model`` must be ``--teacher``).
+``--model`` and ``--teacher`` take GDA's timm names (``cifar_resnet50``, ``mobilenetv2``,
+``shufflenetv1`` ...: :data:`metakd.interop.gda.CIFAR_MODELS`) or metakd's.
 """
 
 import argparse
 import json
 import os
 
+from metakd.interop.gda import CIFAR_MODELS
 from metakd.recipes import CifarKDConfig, run
 from metakd.recipes.baseline_options import read_yaml
 
@@ -84,10 +88,11 @@ def config(args: argparse.Namespace) -> CifarKDConfig:
     if args.teacher_pretrained is not None:
         loss.update(ce_weight=args.gt_loss_weight, kd_weight=args.kd_loss_weight,
                     sinkhorn_weight=args.sinkhorn_lamda, teacher=args.teacher_pretrained,
-                    teacher_arch=args.teacher)
+                    teacher_arch=CIFAR_MODELS.get(args.teacher, args.teacher))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return CifarKDConfig.paper(
-        root=args.data_dir, arch=args.model, recipe="gda", out_dir=args.output,
+        root=args.data_dir, arch=CIFAR_MODELS.get(args.model, args.model), recipe="gda",
+        out_dir=args.output,
         device=device, max_seconds=args.max_seconds,
         **{"seed": 42, **values, **loss},
     )

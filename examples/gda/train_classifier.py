@@ -31,8 +31,11 @@ def parser(stage: str) -> argparse.ArgumentParser:
     """The original options (``None`` unless given), then the KD and metakd options."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, help="a YAML config (see examples/gda/configs)")
-    p.add_argument("--res_type", help="the student's encoder (replaces model_args.encoder)")
-    p.add_argument("--teacher_res_type", help="the teacher's encoder (with a teacher_load)")
+    p.add_argument("--res_type", help="the student's encoder, a GDA name (replaces "
+                   "model_args.encoder): resnet12 is GDA's, without max-pooling; resnet18 "
+                   "and resnet36 are the _bottle networks (docs/originals/gda.md)")
+    p.add_argument("--teacher_res_type", help="the teacher's encoder, a GDA name (with a "
+                   "teacher_load)")
     if stage == "meta":
         p.add_argument("--teacher_meta_model", action="store_true",
                        help="the teacher is the 1-shot Meta-Baseline run, not the classifier")

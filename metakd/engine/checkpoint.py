@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import random
 import re
@@ -42,6 +44,13 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Any:
     """Load a checkpoint with ``weights_only=True`` (tensors, containers and numbers only).
 
+    One class more is allowed: ``argparse.Namespace``, which timm's ``CheckpointSaver``
+    pickles under ``args`` (the GDA and Weak-to-Strong CIFAR trainers save their command
+    line there). A ``Namespace`` is an attribute holder: rebuilding it runs no code of the
+    file, and its values must themselves be weights-only types (an object of any other class,
+    inside it or anywhere in the file, is still refused). The loaded ``Namespace`` is data;
+    :mod:`metakd.interop` reads only its ``model`` name.
+
     Raises:
         FileNotFoundError: there is no file at ``path``.
         InputError: the file is empty or not a PyTorch checkpoint (text, truncated, another
@@ -62,11 +71,18 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     if path.stat().st_size == 0:
         raise InputError(f"{path} is empty, not a PyTorch checkpoint")
     try:
-        with warnings.catch_warnings():  # a plain pickle's protocol: the error says enough
+        with warnings.catch_warnings(), _allow_namespace():
+            # a plain pickle's protocol: the error says enough
             warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         raise unreadable_checkpoint(path, e) from None
+
+
+def _allow_namespace() -> contextlib.AbstractContextManager[Any]:
+    """Let weights-only loading rebuild ``argparse.Namespace`` (torch >= 2.5), nothing else."""
+    allow = getattr(torch.serialization, "safe_globals", None)
+    return allow([argparse.Namespace]) if allow is not None else contextlib.nullcontext()
 
 
 def _first_line(text: str, limit: int = 160) -> str:

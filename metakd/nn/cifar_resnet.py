@@ -1,8 +1,9 @@
 """CIFAR ResNets, the teacher/student pairs of the distillation literature.
 
 Registered names: ``resnet8``, ``resnet14``, ``resnet20``, ``resnet32``, ``resnet44``,
-``resnet56``, ``resnet110`` (filters [16, 16, 32, 64]) and ``resnet8x4``, ``resnet32x4``
-(filters [32, 64, 128, 256]): mdistiller's CIFAR ResNets under their mdistiller names. Their
+``resnet56``, ``resnet80``, ``resnet110`` (filters [16, 16, 32, 64]) and ``resnet8x4``,
+``resnet32x4`` (filters [32, 64, 128, 256]): mdistiller's CIFAR ResNets under their mdistiller
+names (``resnet80`` is GDA's, the same family). Their
 state-dict keys are mdistiller's but for the classifier (``fc.*`` there, ``head.*`` here;
 :func:`metakd.nn.original_key_map`).
 
@@ -41,6 +42,7 @@ __all__ = [
     "resnet32x4",
     "resnet44",
     "resnet56",
+    "resnet80",
     "resnet110",
 ]
 
@@ -151,6 +153,16 @@ def resnet44(**kwargs: Any) -> CifarResNet:
 def resnet56(**kwargs: Any) -> CifarResNet:
     """CIFAR ResNet-56 (n=9, [16,16,32,64]); 861,620 params at 100 classes."""
     return _cifar(56, _SMALL, kwargs)
+
+
+@register_model(original_keys=_MDISTILLER)
+def resnet80(**kwargs: Any) -> CifarResNet:
+    """CIFAR ResNet-80 (n=13, [16,16,32,64]); 1,250,484 params at 100 classes.
+
+    Registered by GDA's and Weak-to-Strong's timm trainers (``custom_model/cifar/
+    cifar_resnetv1.py``), not by mdistiller.
+    """
+    return _cifar(80, _SMALL, kwargs)
 
 
 @register_model(original_keys=_MDISTILLER)

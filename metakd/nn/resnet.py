@@ -9,6 +9,12 @@ Registered names:
     LeakyReLU, MaxPool2d(2)), channels 64-128-256-512 (``wide=True``: 64-160-320-640), mean
     over H×W → 512-d. 80 px → 5×5. 7,996,800 encoder params. Submodule names follow
     Meta-Baseline (``layer1.conv1``, ``layer1.downsample.0`` ...) so its encoder weights load.
+``resnet12_gda``
+    GDA's/W2S's ``resnet12`` (``Few-shot Learning/models/resnet.py``, class ``ResNet12``): the
+    same blocks, parameters and key names as ``resnet12`` but **no max-pooling**, so an
+    80 px image stays 80×80 through the four blocks. A checkpoint of one loads into the other
+    and computes a different function: :mod:`metakd.interop` refuses such loads where the
+    file names its encoder.
 ``resnet12_bottle``, ``resnet18_bottle``, ``resnet36_bottle``, ``resnet50_bottle``
     GDA/W2S ``ResNet(layers)`` (``Few-shot Learning/models/resnet.py``): stage s is one
     Meta-Baseline block with shortcut and pool, then ``layers[s] - 1`` blocks with identity
@@ -55,6 +61,7 @@ __all__ = [
     "resnet10",
     "resnet12",
     "resnet12_bottle",
+    "resnet12_gda",
     "resnet18",
     "resnet18_bottle",
     "resnet36_bottle",
@@ -171,6 +178,7 @@ class ResNet12(_GAPResNet):
         in_channels: image channels.
         head: ``"linear"``, ``"cosine"`` or ``None``.
         bn: BatchNorm settings (default ``mode="running"``).
+        pool: end each block with MaxPool2d(2) (``False``: GDA's ``resnet12``).
 
     Shapes:
         ``[B, 3, 80, 80]`` → features ``[B, channels[-1]]`` → logits ``[B, N]``.
@@ -189,15 +197,16 @@ class ResNet12(_GAPResNet):
         in_channels: int = 3,
         head: HeadKind | None = "linear",
         bn: BatchNormConfig = _RUNNING_BN,
+        pool: bool = True,
     ) -> None:
         super().__init__()
         if len(channels) != 4:
             raise ValueError(f"ResNet12 needs 4 channel widths, got {list(channels)}")
         widths = [in_channels, *channels]
-        self.layer1 = ResNet12Block(widths[0], widths[1], bn)
-        self.layer2 = ResNet12Block(widths[1], widths[2], bn)
-        self.layer3 = ResNet12Block(widths[2], widths[3], bn)
-        self.layer4 = ResNet12Block(widths[3], widths[4], bn)
+        self.layer1 = ResNet12Block(widths[0], widths[1], bn, pool=pool)
+        self.layer2 = ResNet12Block(widths[1], widths[2], bn, pool=pool)
+        self.layer3 = ResNet12Block(widths[2], widths[3], bn, pool=pool)
+        self.layer4 = ResNet12Block(widths[3], widths[4], bn, pool=pool)
         self.feature_dim = channels[-1]
         self.head = make_head(head, self.feature_dim, num_classes)
         kaiming_init(self)
@@ -480,6 +489,25 @@ def resnet12(
 
 
 @register_model
+def resnet12_gda(
+    *, wide: bool = False, channels: Sequence[int] | None = None, **kwargs: Any
+) -> ResNet12:
+    """GDA's/W2S's ``resnet12`` (``wide=True``: ``resnet12-wide``): ``resnet12`` without pooling.
+
+    Reference: ``zhiweihu1103/Logit-Distillation-GDA`` (commit ``31d4153``), ``GDA-code.zip :
+    Few-shot Learning/models/resnet.py``, whose ``Block`` pools only when given a
+    ``maxpool``, which its ``ResNet12`` never passes.
+
+    Example:
+        >>> resnet12_gda(num_classes=0).feature_map(torch.randn(1, 3, 10, 10)).shape
+        torch.Size([1, 512, 10, 10])
+    """
+    if channels is None:
+        channels = (64, 160, 320, 640) if wide else (64, 128, 256, 512)
+    return _build(ResNet12, (channels,), {**kwargs, "pool": False}, _RUNNING_BN)
+
+
+@register_model
 def resnet12_bottle(**kwargs: Any) -> BottleResNet:
     """GDA ``resnet12_bottle``: blocks [1,1,1,1] (same function as ``resnet12``)."""
     return _build(BottleResNet, ((1, 1, 1, 1),), kwargs, _RUNNING_BN)
@@ -525,7 +553,16 @@ def resnet18(**kwargs: Any) -> ResNet:
 
 
 @register_model
-def mtl_resnet12(**kwargs: Any) -> MTLResNet12:
-    """Meta-Transfer Learning's TF ResNet-12 (84 px, β-only transductive BN)."""
+def mtl_resnet12(*, preset: str | None = None, **kwargs: Any) -> MTLResNet12:
+    """Meta-Transfer Learning's TF ResNet-12 (84 px, β-only transductive BN).
+
+    ``preset`` (``"mtl_tf"`` or ``"mtl_pytorch"``) applies :func:`metakd.nn.mtl_preset`: the
+    meta phase's network, whose ``state_dict`` holds the scale and shift parameters.
+    """
+    from metakd.nn.scale_shift import mtl_preset
+
     default = BatchNormConfig(mode="transductive", affine=True, scale=False, eps=1e-3)
-    return _build(MTLResNet12, (), kwargs, default)
+    model = _build(MTLResNet12, (), kwargs, default)
+    if preset is not None:
+        mtl_preset(model, preset)
+    return model

@@ -14,6 +14,13 @@ Paths: a file's ``load_encoder`` / ``teacher_load`` (``<run>/epoch-last.pth`` or
 its last or best checkpoint. ``--res_type`` and ``--teacher_res_type`` replace the encoder
 names in them as the original scripts do; ``--teacher_meta_model`` switches the teacher from
 the classifier run to the 1-shot Meta-Baseline run of the same encoder.
+
+Encoder names (:func:`encoder_arch`): ``--res_type`` / ``--teacher_res_type`` are GDA's
+names (:data:`metakd.interop.gda.ENCODERS`: ``resnet12`` is GDA's ResNet-12 *without*
+max-pooling, metakd ``resnet12_gda``; ``resnet18`` / ``resnet36``, which only GDA's README
+uses, are the ``_bottle`` networks); a YAML's ``model_args.encoder`` is Meta-Baseline's
+(``resnet12`` with max-pooling, ``resnet12-wide``), or any metakd model name. Run folders and
+the replaced paths use metakd's name, so runs of different networks never share a folder.
 """
 
 from __future__ import annotations
@@ -28,8 +35,8 @@ from typing import Any
 
 from metakd.recipes.baseline import ClassifierBaselineConfig, MetaBaselineConfig
 
-__all__ = ["ORIGINAL_KEYS", "check_original", "dataset_name", "from_original", "launch_gpus",
-           "read_original", "read_yaml", "run_folder"]
+__all__ = ["ORIGINAL_KEYS", "check_original", "dataset_name", "encoder_arch", "from_original",
+           "launch_gpus", "read_original", "read_yaml", "run_folder"]
 
 ORIGINAL_KEYS: dict[str, type | tuple[type, ...]] = {
     **{k: dict for k in ("train_dataset_args", "val_dataset_args", "fs_dataset_args",
@@ -199,6 +206,32 @@ def _replace_arch(path: str, old: str, new: str) -> str:
     return path.replace(old, new) if old else path
 
 
+def encoder_arch(name: str, *, res_type: bool = False) -> tuple[str, dict[str, Any], str]:
+    """metakd's ``(model name, model kwargs, run-name token)`` of an original encoder name.
+
+    Args:
+        name: the encoder name.
+        res_type: ``name`` comes from ``--res_type`` / ``--teacher_res_type`` (GDA's names,
+            :data:`metakd.interop.gda.ENCODERS`); else from a YAML's ``model_args.encoder``
+            (Meta-Baseline's names, :data:`metakd.interop.meta_baseline.ENCODERS`). Names
+            outside the table are metakd model names.
+
+    Example:
+        >>> encoder_arch("resnet12", res_type=True), encoder_arch("resnet12")
+        (('resnet12_gda', {}, 'resnet12_gda'), ('resnet12', {}, 'resnet12'))
+        >>> encoder_arch("resnet36", res_type=True)[0], encoder_arch("resnet12-wide")
+        ('resnet36_bottle', ('resnet12', {'wide': True}, 'resnet12-wide'))
+    """
+    from metakd.interop import gda, meta_baseline
+
+    table = gda.ENCODERS if res_type else meta_baseline.ENCODERS
+    enc = table.get(name)
+    if enc is None:
+        return name, {}, name
+    token = enc.arch + ("-wide" if enc.kwargs.get("wide") else "")
+    return enc.arch, dict(enc.kwargs), token
+
+
 def from_original(config: Mapping[str, Any], stage: str, *, res_type: str | None = None,
                   teacher_res_type: str | None = None, teacher_meta_model: bool = False,
                   out_root: str | os.PathLike[str] = "save", name: str | None = None,
@@ -210,9 +243,10 @@ def from_original(config: Mapping[str, Any], stage: str, *, res_type: str | None
         config: the parsed YAML (``train_dataset``, ``model_args``, ``optimizer_args``,
             ``kd_loss_config``, ...).
         stage: ``"classifier"`` (``train_classifier.py``) or ``"meta"`` (``train_meta.py``).
-        res_type: ``--res_type``: the student's encoder (replaces it in ``load_encoder``).
-        teacher_res_type: ``--teacher_res_type``: the teacher's encoder (replaces it in
-            ``teacher_load``); ignored without a teacher in the file.
+        res_type: ``--res_type``: the student's encoder, a GDA name (:func:`encoder_arch`;
+            replaces the encoder in ``load_encoder``).
+        teacher_res_type: ``--teacher_res_type``: the teacher's encoder, a GDA name
+            (replaces it in ``teacher_load``); ignored without a teacher in the file.
         teacher_meta_model: ``--teacher_meta_model``: the meta-trained teacher.
         out_root: where the original's ``./save`` (``OUT_PATH``) run folders are.
         name: ``--name``: the run folder's name (default: the original's).
@@ -241,11 +275,12 @@ def from_original(config: Mapping[str, Any], stage: str, *, res_type: str | None
     dataset = dataset_name(raw_ds)
     model_args = dict(c.get("model_args") or {})
     encoder = str(model_args.get("encoder", "resnet12"))
-    arch = res_type or encoder
+    arch, arch_kwargs, token = (encoder_arch(res_type, res_type=True) if res_type
+                                else encoder_arch(encoder))
     opt = dict(c.get("optimizer_args") or {})
     f: dict[str, Any] = {"arch": arch, "root": root}
-    if model_args.get("encoder_args"):
-        f["model_kwargs"] = dict(model_args["encoder_args"])
+    if model_args.get("encoder_args") or arch_kwargs:
+        f["model_kwargs"] = {**arch_kwargs, **dict(model_args.get("encoder_args") or {})}
     for key, field_ in (("max_epoch", "epochs"), ("batch_size", "batch_size")):
         if key in c:
             f[field_] = c[key]
@@ -269,15 +304,16 @@ def from_original(config: Mapping[str, Any], stage: str, *, res_type: str | None
             if key in c:
                 f[field_] = c[key]
         if c.get("load_encoder"):
-            path = _replace_arch(str(c["load_encoder"]), encoder, arch)
+            path = _replace_arch(str(c["load_encoder"]), encoder, token)
             f["pretrained"], f["pretrained_checkpoint"] = run_folder(path, out_root)
         shots = int(f.get("shots", 1))
     teacher_name = ""
     if c.get("teacher_load"):
         t_args = dict(c.get("teacher_model_args") or {})
         t_encoder = str(t_args.get("encoder", encoder))
-        t_arch = teacher_res_type or t_encoder
-        path = _replace_arch(str(c["teacher_load"]), t_encoder, t_arch)
+        t_arch, _, t_token = (encoder_arch(teacher_res_type, res_type=True)
+                              if teacher_res_type else encoder_arch(t_encoder))
+        path = _replace_arch(str(c["teacher_load"]), t_encoder, t_token)
         if teacher_meta_model:
             path = path.replace(f"classifier_{raw_ds}_", f"meta_{raw_ds}-1shot_meta-baseline-")
         f["teacher"], f["teacher_checkpoint"] = run_folder(path, out_root)
@@ -291,15 +327,17 @@ def from_original(config: Mapping[str, Any], stage: str, *, res_type: str | None
         for key, field_ in _KD_KEYS.items():
             if key in kd:
                 f[field_] = kd[key]
-        teacher_name = f"_kd-{loss_type}-{t_arch}" + ("-meta_teacher" if teacher_meta_model else "")
+        teacher_name = (f"_kd-{loss_type}-{t_token}"
+                        + ("-meta_teacher" if teacher_meta_model else ""))
     cls = ClassifierBaselineConfig if stage == "classifier" else MetaBaselineConfig
     names = {fd.name for fd in dataclasses.fields(cls)}
     f.update({k: v for k, v in c.items() if k in names and k not in f})  # metakd's own keys
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     f.update(given)
     if name is None:
-        name = (f"classifier_{raw_ds}_{f['arch']}" if stage == "classifier"
-                else f"meta_{raw_ds}-{shots}shot_meta-baseline-{f['arch']}") + teacher_name
+        own = token if f["arch"] == arch else f["arch"]
+        name = (f"classifier_{raw_ds}_{own}" if stage == "classifier"
+                else f"meta_{raw_ds}-{shots}shot_meta-baseline-{own}") + teacher_name
     if tag:
         name += f"_{tag}"
     f.setdefault("out_dir", str(Path(out_root) / name))

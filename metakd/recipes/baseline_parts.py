@@ -225,7 +225,7 @@ def _load_classifier_teacher(cfg: Any, classes: int) -> nn.Module:
     if method is not None and method != "classifier_baseline":
         raise ValueError(f"teacher {cfg.teacher} is a {method!r} run: stage 1 distils a "
                          "classifier_baseline run (its base-class logits)")
-    if method is None and cfg.teacher_arch is None:
+    if method is None and cfg.teacher_arch is None and _original_teacher(cfg) is None:
         raise ValueError(f"teacher {cfg.teacher} is a weights file: give teacher_arch")
     teacher = load_teacher(str(cfg.teacher), arch=cfg.teacher_arch, num_classes=classes,
                            checkpoint=cfg.teacher_checkpoint)
@@ -239,6 +239,18 @@ def _which(name: str) -> Any:
     if name not in ("best", "last"):
         raise ValueError(f"checkpoint {name!r}: use best or last")
     return name
+
+
+def _original_teacher(cfg: Any) -> Any:
+    """The :class:`metakd.interop.Converted` of a teacher file an original project wrote
+    (a Meta-Baseline's ``max-va.pth`` names its encoder and temperature), else ``None``."""
+    from metakd import interop
+    from metakd.engine import load_checkpoint
+
+    path = Path(str(cfg.teacher))
+    if not path.is_file():
+        return None
+    return interop.read(load_checkpoint(path), cfg.teacher_arch, source=str(path))
 
 
 def _load_meta_teacher(cfg: Any) -> Any:
@@ -255,11 +267,14 @@ def _load_meta_teacher(cfg: Any) -> Any:
         teacher.set_teacher(None)  # a teacher's own teacher (and loss) is not needed
         teacher.steps_per_epoch = None
     elif method in ("classifier_baseline", None):
-        if method is None and cfg.teacher_arch is None:
+        original = _original_teacher(cfg) if method is None else None
+        if method is None and cfg.teacher_arch is None and original is None:
             raise ValueError(f"teacher {cfg.teacher} is a weights file: give teacher_arch")
         encoder = load_teacher(str(cfg.teacher), arch=cfg.teacher_arch,
                                checkpoint=cfg.teacher_checkpoint)
-        teacher = MetaBaseline(encoder, temperature=10.0, learn_temperature=False)
+        extras = original.extras if original is not None else {}  # an original Meta-Baseline's
+        teacher = MetaBaseline(encoder, temperature=float(extras.get("temperature") or 10.0),
+                               metric=extras.get("metric", "cos"), learn_temperature=False)
     else:
         raise ValueError(f"teacher {cfg.teacher} is a {method!r} run; use a meta_baseline or "
                          "classifier_baseline run")
