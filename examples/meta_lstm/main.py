@@ -5,7 +5,10 @@
         --n-shot 5 --n-eval 15 --n-class 5 --episode 50000 --episode-val 100 --epoch 8 \
         --batch-size 25 --image-size 84 --lr 1e-3 --grad-clip 0.25 --bn-momentum 0.95 \
         --bn-eps 1e-3 --out-dir runs/meta_lstm/5s5c
-    python examples/meta_lstm/main.py --mode test --resume runs/meta_lstm/5s5c
+    python examples/meta_lstm/main.py --mode test --resume runs/meta_lstm/5s5c --seed 719
+    # a meta-learner saved by markdtw's code (meta-learner-<episode>.pth.tar)
+    python examples/meta_lstm/main.py --mode test --data-root data/miniImagenet \
+        --resume logs-719/ckpts/meta-learner-42000.pth.tar --seed 719
     # MLAL (attention, without its query-label leak)
     python examples/meta_lstm/main.py --mode train --data-root data/miniImagenet --attention
     # a few minutes on the bundled Omniglot
@@ -14,17 +17,21 @@
 A thin front-end: the options are mapped onto :class:`metakd.recipes.MetaLSTMConfig`
 (defaults: ``MetaLSTMConfig.paper`` for the shot count), trained with
 :func:`metakd.recipes.run` (the best validation checkpoint is kept), or, with ``--mode test``,
-read back with :func:`metakd.recipes.load_run` and tested. ``metakd train meta_lstm`` takes the
-same options. README.md lists what differs from the original codes.
+read back with :func:`metakd.recipes.load_run` and tested; a ``--resume`` file of the original
+code (``meta-learner-*.pth.tar``) is converted (:mod:`metakd.interop.meta_lstm`) and tested, or,
+with ``--mode train``, trained further. ``train_5s_5c.sh`` and ``eval_5s_5c.sh`` are the
+original's scripts. ``metakd train meta_lstm`` takes the same options. README.md lists what
+differs from the original codes.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
-from metakd.recipes import MetaLSTMConfig, load_run, run
+from metakd.recipes import MetaLSTMConfig, get_method, load_run, run
 
 
 def parser() -> argparse.ArgumentParser:
@@ -33,7 +40,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["train", "test"], default="train")
     p.add_argument("--data-root", default=None,
                    help="train/val/test/<class>/*.jpg folder (omniglot: optional)")
-    p.add_argument("--dataset", default="miniimagenet",
+    p.add_argument("--dataset", "--data", default="miniimagenet",
                    help="miniimagenet (folder layout), omniglot, cub, ... (default miniimagenet)")
     p.add_argument("--n-shot", type=int, default=5, help="K support images per class")
     p.add_argument("--n-eval", type=int, help="query images per class (15)")
@@ -49,8 +56,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-clip", type=float, help="meta-gradient norm clip (0.25)")
     p.add_argument("--bn-momentum", type=float, help="learner BN momentum (0.9 / 0.95)")
     p.add_argument("--bn-eps", type=float, help="learner BN eps (1e-3)")
-    p.add_argument("--resume", default=None, help="test mode: the run folder to test")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", default=None,
+                   help="a run folder (test mode) or an original meta-learner-*.pth.tar (test: "
+                        "test it; train: start from it)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="weights, episodes (train) and the test episodes (default: 0, or the "
+                        "run's own seed in test mode)")
+    p.add_argument("--save", default=None, help="the run folder (same as --out-dir)")
+    p.add_argument("--cpu", action="store_true", help="same as --device cpu")
+    p.add_argument("--val-freq", "--val-every", dest="val_every", type=int,
+                   help="validate every this many episodes (1000)")
+    p.add_argument("--pin-mem", "--n-workers", "--log-freq", dest="unused", default=None,
+                   help="accepted for the original's scripts; no effect (no data loader workers"
+                        " here; the log has every 10th episode)")
     p.add_argument("--attention", action="store_true",
                    help="MLAL: attention in the meta-learner and in front of the learner")
     g = p.add_argument_group("metakd options")
@@ -60,8 +78,8 @@ def parser() -> argparse.ArgumentParser:
                    help="previous gates fed back pre-sigmoid (the code) or post (the paper)")
     g.add_argument("--no-scale-grads", action="store_true",
                    help="do not divide the gradients by the batch size again")
-    g.add_argument("--val-every", type=int, help="validate every this many episodes (1000)")
-    g.add_argument("--test-tasks", type=int, help="test episodes (600)")
+    g.add_argument("--test-tasks", type=int,
+                   help="test episodes (default: --episode-val in test mode, else 600)")
     g.add_argument("--out-dir", default=None, help="run folder (default runs/meta_lstm/...)")
     g.add_argument("--max-seconds", type=float, help="training time budget, then test")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
@@ -86,31 +104,57 @@ def config(args: argparse.Namespace) -> MetaLSTMConfig:
         fields["attention_softmax"] = True
     if args.no_scale_grads:
         fields["scale_grads"] = False
-    if args.device is None:
+    if args.cpu:
+        fields["device"] = "cpu"
+    elif args.device is None:
         import torch
 
         fields["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     else:
         fields["device"] = args.device
+    if args.resume and not Path(args.resume).is_dir():
+        fields["meta_learner"] = args.resume  # an original meta-learner-*.pth.tar
     dataset = args.dataset.lower()
+    seed = 0 if args.seed is None else args.seed
     name = "mlal" if args.attention else "meta_lstm"
-    fields.setdefault("out_dir", args.out_dir or
-                      f"runs/{name}/{dataset}_{args.n_shot}s{args.n_class}c_seed{args.seed}")
+    fields.setdefault("out_dir", args.out_dir or args.save or
+                      f"runs/{name}/{dataset}_{args.n_shot}s{args.n_class}c_seed{seed}")
     return MetaLSTMConfig.paper(dataset, ways=args.n_class, shots=args.n_shot,
-                                root=args.data_root, seed=args.seed, **fields)
+                                root=args.data_root, seed=seed, **fields)
+
+
+def test(args: argparse.Namespace) -> dict[str, Any]:
+    """``--mode test``: a run folder read back, or an original file converted; then tested on
+    ``--test-tasks`` (default ``--episode-val``, as the original) episodes of seed ``--seed``."""
+    from metakd.engine import evaluate
+
+    tasks = args.test_tasks or args.episode_val
+    if Path(args.resume).is_dir():
+        overrides = {k: v for k, v in {"test_tasks": tasks, "root": args.data_root,
+                                       "device": "cpu" if args.cpu else args.device,
+                                       "seed": args.seed}.items() if v is not None}
+        r = load_run(args.resume, **overrides)
+        res, what, seed = r.evaluate(progress=True), r.checkpoint.name, r.config.seed
+    else:
+        args.test_tasks = tasks
+        cfg = config(args)
+        parts = get_method("meta_lstm").build(cfg)
+        assert parts.test_data is not None
+        res = evaluate(parts.learner, parts.test_data, device=cfg.device, progress=True)
+        what, seed = "original meta-learner", cfg.seed
+    print(f"Meta-LSTM test {args.resume} ({what}), seed {seed}: {res}", flush=True)
+    return {"test": res.as_dict(values=True)}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser().parse_args(argv)
     if args.mode == "test":
         if not args.resume:
-            parser().error("--mode test needs --resume RUN_DIR (a trained run folder)")
-        overrides = {k: v for k, v in {"test_tasks": args.test_tasks, "root": args.data_root,
-                                       "device": args.device}.items() if v is not None}
-        r = load_run(args.resume, **overrides)
-        res = r.evaluate(progress=True)
-        print(f"Meta-LSTM test {args.resume} ({r.checkpoint.name}): {res}", flush=True)
-        return {"test": res.as_dict()}
+            parser().error("--mode test needs --resume RUN_DIR (a trained run folder) or FILE "
+                           "(an original meta-learner-*.pth.tar)")
+        if not Path(args.resume).exists():
+            parser().error(f"--resume {args.resume} does not exist")
+        return test(args)
     cfg = config(args)
     print(f"Meta-LSTM{' + attention (MLAL)' if cfg.attention else ''} {cfg.dataset} "
           f"{cfg.ways}-way {cfg.shots}-shot, {cfg.steps} episodes, {cfg.epochs} epochs x "

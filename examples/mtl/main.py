@@ -7,11 +7,20 @@
     python examples/mtl/main.py --phase test_load --eval_weights runs/mtl/meta
     # miniImageNet, the PyTorch project's settings
     python examples/mtl/main.py --phase pre --dataset MiniImageNet --dataset_dir data/mini --gpu 0
+    # the TF project's run_experiment.py variables, and its released weights
+    python examples/mtl/main.py --phase META_LOAD --SHOT_NUM 1 --META_LR_MIN 0.0001 \
+        --META_TRA_DIR data/mini/train --META_VAL_DIR data/mini/val \
+        --META_TES_DIR data/mini/test --init_weights logs/download_weights
+    python examples/mtl/main.py --phase TEST_LOAD --dataset_dir data/mini \
+        --eval_weights logs/download_weights
 
 A thin front-end: the options are mapped onto :class:`metakd.recipes.MTLConfig` (defaults:
-``MTLConfig.paper``, the PyTorch project's), run with :func:`metakd.recipes.run`, or, for
-``test_load``, read back with :func:`metakd.recipes.load_run` and tested. README.md lists the
-mapping and what differs from the original codes.
+``MTLConfig.paper``, the PyTorch project's; the TF project's with a TF variable or TF weights),
+the TF variables through :func:`metakd.recipes.mtl_tf.tf_settings`, run with
+:func:`metakd.recipes.run`, or, for ``test_load``, read back with
+:func:`metakd.recipes.load_run` (an original checkpoint: converted by
+:mod:`metakd.interop.mtl`) and tested. README.md lists the mapping and what differs from the
+original codes.
 """
 
 from __future__ import annotations
@@ -21,7 +30,10 @@ import os
 import sys
 from typing import Any
 
-from metakd.recipes import MTLConfig, load_run, run
+from metakd.engine.errors import MetakdError, UsageError
+from metakd.interop.mtl import is_original, original_fields
+from metakd.recipes import MTLConfig, get_method, load_run, run
+from metakd.recipes.mtl_tf import TF_OPTIONS, tf_settings
 
 DATASETS = {"miniimagenet": "miniimagenet", "fc100": "fc100",
             "tieredimagenet": "tieredimagenet", "omniglot": "omniglot"}
@@ -51,9 +63,11 @@ def parser() -> argparse.ArgumentParser:
          help="data set (case-insensitive); omniglot without --dataset_dir: the bundled copy")
     _add(p, "dataset_dir", default=None, help="the data set's folder (required but for omniglot)")
     _add(p, "model_type", default="ResNet", choices=["ResNet"],
-         help="ResNet: mtl_resnet12 (conv4 on Omniglot); the ResNet-25 is not provided")
-    _add(p, "variant", default="mtl_pytorch", choices=["mtl_pytorch", "mtl_tf"],
-         help="the PyTorch project's settings or the TF (paper) code's")
+         help="ResNet: mtl_resnet12 (conv4 on Omniglot); a PyTorch max_acc.pth: its "
+              "ResNet-25, mtl_resnet25")
+    _add(p, "variant", default=None, choices=["mtl_pytorch", "mtl_tf"],
+         help="the PyTorch project's settings or the TF (paper) code's (default: mtl_tf with a "
+              "TF variable or TF weights, else mtl_pytorch)")
     _add(p, "way", type=int, default=5, help="N classes per task")
     _add(p, "shot", type=int, default=1, help="K support images per class")
     _add(p, "train_query", type=int, help="query images per class in meta-training (15)")
@@ -67,8 +81,13 @@ def parser() -> argparse.ArgumentParser:
     _add(p, "meta_lr2", type=float, help="Adam rate of the classifier's init (1e-3)")
     _add(p, "step_size", type=float, help="meta rates x --gamma every this many epochs (10)")
     _add(p, "gamma", type=float, help="meta learning-rate factor (0.5)")
-    _add(p, "init_weights", default=None, help="meta: the pre-trained (--phase pre) run folder")
-    _add(p, "eval_weights", default=None, help="test_load: the meta run folder to test")
+    _add(p, "init_weights", default=None,
+         help="meta: the pre-trained (--phase pre) run folder, or an original checkpoint: "
+              "max_acc.pth (PyTorch) or weights.npy / its folder (TF; meta_load's default: "
+              "logs/download_weights)")
+    _add(p, "eval_weights", default=None,
+         help="test_load: the meta run folder to test, or an original meta checkpoint (TF: "
+              "the folder of weights/ss_weights/fc_weights.npy, default logs/download_weights)")
     _add(p, "pre_max_epoch", type=int, help="pre-training epochs (110)")
     _add(p, "pre_batch_size", type=int, help="pre-training minibatch (128)")
     _add(p, "pre_lr", type=float, help="pre-training learning rate (0.1)")
@@ -82,6 +101,9 @@ def parser() -> argparse.ArgumentParser:
     _add(p, "seed", type=int, default=0, help="weights, task streams and test episodes")
     _add(p, "gpu", default=None,
          help="GPU ids (CUDA_VISIBLE_DEVICES); given: --device cuda (default: the CPU)")
+    tf = p.add_argument_group("the TF project's run_experiment.py variables")
+    for o in TF_OPTIONS:
+        tf.add_argument(f"--{o.name}", dest=o.name, type=o.type, default=None, help=o.help)
     g = p.add_argument_group("metakd options")
     _add(g, "out_dir", default=None, help="run folder (default: runs/mtl/<phase>_<data>...)")
     _add(g, "max_seconds", type=float, default=None, help="training time budget, then test")
@@ -96,6 +118,11 @@ def parser() -> argparse.ArgumentParser:
 def _given(args: argparse.Namespace, pairs: dict[str, str]) -> dict[str, Any]:
     """``{field: value}`` of the options given (not ``None``), by ``{option: field}``."""
     return {f: getattr(args, o) for o, f in pairs.items() if getattr(args, o) is not None}
+
+
+def _tf(args: argparse.Namespace) -> Any:
+    """The TF variables given, as :class:`metakd.recipes.mtl_tf.TFSettings`."""
+    return tf_settings({o.name: getattr(args, o.name) for o in TF_OPTIONS})
 
 
 def config(args: argparse.Namespace) -> MTLConfig:
@@ -121,6 +148,13 @@ def config(args: argparse.Namespace) -> MTLConfig:
         fields["lr_step"] = max(1, round(args.step_size * num_batch))
     if phase == "meta":
         fields.update(pretrained=args.init_weights, hard_tasks=args.hard_task)
+    fields.update(args.original)
+    tf = {k: v for k, v in _tf(args).fields.items()
+          if k not in ("root", "out_dir", "ways", "shots")}  # check_args put those in args
+    twice = sorted(set(tf) & set(fields))
+    if twice:
+        raise UsageError(f"{twice} set both by a TF variable and by another option: give one")
+    fields.update(tf)
     return MTLConfig.paper(args.dataset, ways=args.way, shots=args.shot, variant=args.variant,
                            phase=phase, root=args.dataset_dir, seed=args.seed,
                            device=args.device, out_dir=args.out_dir, **fields)
@@ -130,17 +164,52 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse bad combinations in one line, fill derived defaults and print the notes."""
     args.dataset = DATASETS[args.dataset]
     phase = PHASES[args.phase]
+    try:
+        tf = _tf(args)
+    except MetakdError as e:
+        p.error(str(e))
+    downloaded = "logs/download_weights"
+    if args.phase == "meta_load" and not args.init_weights and is_original(downloaded):
+        args.init_weights = downloaded  # the TF code's META_LOAD reads it there
+    if phase == "test_load" and not args.eval_weights and is_original(downloaded):
+        args.eval_weights = downloaded
     if phase == "meta" and not args.init_weights:
         p.error(f"--phase {args.phase} needs --init_weights RUN_DIR, the folder of a "
                 "--phase pre run")
     if phase == "test_load" and not args.eval_weights:
         p.error("--phase test_load needs --eval_weights RUN_DIR, the folder of a --phase meta run")
-    if args.dataset != "omniglot" and args.dataset_dir is None and phase != "test_load":
+    weights = args.init_weights if phase == "meta" else args.eval_weights \
+        if phase == "test_load" else None
+    args.original = {}
+    if weights and is_original(weights):
+        try:  # the file says the backbone, its depth and widths, and the project
+            args.original = original_fields(weights, tf.pre_iter)
+        except MetakdError as e:
+            p.error(f"{weights}: {e}")
+        variant = args.original.pop("variant")
+        args.variant = args.variant or variant
+        if args.phase == "meta_load":  # the TF code's META_LOAD: the pre-trained network only
+            args.original["pretrained_parts"] = "body"
+    elif tf.pre_iter is not None and phase == "meta":
+        p.error(f"PRE_ITER picks weights_<PRE_ITER>.npy of a TF pre-training folder; "
+                f"{weights} is a metakd run folder (its best, else last, weights are used)")
+    if args.variant is None:
+        given_tf = any(getattr(args, o.name) is not None for o in TF_OPTIONS)
+        args.variant = "mtl_tf" if given_tf else "mtl_pytorch"
+    root = tf.fields.get("root")
+    if root and args.dataset_dir and str(root).rstrip("/") != args.dataset_dir.rstrip("/"):
+        p.error(f"--dataset_dir {args.dataset_dir} and the TF data folders ({root}) differ")
+    args.dataset_dir = args.dataset_dir or root
+    args.way, args.shot = tf.fields.get("ways", args.way), tf.fields.get("shots", args.shot)
+    args.out_dir = args.out_dir or tf.fields.get("out_dir")
+    if args.dataset != "omniglot" and args.dataset_dir is None and (
+            phase != "test_load" or args.original):
         p.error(f"--dataset_dir is required for {args.dataset}; only Omniglot is bundled")
-    if args.gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
-        say(f"note: --gpu {args.gpu}: CUDA_VISIBLE_DEVICES={args.gpu}, --device cuda")
-    args.device = args.device or ("cuda" if args.gpu is not None else "cpu")
+    gpu = args.gpu if args.gpu is not None else tf.gpu
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+        say(f"note: --gpu {gpu}: CUDA_VISIBLE_DEVICES={gpu}, --device cuda")
+    args.device = args.device or ("cuda" if gpu is not None else "cpu")
     if args.device.startswith("cuda"):
         import torch
 
@@ -149,16 +218,32 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.pre_custom_momentum not in (None, 0.9):
         p.error("--pre_custom_momentum: metakd's pre-training SGD has momentum 0.9 (Nesterov) "
                 "only")
-    if phase != "test_load":
+    if phase != "test_load" and not args.original:
         backbone = "conv4" if args.dataset == "omniglot" else "mtl_resnet12"
         say(f"note: --model_type {args.model_type}: backbone {backbone} (the PyTorch "
-            "project's ResNet-25 is not provided)")
+            "project's ResNet-25 is mtl_resnet25, which its own checkpoints select)")
     if args.out_dir is None:
-        name = f"pre_{args.dataset}_{args.variant}"
+        name = f"pre_{args.dataset}_{args.variant}" + (f"_{tf.label}" if tf.label else "")
         if phase == "meta":
             name = (f"meta_{args.dataset}_{args.variant}_{args.way}way_{args.shot}shot"
                     + ("_ht" if args.hard_task else ""))
         args.out_dir = f"runs/mtl/{name}"
+
+
+def test_original(args: argparse.Namespace) -> dict[str, Any]:
+    """``test_load`` of an original meta checkpoint: converted, then tested as a meta run."""
+    from metakd.engine import evaluate
+
+    args.init_weights = args.eval_weights
+    args.phase = "meta"
+    cfg = config(args)
+    parts = get_method("mtl").build(cfg)
+    assert parts.test_data is not None
+    result = evaluate(parts.learner, parts.test_data, device=cfg.device,
+                      progress=sys.stderr.isatty())
+    say(f"MTL test_load {args.eval_weights} (original {cfg.variant} weights, {cfg.model}): "
+        f"test {result}")
+    return {"test": result.as_dict(), "out_dir": None}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -166,6 +251,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = parser()
     args = p.parse_args(argv)
     check_args(p, args)
+    if PHASES[args.phase] == "test_load" and args.original:
+        return test_original(args)
     if PHASES[args.phase] == "test_load":
         overrides = _given(args, {"test_tasks": "test_tasks", "val_query": "test_queries",
                                   "dataset_dir": "root", "device": "device",
@@ -182,9 +269,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result = loaded.evaluate(progress=sys.stderr.isatty())
         say(f"MTL test_load {args.eval_weights} ({loaded.checkpoint.name}): test {result}")
         return {"test": result.as_dict(), "out_dir": str(loaded.folder)}
-    cfg = config(args)
     try:
-        results = run(cfg, progress=sys.stderr.isatty(), resume=True, method="mtl")
+        cfg = config(args)
+    except UsageError as e:
+        p.error(str(e))
+    every = _tf(args).checkpoint_every or 100
+    try:
+        results = run(cfg, progress=sys.stderr.isatty(), resume=True, method="mtl",
+                      checkpoint_every=every)
     except ValueError as e:  # e.g. an --init_weights folder that is no phase "pre" run
         p.error(str(e))
     say(f"MTL {cfg.phase} ({cfg.variant}) {cfg.dataset} {cfg.ways}-way {cfg.shots}-shot, "

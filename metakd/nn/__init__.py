@@ -23,6 +23,7 @@ from metakd.nn.cifar_vgg import CifarVGG
 from metakd.nn.cifar_wrn import CifarWideResNet
 from metakd.nn.conv import ConvNet, TFSamePad2d
 from metakd.nn.heads import Backbone, CosineHead, LinearHead, cosine_logits, make_head
+from metakd.nn.mtl_resnet import MTLResNet25
 from metakd.nn.norm import BatchNorm1d, BatchNorm2d, BatchNormConfig, set_bn_step
 from metakd.nn.registry import (
     create,
@@ -60,6 +61,7 @@ __all__ = [
     "CosineHead",
     "LinearHead",
     "MTLResNet12",
+    "MTLResNet25",
     "ResNet",
     "ResNet12",
     "ResNet12Block",

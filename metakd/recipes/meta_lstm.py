@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,6 +27,8 @@ from metakd.recipes.maml import build as build_maml
 from metakd.recipes.registry import Parts, register
 
 __all__ = ["MetaLSTMConfig"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,6 +53,10 @@ class MetaLSTMConfig(MAMLConfig):
             of the learner.
         attention_softmax: apply the softmax MLAL defines but never applies.
         attention_chunk: learner coordinates per attention row (default from the learner).
+        meta_learner: an original meta-learner to start from: ``markdtw/meta-learning-lstm-
+            pytorch``'s ``meta-learner-<episode>.pth.tar`` (its LSTM, gates and ``cI``, the
+            learner's initial weights; :mod:`metakd.interop.meta_lstm`). With ``steps=0`` the
+            run only tests it (and its folder is then read by ``metakd eval``).
 
     ``inner_lr``, ``inner_steps``, ``test_inner_steps``, ``first_order``,
     ``inner_loss_reduction``, ``backend`` and ``compile`` of MAML are unused.
@@ -88,6 +96,7 @@ class MetaLSTMConfig(MAMLConfig):
     attention: bool = False
     attention_softmax: bool = False
     attention_chunk: int | None = None
+    meta_learner: str | None = None
     compile: str = "off"
     out_dir: str = "runs/meta_lstm"
 
@@ -130,6 +139,11 @@ def check(cfg: MetaLSTMConfig) -> None:
         raise ValueError(f"gate_feedback={cfg.gate_feedback!r}; use 'logit' or 'sigmoid'")
     if cfg.grad_clip is not None and cfg.grad_clip <= 0:
         raise ValueError(f"grad_clip must be positive, got {cfg.grad_clip}")
+    fresh = not (Path(cfg.out_dir) / "last.pt").is_file()  # else the weights are in last.pt
+    if cfg.meta_learner and fresh and not Path(cfg.meta_learner).is_file():
+        from metakd.engine.errors import InputError
+
+        raise InputError(f"meta_learner {cfg.meta_learner} does not exist")
 
 
 def build(cfg: MetaLSTMConfig) -> Parts:
@@ -169,7 +183,15 @@ def build(cfg: MetaLSTMConfig) -> Parts:
                        test_epochs=cfg.test_epochs, hidden_size=cfg.hidden_size,
                        gate_feedback=cfg.gate_feedback, scale_grads=cfg.scale_grads,
                        attention=cfg.attention, attention_softmax=cfg.attention_softmax,
-                       attention_chunk=cfg.attention_chunk).to(cfg.device)
+                       attention_chunk=cfg.attention_chunk)
+    if cfg.meta_learner and Path(cfg.meta_learner).exists():
+        from metakd.interop.meta_lstm import load_meta_learner
+
+        load_meta_learner(learner, cfg.meta_learner)
+    elif cfg.meta_learner:  # a run read back: its checkpoint holds the weights
+        log.warning("meta_learner %s is not there any more: the weights must come from a "
+                    "checkpoint", cfg.meta_learner)
+    learner.to(cfg.device)
     optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.meta_lr,
                                  weight_decay=cfg.weight_decay)
     return dataclasses.replace(base, learner=learner, model=model, optimizer=optimizer,
@@ -216,6 +238,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--meta-batch-size", type=int, help="episodes per meta-iteration (1)")
     p.add_argument("--val-tasks", type=int, help="same as --episode-val")
     p.add_argument("--test-seed", type=int, help="seed of the test episodes (--seed + 2)")
+    p.add_argument("--meta-learner", metavar="FILE",
+                   help="start from an original meta-learner (markdtw's meta-learner-*.pth.tar);"
+                        " with --episode 0: test it")
 
 
 register("meta_lstm", MetaLSTMConfig, build,

@@ -13,8 +13,11 @@ with the hard-task meta-batch (:class:`metakd.meta.HardTaskSampler`). Its test i
 meta-test: the head alone is fine-tuned on each support set.
 
 The defaults are the PyTorch project's (``yaoyao-liu/meta-transfer-learning : pytorch``,
-spec ``meta-learning-spec.md`` §2.5), except the backbone: its ResNet-25 is not in
-:mod:`metakd.nn`, so the TF paper's ResNet-12 (``mtl_resnet12``) is used.
+spec ``meta-learning-spec.md`` §2.5), except the backbone: the TF paper's ResNet-12
+(``mtl_resnet12``, 8.0M parameters); the PyTorch project's ResNet-25 (36.6M) is
+``model="mtl_resnet25"``. ``pretrained`` also takes the original projects' own checkpoints
+(:mod:`metakd.interop.mtl`), and the TF project's ``run_experiment.py`` settings map onto
+these fields (:mod:`metakd.recipes.mtl_tf`).
 """
 
 from __future__ import annotations
@@ -83,13 +86,24 @@ class MTLConfig(MAMLConfig):
             ``"mtl_tf"`` (the paper's TF code: batch norm and 1x1 convolutions frozen,
             second order, Adam pre-training); see :func:`metakd.nn.mtl_preset`.
         pretrained: phase "meta": the run folder of a phase "pre" run of the same backbone,
-            data set and image size (its best weights, else its last).
+            data set and image size (its best weights, else its last); or an original
+            project's checkpoint (:mod:`metakd.interop.mtl`): the PyTorch code's
+            ``max_acc.pth`` (``model="mtl_resnet25"``) or the TF code's ``weights.npy`` (or
+            the folder holding it, ``model="mtl_resnet12"``).
+        pretrained_parts: what a meta-phase original checkpoint starts the meta phase from:
+            ``"all"`` its weights (scale, shift and classifier too) or ``"body"`` the
+            pre-trained network alone (the TF code's ``META_LOAD``).
         pre_lr, pre_epochs, pre_batch_size: pre-training's learning rate, epochs over the
             meta-training split and minibatch size.
         pre_lr_step, pre_lr_gamma: the pre-training rate is multiplied by ``pre_lr_gamma``
             every ``pre_lr_step`` epochs (may be fractional).
         pre_weight_decay: weight decay of pre-training's SGD (PyTorch: Nesterov, momentum
             0.9); TF pre-trains with Adam.
+        pre_steps: pre-training minibatches (TF ``PRE_TRA_ITER_MAX``); 0: ``pre_epochs``.
+        pre_lr_drop_steps: multiply the pre-training rate by ``pre_lr_gamma`` every this many
+            minibatches (TF ``PRE_DROP_STEP``); 0: every ``pre_lr_step`` epochs.
+        pre_dropout: dropout after each block in pre-training only (TF: 0.1, ``PRE_TRA_DROP``
+            keep 0.9; the backbone must take ``drop_rate``).
         pre_augment: augmentation of the pre-training minibatches
             (:func:`metakd.data.augmentation` name) or ``None``.
         meta_lr1: Adam's rate of the scale-shift (and batch-norm) parameters.
@@ -101,6 +115,7 @@ class MTLConfig(MAMLConfig):
             those of a "pre" run's fine-tuned classifier.
         lr_step, lr_gamma: both meta rates are multiplied by ``lr_gamma`` every ``lr_step``
             meta-iterations (0: MAML's ``lr_schedule`` / ``lr_milestones`` instead).
+        lr_min: the meta rates never fall below it (TF ``META_LR_MIN``; 0: no floor).
         first_order: ``None``: as the variant (PyTorch first order, TF second order);
             ``True`` / ``False`` forces it.
         hard_tasks: the hard-task meta-batch (:class:`metakd.meta.HardTaskSampler`).
@@ -124,6 +139,7 @@ class MTLConfig(MAMLConfig):
     phase: str = "pre"
     variant: str = "mtl_pytorch"
     pretrained: str | None = None
+    pretrained_parts: str = "all"
     pre_lr: float = 0.1
     pre_epochs: int = 110
     pre_batch_size: int = 128
@@ -131,6 +147,9 @@ class MTLConfig(MAMLConfig):
     pre_lr_gamma: float = 0.2
     pre_weight_decay: float = 5e-4
     pre_augment: str | None = "miniimagenet"
+    pre_steps: int = 0
+    pre_lr_drop_steps: int = 0
+    pre_dropout: float = 0.0
     meta_lr1: float = 1e-4
     meta_lr2: float = 1e-3
     base_lr: float = 0.01
@@ -138,6 +157,7 @@ class MTLConfig(MAMLConfig):
     test_update_step: int = 100
     lr_step: int = 1000
     lr_gamma: float = 0.5
+    lr_min: float = 0.0
     hard_tasks: bool = False
     hard_task_mode: str = "alternate"
     hard_task_others: str = "random"
@@ -212,11 +232,18 @@ def check(cfg: MTLConfig) -> None:
         raise ValueError(f"phase={cfg.phase!r} is unknown; use one of {PHASES}")
     if cfg.variant not in MTL_PRESETS:
         raise ValueError(f"variant={cfg.variant!r} is unknown; use one of {MTL_PRESETS}")
+    if cfg.pretrained_parts not in ("all", "body"):
+        raise ValueError(f"pretrained_parts={cfg.pretrained_parts!r}: use 'all' or 'body'")
     if cfg.phase == "pre":
         return
     if not cfg.pretrained:
         raise ValueError("MTL phase 'meta' needs pretrained=RUN_DIR, a phase 'pre' MTL run "
                          "folder")
+    from metakd.interop.mtl import is_original, read_checkpoint
+
+    if is_original(cfg.pretrained):  # refused in one line unless it fits cfg.model
+        read_checkpoint(cfg.pretrained, cfg.model)
+        return
     try:
         method, pre = read_config(cfg.pretrained)
     except (FileNotFoundError, ValueError) as e:
@@ -313,7 +340,9 @@ def _build_pre(cfg: MTLConfig, base: Parts) -> Parts:
                     augment=augmentation(cfg.pre_augment, size) if cfg.pre_augment else None,
                     progress=False)
     torch.manual_seed(cfg.seed)
-    model = _body(cfg, _channels(sampler), train.num_classes).to(cfg.device)
+    body = dataclasses.replace(cfg, model_kwargs={**cfg.model_kwargs, "drop_rate": cfg.pre_dropout}
+                               ) if cfg.pre_dropout else cfg
+    model = _body(body, _channels(sampler), train.num_classes).to(cfg.device)
     if cfg.variant == "mtl_pytorch":
         optimizer: torch.optim.Optimizer = torch.optim.SGD(
             model.parameters(), lr=cfg.pre_lr, momentum=0.9, nesterov=True,
@@ -322,28 +351,32 @@ def _build_pre(cfg: MTLConfig, base: Parts) -> Parts:
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.pre_lr)
     per_epoch = len(train)
     scheduler = torch.optim.lr_scheduler.StepLR(
-        optimizer, max(1, round(cfg.pre_lr_step * per_epoch)), gamma=cfg.pre_lr_gamma)
+        optimizer, max(1, cfg.pre_lr_drop_steps or round(cfg.pre_lr_step * per_epoch)),
+        gamma=cfg.pre_lr_gamma)
     return Parts(learner=model, model=model, train_data=train, optimizer=optimizer,
                  val_data=base.val_data, test_data=base.test_data, scheduler=scheduler,
                  eval_fn=_FineTuneHead(cfg, _channels(sampler)),
-                 steps=cfg.pre_epochs * per_epoch)
+                 steps=cfg.pre_steps or cfg.pre_epochs * per_epoch)
 
 
 def _build_meta(cfg: MTLConfig, base: Parts) -> Parts:
     from metakd.engine import load_checkpoint
+    from metakd.interop.mtl import is_original, load_pretrained
     from metakd.meta import HardTaskSampler, MAMLWrapper
     from metakd.nn import mtl_preset
 
-    state = None
-    ckpt = _checkpoint(cfg.pretrained) if cfg.pretrained else None
+    state, original = None, bool(cfg.pretrained and is_original(cfg.pretrained))
+    ckpt = _checkpoint(cfg.pretrained) if cfg.pretrained and not original else None
     if ckpt is not None:
         state = load_checkpoint(ckpt)["model"]
-    else:  # reading a "meta" run back: its own checkpoint holds the frozen body too
+    elif not original:  # reading a "meta" run back: its own checkpoint holds the frozen body
         log.info("no pre-trained body (pretrained=%s); the weights must come from a checkpoint",
                  cfg.pretrained)
     torch.manual_seed(cfg.seed)
     model = _body(cfg, _channels(base.train_data), cfg.ways, state)
     names = mtl_preset(model, cfg.variant)
+    if original and cfg.pretrained:
+        load_pretrained(model, cfg.pretrained, cfg.model, cfg.pretrained_parts == "body")
     model.to(cfg.device)
     learner = MAMLWrapper(model, inner_lr=cfg.base_lr, inner_steps=cfg.update_step,
                           test_inner_steps=cfg.test_update_step, first_order=_first_order(cfg),
@@ -358,8 +391,16 @@ def _build_meta(cfg: MTLConfig, base: Parts) -> Parts:
     if cfg.lr_step and (cfg.lr_milestones or cfg.lr_schedule != "constant"):
         raise ValueError("lr_step and lr_milestones / lr_schedule are two schedules: set "
                          "lr_step=0 to use the others")
+    if cfg.lr_min and not cfg.lr_step:
+        raise ValueError("lr_min is the floor of the lr_step schedule: set lr_step too")
     scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_step, gamma=cfg.lr_gamma)
                  if cfg.lr_step else schedule(cfg, optimizer))
+    if cfg.lr_min:
+        from metakd.recipes.mtl_tf import StepFloor
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [
+            StepFloor(cfg.lr_step, cfg.lr_gamma, cfg.lr_min / g["lr"])
+            for g in optimizer.param_groups])
     callbacks: list[Any] = []
     sampler: Any = base.train_data
     if cfg.hard_tasks:
@@ -396,9 +437,10 @@ def load_weights(parts: Parts, state: Mapping[str, torch.Tensor], trained: MTLCo
         load_maml_weights(parts, state, trained, cfg)
 
 
-_OWN = ("phase", "variant", "pretrained", "pre_lr", "pre_epochs", "pre_batch_size",
-        "pre_lr_step", "pre_lr_gamma", "pre_weight_decay", "pre_augment", "meta_lr1",
-        "meta_lr2", "base_lr", "update_step", "test_update_step", "lr_step", "hard_tasks",
+_OWN = ("phase", "variant", "pretrained", "pretrained_parts", "pre_lr", "pre_epochs", "pre_batch_size",
+        "pre_lr_step", "pre_lr_gamma", "pre_weight_decay", "pre_augment", "pre_steps",
+        "pre_lr_drop_steps", "pre_dropout", "meta_lr1", "meta_lr2", "base_lr", "update_step",
+        "test_update_step", "lr_step", "lr_min", "hard_tasks",
         "hard_task_mode", "hard_task_others", "hard_task_batch", "first_order")
 
 

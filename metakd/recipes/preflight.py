@@ -46,7 +46,7 @@ MAY_CHANGE_ON_RESUME = frozenset({"steps", "max_seconds", "val_every", "device",
 time budget, the validation period, the device and the folder's own path (the log and
 checkpoint periods and progress bars are not config fields)."""
 
-INPUT_FIELDS = ("teacher", "pretrained", "root")
+INPUT_FIELDS = ("teacher", "pretrained", "root", "meta_learner")
 """Config fields that name files or folders a run reads (never its own output folder)."""
 
 log = logging.getLogger(__name__)

@@ -21,6 +21,12 @@ Layouts read (``format="auto"`` finds which one ``root`` holds):
     root/{split}_data.hdf5 (/datasets/<class>: PNG bytes) + root/{split}_labels.json
     (or under root/tieredimagenet/)
 
+``"folders"``: one folder per class, as Meta-Transfer Learning's ``tiered_imagenet.tar``
+(``yaoyao-liu/meta-transfer-learning``, its README's download page) and
+``tiered-imagenet-tools`` write it::
+
+    root/{train,val,test}/<class>/*.jpg   (or under root/tiered_imagenet/)
+
 Channel order: the npz arrays were made with OpenCV's ``imdecode`` and hold BGR pixels;
 Meta-Baseline flips them (``data[:, :, :, ::-1]``). ``channels="auto"`` does the same (BGR for
 npz, RGB for the PNG-based layouts); pass ``channels="rgb"`` for an npz you wrote yourself in
@@ -42,11 +48,13 @@ from metakd.data._io import CorruptFileError, DatasetNotFoundError, restricted_p
 from metakd.data.datasets._sources import (
     ArraySource,
     EncodedSource,
+    FileSource,
     HDF5Source,
     Source,
     SourceDataset,
     compact_labels,
     read_labels_json,
+    scan_class_folders,
     str_keys,
 )
 
@@ -64,6 +72,7 @@ Expected one of these layouts in {root}:
   npz    {root}/{split}_images.npz + {root}/{split}_labels.pkl   (Meta-Baseline, MetaOptNet)
   png    {root}/{split}_images_png.pkl + {root}/{split}_labels.pkl   (Ren et al.)
   hdf5   {root}/{split}_data.hdf5 + {root}/{split}_labels.json   (torchmeta; or {root}/tieredimagenet/)
+  folders {root}/{split}/<class>/*.jpg   (MTL's tiered_imagenet.tar; or {root}/tiered_imagenet/)
 How to get it: the images come from ILSVRC-2012 and are not downloadable here. Build them with
   https://github.com/renmengye/few-shot-ssl-public (tiered_imagenet.py, from the ImageNet train
   set), or use the tiered-imagenet archive linked from Meta-Baseline's README
@@ -119,7 +128,7 @@ class TieredImageNet(SourceDataset):
     Args:
         root: the folder (see the module docstring for the layouts).
         split: ``"train"``, ``"val"`` or ``"test"``.
-        format: ``"auto"``, ``"npz"``, ``"png"`` or ``"hdf5"``.
+        format: ``"auto"``, ``"npz"``, ``"png"``, ``"hdf5"`` or ``"folders"``.
         label_level: ``"specific"`` (the 608 classes) or ``"general"`` (the 34 categories;
             needs Ren's ``label_general``).
         channels: channel order of the stored arrays: ``"auto"`` (BGR for npz, as
@@ -161,8 +170,9 @@ class TieredImageNet(SourceDataset):
         super().__init__(root, split, transform, target_transform, rotations, cache_dir)
         if split not in TIERED_SPLIT_SIZES:
             raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
-        if format not in ("auto", "npz", "png", "hdf5"):
-            raise ValueError(f"format must be 'auto', 'npz', 'png' or 'hdf5', got {format!r}")
+        if format not in ("auto", "npz", "png", "hdf5", "folders"):
+            raise ValueError(f"format must be 'auto', 'npz', 'png', 'hdf5' or 'folders', got "
+                             f"{format!r}")
         if label_level not in ("specific", "general"):
             raise ValueError(f"label_level must be 'specific' or 'general', got {label_level!r}")
         if channels not in ("auto", "bgr", "rgb"):
@@ -178,6 +188,13 @@ class TieredImageNet(SourceDataset):
             )
         self.format, paths = found
         self.bgr = channels == "bgr" or (channels == "auto" and self.format == "npz")
+        if self.format == "folders":
+            if label_level != "specific":
+                raise ValueError("the folders layout has only the specific labels")
+            files, classes, folders = scan_class_folders(paths[0])
+            self._check_count(paths[0], len(folders))
+            self._init_source(FileSource(files, paths[0]), classes, folders)
+            return
         if self.format == "hdf5":
             if label_level != "specific":
                 raise ValueError("the torchmeta hdf5 layout has only the specific labels")
@@ -205,7 +222,7 @@ class TieredImageNet(SourceDataset):
     def _find(self, format: str) -> tuple[str, list[Path]] | None:
         assert self.root is not None
         s = self.split
-        for folder in (self.root, self.root / "tieredimagenet"):
+        for folder in (self.root, self.root / "tieredimagenet", self.root / "tiered_imagenet"):
             options = {
                 "npz": [folder / f"{s}_images.npz", folder / f"{s}_labels.pkl"],
                 "png": [folder / f"{s}_images_png.pkl", folder / f"{s}_labels.pkl"],
@@ -214,7 +231,16 @@ class TieredImageNet(SourceDataset):
             for fmt, paths in options.items():
                 if format in ("auto", fmt) and all(p.is_file() for p in paths):
                     return fmt, paths
+            if format in ("auto", "folders") and (folder / s).is_dir():
+                return "folders", [folder / s]
         return None
+
+    def _check_count(self, path: Path, count: int) -> None:
+        """Warn when a split's class count differs from Ren et al.'s."""
+        expected = TIERED_SPLIT_SIZES[self.split][0 if self.label_level == "specific" else 1]
+        if count != expected:
+            log.warning("%s: %d %s classes in split %r, Ren et al.'s has %d",
+                        path, count, self.label_level, self.split, expected)
 
     def _read_labels(self, path: Path) -> tuple[np.ndarray, list[str]]:
         d = str_keys(restricted_pickle_load(path, encoding="latin1"), path)
@@ -230,10 +256,7 @@ class TieredImageNet(SourceDataset):
         names = [str(v) for v in values]
         if strs is not None and len(strs) > int(values.max()) and values.min() >= 0:
             names = [_text(strs[int(v)]) for v in values]
-        expected = TIERED_SPLIT_SIZES[self.split][0 if self.label_level == "specific" else 1]
-        if len(names) != expected:
-            log.warning("%s: %d %s classes in split %r, Ren et al.'s has %d",
-                        path, len(names), self.label_level, self.split, expected)
+        self._check_count(path, len(names))
         return labels, names
 
     def _decode_options(self) -> dict[str, Any]:
