@@ -133,14 +133,60 @@ def test_student_refuses_a_missing_or_mismatched_teacher(
     assert not (tmp_path / "s").exists()  # refused before anything is written
 
 
-def test_multi_gpu_prints_the_torchrun_command(
-        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_multi_gpu_trains_under_torchrun(capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """--multi-gpu starts the same script under torch.distributed.run, one process per GPU
+    (here 2 pretended GPUs; the launcher call is recorded instead of run), and exits with its
+    status; without a GPU it is refused in one line."""
+    import subprocess
+
+    import torch
+
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     with pytest.raises(SystemExit) as e:
         _script("train_teacher").main([*TINY, "--multi-gpu"])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and "torchrun --nproc-per-node=" in err
-    assert "train_teacher.py --train-data omniglot" in err
+    assert e.value.code == 2 and "--multi-gpu: this machine has no CUDA device" in \
+        capsys.readouterr().err
+    calls: list[list[str]] = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    with pytest.raises(SystemExit) as e:
+        _script("train_teacher").main([*TINY, "--multi-gpu"])
+    assert e.value.code == 0 and len(calls) == 1
+    cmd = calls[0]
+    assert cmd[1:4] == ["-m", "torch.distributed.run", "--nproc-per-node=2"]
+    assert cmd[4].endswith("train_teacher.py") and "--multi-gpu" in cmd and "--use-cuda" in cmd
+
+
+def test_download_uses_the_archive_placed_by_hand(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """PMAML's manual route: datasets/omniglot/omniglot.tgz, run with --download."""
+    import tarfile
+
+    import fixtures_formats as fx
+
+    staging = tmp_path / "staging"
+    (staging / "images_evaluation").mkdir(parents=True)
+    fx.save_image(staging / "images_evaluation" / "x.png", fx.rand_images(0, 1, c=1)[0, ..., 0])
+    folder = tmp_path / "datasets" / "omniglot"
+    folder.mkdir(parents=True)
+    with tarfile.open(folder / "omniglot.tgz", "w:gz") as tf:
+        tf.add(staging / "images_evaluation", arcname="images_evaluation")
+    import metakd.data.registry as registry
+
+    reads: list[tuple[str, str, str]] = []  # the readers then open the extracted folder
+    monkeypatch.setattr(registry, "get_dataset",
+                        lambda name, root, split, download: reads.append((name, root, split)))
+    common = _script("_common")
+    args = common.parser("teacher", ("conv4",)).parse_args(
+        ["--train-data", "omniglot", "--data-folder", str(tmp_path / "datasets"),
+         "--download"])
+    args.test_data = "omniglot"
+    common.download(args)
+    assert (folder / "images_evaluation" / "x.png").is_file()  # extracted where it was put
+    assert f"--download: using {folder / 'omniglot.tgz'}" in capsys.readouterr().out
+    assert reads == [("omniglot", str(folder), s) for s in ("train", "val", "test")]
 
 
 def test_other_data_sets_need_a_data_folder(capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,6 +13,7 @@ import argparse
 import csv
 import os
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -136,13 +137,19 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace,
         import torch
 
         n = torch.cuda.device_count()
-        given = sys.argv[1:] if argv is None else argv
-        cmd = shlex.join(["torchrun", f"--nproc-per-node={n if n > 1 else 'N'}",
-                          script, *given])
-        print("--multi-gpu: metakd trains data-parallel under torchrun (one process per GPU, "
-              "each takes its share of every meta-batch; --batch-tasks must be a multiple of "
-              f"the number of processes). Run:\n  {cmd}", file=sys.stderr)
-        raise SystemExit(2)
+        if n < 1:
+            p.error("--multi-gpu: this machine has no CUDA device")
+        if args.batch_tasks % n:
+            p.error(f"--multi-gpu: --batch-tasks {args.batch_tasks} cannot be split over {n} "
+                    "GPUs (one process each)")
+        given = list(sys.argv[1:] if argv is None else argv)
+        if "--use-cuda" not in given and "--device" not in given:
+            given.append("--use-cuda")
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={n}",
+               script, *given]
+        say(f"--multi-gpu: training data-parallel on {n} GPUs under torchrun (each process "
+            f"takes its share of every meta-batch): {shlex.join(cmd)}")
+        raise SystemExit(subprocess.call(cmd))
     if world > 1 and args.batch_tasks % world:
         p.error(f"--batch-tasks {args.batch_tasks} cannot be split over {world} processes")
     if args.num_workers is not None:
@@ -160,9 +167,12 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace,
 
 
 def download(args: argparse.Namespace) -> None:
-    """With --download, fetch the data sets the run reads (the library's md5-checked copies)."""
+    """With --download: the archive placed by hand in the data folder (the README's manual
+    route: checked against its published md5 where there is one, extracted safely), else the
+    library's md5-checked download of what the run reads."""
     if not args.download:
         return
+    from metakd.data.datasets.archives import unpack_local_archive
     from metakd.data.registry import get_dataset
 
     for name in sorted({args.train_data, args.test_data}):
@@ -170,6 +180,9 @@ def download(args: argparse.Namespace) -> None:
         if root is None:
             say("note: --download: the bundled Omniglot needs no download")
             continue
+        archive = unpack_local_archive(name, root)  # the README's hand-placed archive
+        if archive is not None:
+            say(f"--download: using {archive}")
         splits = ("train", "val") if name == args.train_data else ()
         splits += ("test",) if name == args.test_data else ()
         for split in splits:
