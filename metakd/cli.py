@@ -120,7 +120,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 # Parsed options that are not config fields, whatever a method's config holds.
 _NOT_CONFIG = ("command", "func", "method", "fresh", "no_progress", "debug", "checkpoint_every",
-               "override")
+               "override", "tf32", "cudnn_benchmark", "pin_memory")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -132,8 +132,12 @@ def _train(args: argparse.Namespace) -> int:
              if v is not None and k in fields and k not in _NOT_CONFIG}
     dataset, ways, shots = given.pop("dataset"), given.pop("ways"), given.pop("shots")
     cfg = method.config_cls.paper(dataset, ways, shots, **given)
+    from metakd.engine.cuda import CudaSettings
+
+    cuda = CudaSettings(tf32=args.tf32, cudnn_benchmark=args.cudnn_benchmark,
+                        pin_memory=args.pin_memory)
     res = run(cfg, progress=not args.no_progress, resume=not args.fresh, method=method.name,
-              checkpoint_every=args.checkpoint_every, override=args.override)
+              checkpoint_every=args.checkpoint_every, override=args.override, cuda=cuda)
     _print_results(res, Path(cfg.out_dir))
     return 0
 
@@ -262,6 +266,12 @@ def _add_train_parser(sub: Any, method: Any, argv: Sequence[str] = ()) -> None:
     t.add_argument("--override", action="store_true",
                    help="resume although options changed; the new values are recorded and used")
     t.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    t.add_argument("--tf32", action=argparse.BooleanOptionalAction,
+                   help="on CUDA: TF32 float32 matmuls and convolutions (default: PyTorch's)")
+    t.add_argument("--cudnn-benchmark", action=argparse.BooleanOptionalAction,
+                   help="on CUDA: cuDNN times its algorithms per shape (default: PyTorch's)")
+    t.add_argument("--pin-memory", action=argparse.BooleanOptionalAction,
+                   help="on CUDA: batches copied through pinned memory, without blocking")
     _add_debug(t)
     if method.add_arguments is not None:
         method.add_arguments(t)

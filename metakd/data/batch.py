@@ -149,6 +149,18 @@ class TaskBatch:
             {k: v.to(device=device, non_blocking=non_blocking) for k, v in self.extras.items()},
         )
 
+    def pin_memory(self) -> TaskBatch:
+        """The batch in pinned (page-locked) host memory, for non-blocking copies to a GPU."""
+
+        def pin(x: torch.Tensor | None) -> torch.Tensor | None:
+            return x.pin_memory() if x is not None and x.device.type == "cpu" else x
+
+        return TaskBatch(pin(self.support_x), pin(self.support_y),  # type: ignore[arg-type]
+                         pin(self.query_x), pin(self.query_y),  # type: ignore[arg-type]
+                         pin(self.classes),
+                         {k: v.pin_memory() if v.device.type == "cpu" else v
+                          for k, v in self.extras.items()})
+
     def split(self, chunks: int) -> list[TaskBatch]:
         """Split along the task dimension into at most ``chunks`` nearly equal batches."""
         size = -(-len(self) // chunks)

@@ -27,6 +27,7 @@ from metakd.engine.objective import (
     LossFn,
     Metrics,
     Objective,
+    batch_images,
     batch_size,
     loggable_metrics,
     metric_accuracy,
@@ -41,7 +42,7 @@ __all__ = ["NonFiniteLossError", "TrainingRun"]
 log = logging.getLogger(__name__)
 
 _RESERVED = frozenset({"kind", "step", "loss", "accuracy", "lr", "elapsed_s", "tasks_per_s",
-                       "examples_per_s", "batches_per_s"})
+                       "examples_per_s", "batches_per_s", "images_per_s", "eval_s"})
 
 
 class NonFiniteLossError(DivergenceError):
@@ -146,13 +147,14 @@ class TrainingRun:
                  out_dir: Any, checkpoint_every: int, log_every: int,
                  device: torch.device | str | None, tensorboard: bool,
                  eval_fn: Callable[..., EvalResult] | None,
-                 divergence_factor: float | None) -> None:
+                 divergence_factor: float | None, pin_memory: bool = False) -> None:
         self.learner, self.batches, self.optimizer, self.steps = learner, batches, optimizer, steps
         self.loss_fn, self.callbacks, self.scheduler = loss_fn, list(callbacks), scheduler
         self.val_data, self.val_every, self.eval_fn = val_data, val_every, eval_fn
         self.clip_grad_norm, self.clip_grad_value = clip_grad_norm, clip_grad_value
         self.checkpoint_every, self.log_every, self.device = checkpoint_every, log_every, device
         self.divergence_factor = divergence_factor
+        self.pin_memory = pin_memory
         self.rank, self.world_size = world()
         self.main_rank = self.rank == 0
         self.folder = (out_dir if isinstance(out_dir, RunFolder)
@@ -169,6 +171,7 @@ class TrainingRun:
         self.committed_log = 0
         self.t_start = time.perf_counter()
         self._window = (0, self.t_start)
+        self._images = 0
 
     # --- resume, checkpoints, the log ---------------------------------------------------------
     def restore(self, on_resume: Callable[[], None] | None) -> None:
@@ -224,12 +227,14 @@ class TrainingRun:
         """Evaluate on the validation data; keep the best model (written with the next commit)."""
         if self.val_data is None:
             return
+        t0 = time.perf_counter()
         if self.eval_fn is not None:
             res = self.eval_fn(self.learner, self.val_data, device=self.device, progress=False)
         else:
             res = evaluate(self.learner, self.val_data, device=self.device,
                            loss_fn=self.loss_fn, step=step)
-        self.write({"kind": "val", "step": step, **res.as_dict()})
+        self.write({"kind": "val", "step": step, **res.as_dict(),
+                    "eval_s": time.perf_counter() - t0})
         log.info("step %d: validation %s", step, res)
         best = self.best
         if best["accuracy"] is None or res.mean > best["accuracy"]:
@@ -296,6 +301,7 @@ class TrainingRun:
         items, unit = batch_size(batch)
         n, t0 = self._window
         n += items * self.world_size
+        self._images += batch_images(batch) * self.world_size
         now = time.perf_counter()
         logged = self.step % self.log_every == 0 or self.step == self.steps
         if logged:
@@ -303,7 +309,9 @@ class TrainingRun:
             scalars = loggable_metrics(metrics, _RESERVED)
             rec = {"kind": "train", "step": self.step, "loss": float(loss),
                    "accuracy": metric_accuracy(metrics), **scalars, f"{unit}_per_s": rate,
+                   "images_per_s": self._images / max(now - t0, 1e-9),
                    "lr": self.optimizer.param_groups[0]["lr"], "elapsed_s": now - self.t_start}
+            self._images = 0
             self.write(rec)
             terms = {k[5:]: v for k, v in scalars.items() if k.startswith("loss/")}
             bar.show(rec["loss"], rec["accuracy"], terms, rate, unit)
@@ -331,7 +339,7 @@ class TrainingRun:
         try:
             while self.step < self.steps:
                 batch = move_batch(rank_slice(self.draw(it), self.rank, self.world_size),
-                                   self.device)
+                                   self.device, self.pin_memory)
                 loss, metrics = self.update(batch)
                 step = self.step
                 for cb in self.callbacks:

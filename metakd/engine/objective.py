@@ -96,15 +96,30 @@ def batch_size(batch: Any) -> tuple[int, str]:
     return 1, "batches"
 
 
-def move_batch(batch: Any, device: torch.device | str | None) -> Any:
-    """``batch.to(device)`` for a TaskBatch (or anything with ``.to``), per tensor for tuples."""
+def batch_images(batch: Any) -> int:
+    """The images a batch holds: support and query of every task, or the minibatch's."""
+    if isinstance(batch, TaskBatch):
+        n = batch.support_x.shape[0] * batch.support_x.shape[1]
+        return int(n + batch.query_x.shape[0] * batch.query_x.shape[1])
+    if is_minibatch(batch) and torch.is_tensor(batch[0]):
+        return int(batch[0].shape[0])
+    return 0
+
+
+def move_batch(batch: Any, device: torch.device | str | None, pin: bool = False) -> Any:
+    """``batch.to(device)`` for a TaskBatch (or anything with ``.to``), per tensor for tuples;
+    ``pin``: through pinned host memory, without blocking (CUDA)."""
     if device is None:
         return batch
     if isinstance(batch, (tuple, list)):
-        items = [move_batch(v, device) if torch.is_tensor(v) else v for v in batch]
+        items = [move_batch(v, device, pin) if torch.is_tensor(v) else v for v in batch]
         if hasattr(batch, "_fields"):  # a NamedTuple
             return type(batch)(*items)
         return type(batch)(items)
+    if pin and torch.is_tensor(batch) and batch.device.type == "cpu":
+        return batch.pin_memory().to(device, non_blocking=True)
+    if pin and isinstance(batch, TaskBatch):
+        return batch.pin_memory().to(device, non_blocking=True)
     if hasattr(batch, "to"):
         return batch.to(device)
     return batch

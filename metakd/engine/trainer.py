@@ -100,6 +100,7 @@ def fit(
     eval_fn: Callable[..., EvalResult] | None = None,
     on_resume: Callable[[], None] | None = None,
     divergence_factor: float | None = 1000.0,
+    pin_memory: bool = False,
 ) -> FitResult:
     """Train ``learner`` for ``steps`` steps on a stream of episodes or minibatches.
 
@@ -121,8 +122,8 @@ def fit(
     ``step`` is the 0-based index of the step being computed (the number already completed),
     so a resumed run continues it. The training records (every ``log_every`` steps) hold
     ``loss``, ``accuracy``, each named term of ``metrics["terms"]`` as ``loss/NAME``, every
-    other scalar metric as is, the throughput (``tasks_per_s`` or ``examples_per_s``), ``lr``
-    and ``elapsed_s``.
+    other scalar metric as is, the throughput (``tasks_per_s`` or ``examples_per_s``, and
+    ``images_per_s``), ``lr`` and ``elapsed_s``; a validation record holds its ``eval_s``.
 
     Every ``val_every`` steps (and at the end) it evaluates on ``val_data`` with
     :func:`metakd.engine.evaluate` (episodes: mean accuracy; minibatches: top-1) and keeps
@@ -170,6 +171,8 @@ def fit(
             its value at the first step of the call (or this many times 1, when that is
             smaller): a cross-entropy of a thousand means logits a thousand apart, which no
             learning run recovers from. ``None``: only NaN/inf stop a run.
+        pin_memory: copy each batch to ``device`` through pinned host memory, without
+            blocking (for a CUDA device).
 
     Returns:
         :class:`FitResult`.
@@ -211,7 +214,7 @@ def fit(
                       clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value,
                       out_dir=out_dir, checkpoint_every=checkpoint_every, log_every=log_every,
                       device=device, tensorboard=tensorboard, eval_fn=eval_fn,
-                      divergence_factor=divergence_factor)
+                      divergence_factor=divergence_factor, pin_memory=pin_memory)
     if resume:
         run.restore(on_resume)
     logger = run.open_log()

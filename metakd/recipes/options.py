@@ -207,7 +207,8 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
                      "threshold", "conf_clamp", "guard", "debias", "teacher_temperature"),
     "run": ("val_every", "val_tasks", "test_tasks", "test_seed", "fs_every", "fs_tasks", "seed",
             "out_dir", "max_seconds", "device", "backend", "compile", "amp", "channels_last",
-            "checkpoint_every", "fresh", "override", "no_progress", "debug"),
+            "checkpoint_every", "fresh", "override", "no_progress", "debug", "tf32",
+            "cudnn_benchmark", "pin_memory"),
 }
 """The group of each option in ``metakd train METHOD --help``, by config field (or ``dest``);
 an option of no group is listed under the method's own options."""

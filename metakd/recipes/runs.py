@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from torch import nn
 
+from metakd.engine.cuda import CudaSettings, apply_cuda_settings
 from metakd.engine.runfolder import RunFolder
 from metakd.engine.trainer import fit
 from metakd.recipes.preflight import (
@@ -44,6 +45,9 @@ LEGACY_METHOD = "maml"
 the registry, all MAML)."""
 
 RUN_FILES = "config.json, last.pt and, when validation ran, best.pt"
+
+RUNTIME_KEY = "runtime"
+"""The ``config.json`` entry recording the run's CUDA settings (:mod:`metakd.engine.cuda`)."""
 
 VERSIONS_KEY = "versions"
 """The ``config.json`` entry recording what ran the latest call (metakd, torch, Python and the
@@ -101,6 +105,7 @@ def read_config(run_dir: str | os.PathLike[str]) -> tuple[Method, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path} does not hold a config (a JSON object)")
     data.pop(VERSIONS_KEY, None)
+    data.pop(RUNTIME_KEY, None)
     name = data.pop("method", LEGACY_METHOD)
     try:
         method = get_method(name)
@@ -128,7 +133,7 @@ def _dataset_name(cfg: Any) -> str:
 
 def run(cfg: Any, progress: bool = True, resume: bool = True, *,
         method: str | None = None, checkpoint_every: int = 100,
-        override: bool = False) -> dict[str, Any]:
+        override: bool = False, cuda: CudaSettings | None = None) -> dict[str, Any]:
     """Train a registered method's config, select on validation, test, and write the results.
 
     Writes into ``cfg.out_dir``: ``config.json`` (``{"method": NAME, ...fields}``), and from
@@ -149,6 +154,9 @@ def run(cfg: Any, progress: bool = True, resume: bool = True, *,
         override: resume even though options other than those of
             :data:`metakd.recipes.preflight.MAY_CHANGE_ON_RESUME` changed: the new values are
             recorded in ``config.json`` and used (the optimiser takes the new learning rates).
+        cuda: TF32, cuDNN autotuning and pinned-memory copies for a run on a CUDA device
+            (:class:`metakd.engine.cuda.CudaSettings`), recorded under ``runtime`` in
+            ``config.json``; nothing on a CPU.
 
     Returns:
         On rank 0 the content of ``results.json``: ``method``, ``dataset``, ``episode``,
@@ -181,11 +189,12 @@ def run(cfg: Any, progress: bool = True, resume: bool = True, *,
     from metakd.engine import progress_bars
 
     with progress_bars(progress):  # the data the build decodes into the cache too
-        return _run(cfg, progress, resume, method, checkpoint_every, override)
+        return _run(cfg, progress, resume, method, checkpoint_every, override,
+                    cuda or CudaSettings())
 
 
 def _run(cfg: Any, progress: bool, resume: bool, method: str | None, checkpoint_every: int,
-         override: bool) -> dict[str, Any]:
+         override: bool, cuda: CudaSettings) -> dict[str, Any]:
     import torch.distributed as dist
 
     from metakd.engine import init_distributed, shutdown_distributed
@@ -225,9 +234,11 @@ def _run(cfg: Any, progress: bool, resume: bool, method: str | None, checkpoint_
     folder = RunFolder(out)
     if rank == 0:  # config.json changes with the first checkpoint of this call, not before
         folder.stage("config.json", json_bytes({**_config_dict(spec, cfg),
-                                                VERSIONS_KEY: versions()}))
+                                                VERSIONS_KEY: versions(),
+                                                RUNTIME_KEY: cuda.as_dict()}))
         folder.remove(("results.json", "learning_curve.png"))
     steps = parts.steps if parts.steps is not None else cfg.steps
+    pin = apply_cuda_settings(cuda, cfg.device)  # once, before the first step
     try:
         result = fit(parts.learner, parts.train_data, parts.optimizer, steps,
                      loss_fn=parts.loss_fn, callbacks=parts.callbacks, val_data=parts.val_data,
@@ -236,6 +247,7 @@ def _run(cfg: Any, progress: bool, resume: bool, method: str | None, checkpoint_
                      clip_grad_norm=parts.clip_grad_norm, clip_grad_value=parts.clip_grad_value,
                      out_dir=folder, resume=resume, max_seconds=cfg.max_seconds,
                      progress=progress, device=cfg.device, checkpoint_every=checkpoint_every,
+                     pin_memory=pin,
                      on_resume=(lambda: apply_hyperparameters(parts.optimizer, parts.scheduler,
                                                               fresh_groups))
                      if override else None)
