@@ -448,3 +448,24 @@ def test_sinkhorn_is_local_under_distributed(tmp_path: Path) -> None:
     torch.testing.assert_close(total, results[1]["total"])
     torch.testing.assert_close(total, results[0]["value"] + results[1]["value"])
     assert abs(total.item() - sinkhorn_loss(s, t).item()) > 1e-3
+
+
+def test_sinkhorn_mean_reduction_is_the_sum_over_rows() -> None:
+    """Per-row Sinkhorn: the official sum divided by the batch's rows, debiased or not; a
+    batch repeated twice keeps the per-row value where the sum doubles."""
+    from metakd.distill import gda_loss, sinkhorn_loss
+
+    torch.manual_seed(0)
+    s, t = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
+    for debias in (False, True):
+        total = sinkhorn_loss(s, t, debias=debias)
+        mean = sinkhorn_loss(s, t, debias=debias, reduction="mean")
+        assert torch.allclose(mean * 6, total, rtol=1e-12)
+    s2, t2 = torch.cat([s, s]), torch.cat([t, t])
+    per_row = sinkhorn_loss(s2, t2, debias=False, reduction="mean")
+    assert torch.allclose(per_row, sinkhorn_loss(s, t, debias=False, reduction="mean"),
+                          rtol=1e-6)
+    parts = gda_loss(s, t, sinkhorn_weight=0.5, sinkhorn_reduction="mean")
+    assert torch.allclose(parts["sinkhorn"], 0.5 * sinkhorn_loss(s, t, reduction="mean"))
+    with pytest.raises(ValueError, match="reduction='rows'"):
+        sinkhorn_loss(s, t, reduction="rows")

@@ -17,7 +17,7 @@ from metakd.distill import DKD, GDA, KD, PRESETS, DistillLoss, preset
 KD_KEYS = {"ce_weight", "kd_weight", "temperature", "reduction", "t_squared"}
 DKD_KEYS = {"ce_weight", "kd_weight", "temperature", "alpha", "beta", "warmup"}
 GDA_KEYS = {"fisher_rao_weight", "sinkhorn_weight", "epsilon", "iters", "tau", "fisher_rao",
-            "guard", "debias"}
+            "guard", "debias", "sinkhorn_reduction"}
 TAKES = {
     "ce": {"ce_weight"},
     "mdistiller_kd": KD_KEYS | GDA_KEYS,
@@ -42,6 +42,8 @@ def _value(name: str, key: str) -> Any:
         return "batchmean" if default == "mean_elements" else "mean_elements"
     if key in ("t_squared", "guard", "debias"):
         return False
+    if key == "sinkhorn_reduction":
+        return "mean"
     if key == "fisher_rao":
         return not default if default is not None else False
     return {"ce_weight": 0.37, "kd_weight": 0.41, "temperature": 2.5, "alpha": 0.3,

@@ -161,6 +161,7 @@ def gda_loss(
     fisher_rao: bool = True,
     guard: bool = True,
     debias: bool = True,
+    sinkhorn_reduction: str = "sum",
 ) -> dict[str, Tensor]:
     """The GDA term (``FishRao_Sinkhorn``) as a dict of weighted parts.
 
@@ -182,6 +183,7 @@ def gda_loss(
         fisher_rao: include the Fisher–Rao term.
         guard: numerical guards of :func:`fisher_rao_normal`.
         debias: debiased Sinkhorn term (see :func:`sinkhorn_loss`).
+        sinkhorn_reduction: ``"sum"`` over the batch (the official) or ``"mean"`` per row.
 
     Returns:
         ``{"fisher_rao": ..., "sinkhorn": ...}`` (no ``"fisher_rao"`` if ``fisher_rao=False``).
@@ -200,6 +202,7 @@ def gda_loss(
             student_logits, teacher_logits, guard=guard
         )
     parts["sinkhorn"] = sinkhorn_weight * sinkhorn_loss(
-        student_logits, teacher_logits, epsilon=epsilon, iters=iters, tau=tau, debias=debias
+        student_logits, teacher_logits, epsilon=epsilon, iters=iters, tau=tau, debias=debias,
+        reduction=sinkhorn_reduction,
     )
     return parts

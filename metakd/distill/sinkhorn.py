@@ -116,6 +116,7 @@ def sinkhorn_loss(
     iters: int = 20,
     tau: float = 2.0,
     debias: bool = True,
+    reduction: str = "sum",
 ) -> Tensor:
     """GDA's Sinkhorn term ``S(s, t) = Σ_ij P_ij W_ij`` between the student and teacher batches.
 
@@ -136,12 +137,15 @@ def sinkhorn_loss(
             (the entropic blur spreads the plan off the diagonal). ``True`` returns the
             debiased ``S(s, t) − S(s, s)/2 − S(t, t)/2``, exactly 0 at student == teacher, with
             finite gradients there.
+        reduction: ``"sum"`` (the official term, over the ``B × B`` plan) or ``"mean"``
+            (divided by the number of rows ``B``: a per-row cost whose size does not depend
+            on the batch, so one weight fits every batch or episode size).
 
     Returns:
         A scalar (``[...]`` for batched leading dimensions).
 
     Raises:
-        ValueError: mismatched shapes.
+        ValueError: mismatched shapes, or an unknown ``reduction``.
 
     Example:
         >>> s = torch.tensor([[0.0, 1.0, 2.0], [2.0, 1.0, 0.0], [1.0, 0.0, 2.0]])
@@ -149,13 +153,18 @@ def sinkhorn_loss(
         0.0
         >>> round(sinkhorn_loss(s, s, debias=False).item(), 4)
         0.0436
+        >>> round(sinkhorn_loss(s, s, debias=False, reduction="mean").item(), 4)  # / 3 rows
+        0.0145
     """
     check_pair(student_logits, teacher_logits, "sinkhorn_loss")
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"sinkhorn_loss: reduction={reduction!r}; use 'sum' or 'mean'")
+    rows = student_logits.shape[-2] if reduction == "mean" else 1
     p_s = _gda_probs(student_logits, tau)
     p_t = _gda_probs(teacher_logits.detach(), tau)
     loss = _transport_cost(p_s, p_t, epsilon, iters)
     if not debias:
-        return loss
+        return loss / rows
     self_s = _transport_cost(p_s, p_s, epsilon, iters)
     self_t = _transport_cost(p_t, p_t, epsilon, iters)
-    return loss - self_s / 2 - self_t / 2
+    return (loss - self_s / 2 - self_t / 2) / rows

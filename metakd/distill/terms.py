@@ -169,6 +169,8 @@ class GDA(nn.Module):
         debias: the debiased Sinkhorn term, zero when student equals teacher (the official
             term is not).
         weight: an outer weight multiplying both (the GDA few-shot code's ``loss_weight``).
+        sinkhorn_reduction: ``"sum"`` over the batch (the official term) or ``"mean"`` per
+            row (one weight for every batch size).
 
     Example:
         >>> import torch
@@ -180,13 +182,17 @@ class GDA(nn.Module):
     def __init__(self, fisher_rao_weight: float = 0.01, sinkhorn_weight: float = 0.0008, *,
                  epsilon: float = 0.1, iters: int = 20, tau: float = 2.0,
                  fisher_rao: bool = True, guard: bool = True, debias: bool = True,
-                 weight: float = 1.0) -> None:
+                 weight: float = 1.0, sinkhorn_reduction: str = "sum") -> None:
         super().__init__()
         self.fisher_rao_weight = float(fisher_rao_weight)
         self.sinkhorn_weight = float(sinkhorn_weight)
         self.epsilon, self.iters, self.tau = float(epsilon), int(iters), float(tau)
         self.fisher_rao, self.guard, self.debias = bool(fisher_rao), bool(guard), bool(debias)
         self.weight = float(weight)
+        if sinkhorn_reduction not in ("sum", "mean"):
+            raise ValueError(f"GDA: sinkhorn_reduction={sinkhorn_reduction!r}; use 'sum' or "
+                             "'mean'")
+        self.sinkhorn_reduction = sinkhorn_reduction
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor, labels: Tensor | None,
                 epoch: float | Tensor = 1) -> Terms:
@@ -197,6 +203,7 @@ class GDA(nn.Module):
             sinkhorn_weight=self.weight * self.sinkhorn_weight,
             epsilon=self.epsilon, iters=self.iters, tau=self.tau,
             fisher_rao=self.fisher_rao, guard=self.guard, debias=self.debias,
+            sinkhorn_reduction=self.sinkhorn_reduction,
         )
         return dict(terms)
 
@@ -204,7 +211,8 @@ class GDA(nn.Module):
         return (f"fisher_rao_weight={self.fisher_rao_weight}, "
                 f"sinkhorn_weight={self.sinkhorn_weight}, epsilon={self.epsilon}, "
                 f"iters={self.iters}, tau={self.tau}, fisher_rao={self.fisher_rao}, "
-                f"guard={self.guard}, debias={self.debias}, weight={self.weight}")
+                f"guard={self.guard}, debias={self.debias}, weight={self.weight}, "
+                f"sinkhorn_reduction={self.sinkhorn_reduction!r}")
 
 
 class DistillLoss(nn.Module):
@@ -300,7 +308,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 """The presets of :func:`preset`: ``name -> (description, default settings)``."""
 
 _GDA_KEYS = ("fisher_rao_weight", "sinkhorn_weight", "epsilon", "iters", "tau", "fisher_rao",
-             "guard", "debias")
+             "guard", "debias", "sinkhorn_reduction")
 _KD_KEYS = ("ce_weight", "kd_weight", "temperature", "reduction", "t_squared")
 _DKD_KEYS = ("ce_weight", "kd_weight", "temperature", "alpha", "beta", "warmup")
 _TORCHDISTILL_KEYS = ("alpha", "temperature", "reduction", "t_squared")
