@@ -30,6 +30,15 @@ per seed a paired t-interval over the shared test episodes; pooled, a t-interval
     .venv/bin/python -m benchmarks.pmaml_omniglot --quick    # a smoke run (a few minutes)
     .venv/bin/python -m benchmarks.pmaml_omniglot --measure  # time one meta-iteration of each
 
+At the paper's task counts (``--paper``: teachers on 60,000 tasks with 15 training queries,
+students on 20,000) the run takes hours on a CPU; run it in pieces that resume, in a kept
+``--workdir`` W::
+
+    python -m benchmarks.pmaml_omniglot --paper --workdir W --stage teachers --out t.json
+    python -m benchmarks.pmaml_omniglot --paper --workdir W --seeds 0 --out s0.json  # and 1, 2
+    python -m benchmarks.pmaml_omniglot --paper --merge s0.json s1.json s2.json \
+        --out benchmarks/results/pmaml_omniglot_cpu_paper.json
+
 The last line of output is one JSON object; it is also written to ``--out`` (default
 ``benchmarks/results/pmaml_omniglot_cpu.json``, with ``--quick``
 ``..._cpu_quick.json``), the log next to it (``.log``).
@@ -63,7 +72,7 @@ from metakd.data import Omniglot, TaskBatch, few_shot
 from metakd.engine import evaluate, mean_confidence_interval, paired_difference
 
 RESULTS = Path(__file__).resolve().parent / "results"
-WAYS, SHOTS = 5, 1
+WAYS = 5
 ROTATIONS = (0, 90, 180, 270)
 #: The student arms: the PMAMLConfig fields each one sets.
 MODES: dict[str, dict[str, Any]] = {
@@ -71,6 +80,7 @@ MODES: dict[str, dict[str, Any]] = {
     "every": {"schedule": "every", "teacher_adapt": False},
     "every_adapted": {"schedule": "every", "teacher_adapt": True},
     "last": {"schedule": "last", "teacher_adapt": False},
+    "inner_kd": {"schedule": "every", "teacher_adapt": False, "inner_kd": "every"},
 }
 
 
@@ -78,6 +88,7 @@ MODES: dict[str, dict[str, Any]] = {
 class Config:
     """Everything that defines a run (the JSON records it)."""
 
+    shots: int = 1
     students: tuple[str, ...] = ("conv2", "conv1")
     student_kwargs: dict[str, Any] = field(default_factory=dict)
     #: Arms of every student with the Conv-4 teacher.
@@ -98,6 +109,8 @@ class Config:
     #: equal CPU time, 260 meta-iterations with 1 query gave a Conv-2 (no KD) 52 % held-out
     #: against 44 % for 113 with 5.
     queries: int = 1
+    #: The teachers' training queries per class (``None``: ``queries``); the original's 15.
+    teacher_queries: int | None = None
     test_queries: int = 15
     test_tasks: int = 100
     test_seed: int = 10_000
@@ -112,6 +125,13 @@ class Config:
 
 
 QUICK = {"steps": 20, "teacher_steps": 60, "seeds": (0,), "test_tasks": 40}
+#: The paper's task counts: teachers on 60,000 tasks with the original's 15 training queries,
+#: students on 20,000 tasks, every arm (inner-loop KD too), Conv-4 and ResNet-12 teachers.
+PAPER = {"teacher_steps": 15_000, "steps": 5_000, "meta_batch": 4, "teacher_queries": 15,
+         "queries": 15, "test_tasks": 400,
+         "modes": ("no_kd", "every", "every_adapted", "last", "inner_kd"),
+         "resnet_teacher": "resnet12", "resnet_teacher_kwargs": {},
+         "resnet_students": ("conv2", "conv1"), "resnet_modes": ("every",)}
 
 
 @dataclass(frozen=True)
@@ -147,7 +167,8 @@ def teacher_config(cfg: Config, model: str, kwargs: dict[str, Any], out_dir: str
     from metakd.recipes import MAMLConfig
 
     return MAMLConfig(
-        dataset="omniglot", root=None, ways=WAYS, shots=SHOTS, queries=cfg.queries,
+        dataset="omniglot", root=None, ways=WAYS, shots=cfg.shots,
+        queries=cfg.teacher_queries or cfg.queries,
         test_queries=cfg.test_queries, rotations=True, model=model, model_kwargs=dict(kwargs),
         inner_lr=cfg.inner_lr, inner_steps=1, test_inner_steps=1, first_order=False,
         inner_loss_reduction="mean", meta_lr=cfg.meta_lr, meta_batch_size=cfg.meta_batch,
@@ -161,7 +182,7 @@ def student_config(cfg: Config, arm: Arm, seed: int, teacher_dir: str, out_dir: 
     from metakd.recipes import PMAMLConfig
 
     return PMAMLConfig.paper(
-        "omniglot", ways=WAYS, shots=SHOTS, model=arm.student,
+        "omniglot", ways=WAYS, shots=cfg.shots, model=arm.student,
         model_kwargs=dict(cfg.student_kwargs), queries=cfg.queries,
         test_queries=cfg.test_queries, meta_lr=cfg.meta_lr, inner_lr=cfg.inner_lr,
         meta_batch_size=cfg.meta_batch, steps=cfg.steps, val_every=10**9,
@@ -174,7 +195,8 @@ def student_config(cfg: Config, arm: Arm, seed: int, teacher_dir: str, out_dir: 
 def heldout_episodes(cfg: Config) -> list[TaskBatch]:
     """The fixed held-out episodes every model is scored on (seeded by ``test_seed`` only)."""
     test = Omniglot(split="test", rotations=ROTATIONS)
-    return list(few_shot(test, WAYS, SHOTS, cfg.test_queries, meta_batch_size=cfg.meta_batch,
+    return list(few_shot(test, WAYS, cfg.shots, cfg.test_queries,
+                         meta_batch_size=cfg.meta_batch,
                          num_tasks=cfg.test_tasks, seed=cfg.test_seed, progress=False))
 
 
@@ -202,10 +224,14 @@ def num_params(run_dir: str) -> int:
 
 # --- the benchmark ---------------------------------------------------------------------------
 def run(cfg: Config, log: Callable[[str], None] = print,
-        workdir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        workdir: str | os.PathLike[str] | None = None,
+        teachers_only: bool = False) -> dict[str, Any]:
     """Train the teachers, then every arm for every seed; the benchmark's JSON-ready result.
 
-    Run folders go to ``workdir`` (kept) or to a temporary folder (removed at the end).
+    Run folders go to ``workdir`` (kept) or to a temporary folder (removed at the end). In a
+    kept ``workdir`` every run resumes where it stopped and a finished one is only scored
+    again, so a long benchmark runs in pieces: the teachers first (``teachers_only``), then
+    each seed in its own process, merged with :func:`merge`.
     """
     from metakd.recipes import run as run_recipe
 
@@ -214,6 +240,7 @@ def run(cfg: Config, log: Callable[[str], None] = print,
     t_start = time.perf_counter()
     load_start = os.getloadavg()
     tmp = None
+    keep = workdir is not None
     if workdir is None:
         tmp = tempfile.mkdtemp(prefix="pmaml_omniglot_")
         workdir = tmp
@@ -235,7 +262,7 @@ def run(cfg: Config, log: Callable[[str], None] = print,
                 continue
             out = str(root / f"teacher_{model}")
             t0 = time.perf_counter()
-            run_recipe(teacher_config(cfg, model, kwargs, out), progress=False, resume=False)
+            run_recipe(teacher_config(cfg, model, kwargs, out), progress=False, resume=keep)
             secs = time.perf_counter() - t0
             res, _ = score(out, episodes)
             dirs[model] = out
@@ -246,6 +273,10 @@ def run(cfg: Config, log: Callable[[str], None] = print,
             log(f"teacher {model} {kwargs or ''}: {cfg.teacher_steps} meta-iterations in "
                 f"{secs:.0f} s, held-out {res}")
         any_teacher = next(iter(dirs.values()), None)
+        if teachers_only:
+            return {"benchmark": "pmaml_omniglot_teachers", "teachers": teachers,
+                    "config": {**asdict(cfg), "seeds": list(cfg.seeds)},
+                    "wall_s": round(time.perf_counter() - t_start, 1)}
 
         per_seed: dict[str, list[dict[str, Any]]] = {a.name: [] for a in arms}
         per_episode: dict[tuple[str, int], list[float]] = {}
@@ -257,7 +288,7 @@ def run(cfg: Config, log: Callable[[str], None] = print,
                 out = str(root / f"{arm.name.replace('/', '_')}_s{seed}")
                 t0 = time.perf_counter()
                 trained = run_recipe(student_config(cfg, arm, seed, teacher_dir, out),
-                                     progress=False, resume=False)
+                                     progress=False, resume=keep)
                 secs = time.perf_counter() - t0
                 res, accs = score(out, episodes)
                 per_episode[(arm.name, seed)] = accs
@@ -291,8 +322,8 @@ def run(cfg: Config, log: Callable[[str], None] = print,
             "benchmark": "pmaml_omniglot",
             "setting": (
                 f"bundled Omniglot (5 background alphabets train, 3 held-out test, x4 "
-                f"rotations), {WAYS}-way {SHOTS}-shot, {cfg.queries} training queries per "
-                f"class; MAML inner loop: 1 second-order step of {cfg.inner_lr} on the mean "
+                f"rotations), {WAYS}-way {cfg.shots}-shot, {cfg.queries} training queries per "
+                f"class (teachers {cfg.teacher_queries or cfg.queries}); MAML inner loop: 1 second-order step of {cfg.inner_lr} on the mean "
                 "support CE, 1 step at test; teachers: plain MAML (Adam "
                 f"{cfg.meta_lr}) trained once (seed {cfg.teacher_seed}); students: "
                 "PMAMLConfig.paper (Adam, weight decay 5e-4, KD T=10, lambda=0.9, element-mean "
@@ -316,7 +347,10 @@ def run(cfg: Config, log: Callable[[str], None] = print,
                 "(Adam, weight decay 5e-4), weights and episodes as the KD arms; every: KD at "
                 "every meta-iteration, teacher unadapted (official pmaml_every); "
                 "every_adapted: the teacher adapted on each support set first; last: KD at "
-                "the final meta-iteration only (official pmaml_last)"),
+                "the final meta-iteration only (official pmaml_last); inner_kd: every, with the "
+                "KD term in the inner loop's support loss at every inner step too"),
+            "tasks": {"teacher": cfg.teacher_steps * cfg.meta_batch,
+                      "student": cfg.steps * cfg.meta_batch},
             "arms": arms_out,
             "verdict": verdict,
             "config": {**asdict(cfg), "seeds": list(cfg.seeds)},
@@ -330,6 +364,36 @@ def run(cfg: Config, log: Callable[[str], None] = print,
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def merge(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One result from runs of the same config on different seeds (separate processes).
+
+    Per arm, the per-seed rows are joined and the mean and interval over seeds computed again,
+    as are the paired differences from ``no_kd`` (their per-seed rows are kept in each part).
+    """
+    parts = sorted(parts, key=lambda r: r["seeds"][0])
+    first = parts[0]
+    seeds = sorted(x for p in parts for x in p["seeds"])
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"the parts repeat seeds: {seeds}")
+    arms: dict[str, Any] = {}
+    for name, entry in first["arms"].items():
+        rows = [r for p in parts for r in p["arms"][name]["per_seed"]]
+        merged = {**entry, **mean_confidence_interval([r["accuracy"] for r in rows]).summary(),
+                  "per_seed": rows}
+        if "minus_no_kd" in entry:
+            diffs = [d for p in parts for d in p["arms"][name]["minus_no_kd"]["per_seed"]]
+            merged["minus_no_kd"] = {
+                **mean_confidence_interval([d["mean"] for d in diffs]).summary(),
+                "per_seed": diffs}
+        arms[name] = merged
+    verdict = _verdict(arms, [*first["config"]["students"], *first["config"]["resnet_students"]])
+    return {**first, "seeds": seeds, "arms": arms, "verdict": verdict,
+            "config": {**first["config"], "seeds": seeds},
+            "merged_from": [{"seeds": p["seeds"], "wall_s": p["wall_s"],
+                             "load_average": p["load_average"]} for p in parts],
+            "wall_s": max(p["wall_s"] for p in parts)}
 
 
 def _verdict(arms: dict[str, Any], students: Sequence[str]) -> list[str]:
@@ -422,6 +486,12 @@ def _step_seconds(run_cfg: Any, n: int) -> float:
 # --- command line ----------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> None:
     p = parser(__doc__, QUICK, "pmaml_omniglot_cpu.json", shots=False)
+    p.add_argument("--paper", action="store_true",
+                   help=f"the paper's task counts (teachers 60,000 tasks, students 20,000): "
+                        f"{PAPER}; run it in pieces with --workdir, --stage and --seeds")
+    p.add_argument("--stage", choices=("all", "teachers"), default="all",
+                   help="teachers: train (or resume) and score the teachers only")
+    p.add_argument("--shot", type=int, help="K of the episodes (default 1)")
     p.add_argument("--measure", action="store_true",
                    help="time one meta-iteration of each teacher and arm (and the test), "
                         "estimate the run's wall time, and stop")
@@ -429,16 +499,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--teacher-steps", type=int, help="meta-iterations of each teacher")
     p.add_argument("--meta-batch", type=int, help="tasks per meta-iteration (default 4)")
     p.add_argument("--queries", type=int, help="training query images per class (default 1)")
+    p.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                   help="merge result files of runs on other seeds into --out, and stop")
     args = p.parse_args(argv)
-    cfg = configure(Config(threads=args.threads), args, QUICK,
-                    ("steps", "teacher_steps", "meta_batch", "queries"))
+    if args.merge:
+        result = merge([json.loads(f.read_text()) for f in args.merge])
+        for line in result["verdict"]:
+            print(line)
+        finish(result, args.out or RESULTS / "pmaml_omniglot_cpu.json", print)
+        return
+    cfg = Config(threads=args.threads)
+    if args.paper:
+        cfg = replace(cfg, **PAPER)
+    if args.shot is not None:
+        cfg = replace(cfg, shots=args.shot)
+    cfg = configure(cfg, args, QUICK, ("steps", "teacher_steps", "meta_batch", "queries"))
     if args.measure:
         print(json.dumps(measure(cfg)))
         return
-    out = output(args, "pmaml_omniglot_cpu.json", quick_out="pmaml_omniglot_cpu_quick.json")
+    name = "pmaml_omniglot_cpu" + ("_paper" if args.paper else "")
+    out = output(args, f"{name}.json", quick_out="pmaml_omniglot_cpu_quick.json")
     with result_log(out) as (log, out):
         log_config(cfg, log)
-        finish(run(cfg, log, workdir=args.workdir), out, log)
+        finish(run(cfg, log, workdir=args.workdir, teachers_only=args.stage == "teachers"),
+               out, log)
 
 
 if __name__ == "__main__":

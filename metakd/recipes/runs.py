@@ -223,7 +223,9 @@ def _run(cfg: Any, progress: bool, resume: bool, method: str | None, checkpoint_
     parts = spec.build(cfg)
     if resuming:  # the checkpoint must load before anything in the folder changes
         check_checkpoint_fits(parts.learner, out / "last.pt")
-    if parts.val_data is None and cfg.val_every != type(cfg)().val_every:
+    steps_to_run = parts.steps if parts.steps is not None else cfg.steps
+    if parts.val_data is None and cfg.val_every != type(cfg)().val_every \
+            and 0 < cfg.val_every < steps_to_run:  # validations asked for, none possible
         log.warning("val_every=%s has no effect: this %s run has no validation data; the last "
                     "weights are tested", cfg.val_every, spec.name)
     fresh_groups = hyperparameters(parts.optimizer)
