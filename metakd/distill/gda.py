@@ -1,5 +1,5 @@
 """Global Distribution Alignment (GDA): the Fisher-Rao term, and the GDA loss that adds the
-Sinkhorn term of :mod:`metakd.distill.sinkhorn`.
+Sinkhorn term of :mod:`metakd.distill.transport`.
 
 The conventions are those of :mod:`metakd.distill.losses`.
 """
@@ -19,7 +19,7 @@ from metakd.distill._checks import (
     row_std,
     safe_sqrt,
 )
-from metakd.distill.sinkhorn import sinkhorn_loss
+from metakd.distill.transport import sinkhorn_loss
 
 __all__ = [
     "fisher_rao_loss",

@@ -44,7 +44,7 @@ from metakd.distill.gda import (
     logit_moments,
 )
 from metakd.distill.kd import dkd_loss, dkd_parts, kd_loss, warmup_factor
-from metakd.distill.sinkhorn import sinkhorn, sinkhorn_cost, sinkhorn_loss, standardize
+from metakd.distill.transport import sinkhorn, sinkhorn_cost, sinkhorn_loss, standardize
 
 __all__ = [
     "dkd_loss",
