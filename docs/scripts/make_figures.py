@@ -87,7 +87,7 @@ def speed_chart(png: str | Path, results: str | Path = SPEED_JSON) -> Path:
         ax.set_title(config, fontsize=10)
         ax.set_ylabel("tasks / s (higher is better)")
         ax.margins(y=0.15)
-    fig.suptitle("Second-order MAML meta-training speed, 2-core CPU (session 5 run)", fontsize=11)
+    fig.suptitle("Second-order MAML meta-training speed, 2-core CPU (run of 2026-11-29, commit e202a8e)", fontsize=11)
     fig.tight_layout()
     png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
