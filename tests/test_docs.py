@@ -7,6 +7,8 @@
 - every ```` ```python ```` block of ``docs/index.md`` and ``docs/tutorials/*.md`` runs, in
   order, in one fresh namespace per page, in a temporary folder; the tutorials read
   ``METAKD_DOCS_BUDGET`` (meta-iterations), small here and unset in the slow variant;
+- the blocks of ``docs/concepts/*.md`` marked ``<!-- tested -->`` run, in order, in one
+  namespace per page (the concepts pages' other blocks need real data sets);
 - the figure generators of ``docs/scripts/make_figures.py`` run and write PNGs.
 """
 
@@ -36,6 +38,11 @@ API_PAGES = {
 }
 SNIPPET_PAGES = [DOCS / "index.md", *sorted((DOCS / "tutorials").glob("*.md"))]
 PYTHON_BLOCK = re.compile(r"^```python[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
+# In the concepts pages (whose other blocks need real data), the blocks marked as tested.
+TESTED_BLOCK = re.compile(r"^<!-- tested[^\n]*-->\n```python[^\n]*\n(.*?)^```",
+                          re.MULTILINE | re.DOTALL)
+TESTED_PAGES = [p for p in sorted((DOCS / "concepts").glob("*.md"))
+                if TESTED_BLOCK.search(p.read_text())]
 
 needs_mkdocs = pytest.mark.skipif(
     importlib.util.find_spec("mkdocs") is None or importlib.util.find_spec("mkdocstrings") is None,
@@ -84,6 +91,31 @@ def test_sphinx_roles_become_links(site: Path) -> None:
     assert ":class:`" not in html and ":func:`" not in html
 
 
+@needs_mkdocs
+@pytest.mark.parametrize("package", list(API_PAGES))
+def test_api_pages_open_with_a_summary_table(site: Path, package: str) -> None:
+    """Above the entries, a table (``docs/scripts/api_summary.py``) links every public name."""
+    html = (site / "api" / API_PAGES[package] / "index.html").read_text()
+    start = html.index("<table>")
+    assert start < html.index('class="doc doc-heading"'), "no table above the entries"
+    table = html[start:html.index("</table>", start)]
+    names = importlib.import_module(package).__all__
+    missing = [n for n in names if f'href="#{package}.{n}"><code>{n}</code></a>' not in table]
+    assert not missing, f"{package}: names missing from the summary table: {missing}"
+
+
+@needs_mkdocs
+def test_returns_sections_render_as_prose(site: Path) -> None:
+    """A Returns section is one item, its inline code whole (no stray backticks, no italics)."""
+    html = (site / "api" / "data" / "index.html").read_text()
+    start = html.index("Returns:", html.index('id="metakd.data.few_shot"'))
+    returns = html[start:html.index("</table>", start)]
+    assert returns.count("doc-section-item") == 1
+    assert "<code>support_x [T, N*K, C, H, W]</code>" in returns and "<em>" not in returns
+    for page in API_PAGES.values():
+        assert "``" not in (site / "api" / page / "index.html").read_text(), page
+
+
 def python_blocks(page: Path) -> list[str]:
     return PYTHON_BLOCK.findall(page.read_text())
 
@@ -107,6 +139,20 @@ def run_page(page: Path, cwd: Path, budget: str | None, monkeypatch: pytest.Monk
 @pytest.mark.parametrize("page", SNIPPET_PAGES, ids=lambda p: str(p.relative_to(DOCS)))
 def test_snippets_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run_page(page, tmp_path, "3", monkeypatch)
+
+
+@pytest.mark.parametrize("page", TESTED_PAGES, ids=lambda p: str(p.relative_to(DOCS)))
+def test_tested_concept_blocks_run(page: Path, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ``<!-- tested -->`` blocks of a concepts page run, in order, in one namespace."""
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": "__docs__"}
+    for i, code in enumerate(TESTED_BLOCK.findall(page.read_text())):
+        exec(compile(code, f"{page.relative_to(ROOT)}[tested block {i}]", "exec"), namespace)
+
+
+def test_the_outer_loop_example_is_tested() -> None:
+    assert DOCS / "concepts" / "meta.md" in TESTED_PAGES
 
 
 @pytest.mark.slow

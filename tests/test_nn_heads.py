@@ -107,7 +107,7 @@ def test_docstring_examples() -> None:
     import importlib
 
     modules = ["", ".norm", ".registry", ".heads", ".conv", ".resnet", ".cifar_resnet"]
-    modules.append(".scale_shift")
+    modules += [".scale_shift", ".blocks", ".convnet", ".maml_conv", ".resnet12", ".mtl_resnet"]
     try:
         for suffix in modules:
             module = importlib.import_module("metakd.nn" + suffix)
@@ -115,3 +115,4 @@ def test_docstring_examples() -> None:
             assert result.failed == 0, module.__name__
     finally:
         registry._MODELS.pop("my_tiny_net", None)
+        registry._FAMILIES.pop("my_tiny_net", None)

@@ -5,6 +5,10 @@ class of every stored image; it implements :meth:`~ImageClassDataset._load` (one
 PIL image or a uint8 array) and :meth:`~ImageClassDataset._fingerprint` (a cheap identity of the
 source files). Everything else is shared:
 
+* the torchvision-style constructor arguments every reader takes (``root``, ``split``,
+  ``transform``, ``target_transform``, ``rotations``, ``cache_dir``), their checks and their
+  documentation (:class:`ImageClassDataset`); :func:`check_choice` words every "must be one
+  of" error the same way;
 * ``dataset[i] -> (image, target)`` like torchvision, so a ``DataLoader`` (classification
   pre-training) and learn2learn's ``MetaDataset`` work on it directly;
 * :meth:`~ImageClassDataset.arrays` returns the whole split, resized, as one uint8 tensor
@@ -20,7 +24,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -28,7 +32,7 @@ from torch.utils.data import Dataset
 
 from metakd.data._io import CorruptFileError
 
-__all__ = ["BACKGROUND", "ImageArray", "ImageClassDataset", "to_mode"]
+__all__ = ["BACKGROUND", "ImageArray", "ImageClassDataset", "check_choice", "to_mode"]
 
 ImageSize = int | tuple[int, int]
 
@@ -40,6 +44,26 @@ _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 #: Version of the decoding rules (:func:`to_mode`), part of the cache key: 2 = 16-bit images
 #: scaled and transparent images composited on white (1 clipped and dropped alpha).
 _DECODER_VERSION = 2
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
+    """Raise ``ValueError`` unless ``value`` is one of ``choices``, naming them all.
+
+    The one wording of the readers' argument errors: ``"split must be 'train', 'val' or
+    'test', got 'tain'"``.
+
+    Example:
+        >>> check_choice("format", "hdf5", ("auto", "images", "hdf5"))
+        >>> check_choice("split", "tain", ("train", "test"))
+        Traceback (most recent call last):
+            ...
+        ValueError: split must be 'train' or 'test', got 'tain'
+    """
+    if value in choices:
+        return
+    quoted = [repr(c) for c in choices]
+    listed = quoted[-1] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+    raise ValueError(f"{name} must be {listed}, got {value!r}")
 
 
 def to_mode(img: Any, mode: str) -> Any:
@@ -159,14 +183,21 @@ def _norm_size(size: ImageSize | None) -> tuple[int, int] | None:
 class ImageClassDataset(Dataset):
     """Base class: a split of a labelled image data set.
 
+    The readers (:class:`~metakd.data.Omniglot`, :class:`~metakd.data.MiniImageNet`,
+    :class:`~metakd.data.CUB` ...) have torchvision's constructor,
+    ``Reader(root, split, ..., transform=None, target_transform=None, rotations=(0,),
+    download=False, cache_dir=None)``. The arguments below mean the same in every reader,
+    which documents only its own: the layouts of ``root``, its splits, its ``format`` and
+    what ``download`` fetches.
+
     Args:
-        root: the data set's folder (see each subclass for its layout).
-        split: which split (each subclass lists its own).
-        transform: applied to the PIL image in ``__getitem__`` (torchvision style).
-        target_transform: applied to the class index in ``__getitem__``.
+        root: the data set's folder (see each reader for its layouts).
+        split: which split (each reader lists its own).
+        transform: torchvision-style transform of the PIL image in ``__getitem__``.
+        target_transform: transform of the class index in ``__getitem__``.
         rotations: degrees, multiples of 90, each making a copy of every class; ``(0,)`` means
             no rotation classes, ``(0, 90, 180, 270)`` quadruples the classes.
-        cache_dir: where decoded-image caches go (default ``$METAKD_CACHE`` or
+        cache_dir: where the decoded-image cache goes (default ``$METAKD_CACHE`` or
             ``~/.cache/metakd``).
 
     Attributes:
@@ -178,6 +209,9 @@ class ImageClassDataset(Dataset):
     image_mode: str = "RGB"
     #: Image size used by :meth:`arrays` when none is given (``None``: the stored size).
     default_image_size: ImageSize | None = None
+    #: The splits the constructor accepts (checked before anything is read); empty: the
+    #: subclass checks ``split`` itself.
+    _splits: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -195,6 +229,8 @@ class ImageClassDataset(Dataset):
         rot = tuple(int(r) for r in rotations)
         if not rot or any(r % 90 for r in rot) or len(set(rot)) != len(rot):
             raise ValueError(f"rotations must be distinct multiples of 90 degrees, got {rotations}")
+        if self._splits:
+            check_choice("split", split, self._splits)
         self.rotations = rot
         self.cache_dir = cache_dir
         self._arrays: dict[tuple[int, int] | None, ImageArray] = {}

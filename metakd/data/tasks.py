@@ -243,8 +243,9 @@ def few_shot(
             generator, so the stream (and its resumption) stays exact.
 
     Returns:
-        A :class:`FewShotSampler` yielding ``TaskBatch(support_x [T, N*K, C, H, W],
-        support_y [T, N*K], query_x [T, N*Q, C, H, W], query_y [T, N*Q], classes [T, N])``.
+        A :class:`FewShotSampler` yielding one :class:`TaskBatch` of ``T`` episodes per step:
+        ``support_x [T, N*K, C, H, W]``, ``support_y [T, N*K]``,
+        ``query_x [T, N*Q, C, H, W]``, ``query_y [T, N*Q]`` and ``classes [T, N]``.
 
     Example:
         >>> from metakd.data import Omniglot, few_shot

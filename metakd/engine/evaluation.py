@@ -1,4 +1,9 @@
-"""Evaluation: mean accuracy over episodes (Student-t CI) or top-1 over labelled examples."""
+"""Evaluation: mean accuracy over episodes (Student-t CI) or top-1 over labelled examples.
+
+:func:`evaluate` walks the data and hands each batch to a tally of its kind (episodes or
+labelled examples), which scores it and, at the end, turns its counts into an
+:class:`~metakd.engine.EvalResult`.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,6 @@ from torch import nn
 from metakd.data.batch import TaskBatch
 from metakd.engine.objective import (
     LossFn,
-    Metrics,
     Objective,
     batch_size,
     is_minibatch,
@@ -25,35 +29,78 @@ from metakd.engine.stats import EvalResult, binomial_confidence_interval, mean_c
 __all__ = ["evaluate"]
 
 
-def _task_accuracies(metrics: Metrics, tasks: int) -> list[float]:
-    acc = metrics.get("task_accuracy")
-    if acc is None:
-        raise KeyError(
-            "evaluate() needs per-episode accuracies: the meta-learner's metrics must contain "
-            "'task_accuracy', a tensor of one accuracy per task"
-        )
-    values = torch.as_tensor(acc).detach().flatten().double().tolist()
-    if len(values) != tasks:
-        raise ValueError(f"'task_accuracy' has {len(values)} entries for {tasks} tasks")
-    return values
+class _Episodes:
+    """The running tally over episodes: one query accuracy per task, the summed loss."""
+
+    def __init__(self) -> None:
+        self.accs: list[float] = []
+        self.losses: list[float] = []
+
+    def add(self, objective: Objective, learner: nn.Module, batch: Any, step: int | None) -> None:
+        """Score one batch of tasks (a :class:`TaskBatch`, or one task of another type)."""
+        loss, metrics = objective(batch, step)
+        n = len(batch) if isinstance(batch, TaskBatch) else 1
+        acc = metrics.get("task_accuracy")
+        if acc is None:
+            raise KeyError(
+                "evaluate() needs per-episode accuracies: the meta-learner's metrics must "
+                "contain 'task_accuracy', a tensor of one accuracy per task"
+            )
+        values = torch.as_tensor(acc).detach().flatten().double().tolist()
+        if len(values) != n:
+            raise ValueError(f"'task_accuracy' has {len(values)} entries for {n} tasks")
+        self.accs += values
+        self.losses.append(float(loss.detach()) * n)
+
+    def result(self) -> EvalResult:
+        """Mean accuracy over the episodes with its Student-t interval."""
+        return mean_confidence_interval(self.accs,
+                                        loss=math.fsum(self.losses) / max(len(self.accs), 1))
 
 
-def _minibatch_counts(objective: Objective, learner: nn.Module, batch: Any,
-                      step: int | None) -> tuple[int, float, list[float] | None]:
-    """(correct, summed loss, per-example correctness or None) over one labelled minibatch."""
-    n = batch_size(batch)[0]
-    if objective.loss_fn is None:
-        x, y = minibatch_xy(batch)
-        with torch.no_grad():
-            logits = learner(x)
-            hits = (logits.argmax(-1) == y).double()
-            loss_sum = float(F.cross_entropy(logits.double(), y, reduction="sum"))
-        return int(hits.sum()), loss_sum, hits.tolist()
-    loss, metrics = objective(batch, step)
-    if "accuracy" not in metrics:
-        raise KeyError("evaluate() on minibatches with loss_fn needs metrics['accuracy'], the "
-                       "top-1 accuracy over the batch")
-    return round(float(metrics["accuracy"]) * n), float(loss.detach()) * n, None
+class _Examples:
+    """The running tally over labelled examples: hits, examples, summed cross-entropy."""
+
+    def __init__(self) -> None:
+        self.correct = 0
+        self.examples = 0
+        self.losses: list[float] = []
+        self.hits: list[float] | None = []  # per example; None once a loss_fn hides them
+
+    def add(self, objective: Objective, learner: nn.Module, batch: Any, step: int | None) -> None:
+        """Score one ``(x, y)`` minibatch: ``learner(x)``'s top-1, or the ``loss_fn``'s."""
+        n = batch_size(batch)[0]
+        if objective.loss_fn is None:
+            x, y = minibatch_xy(batch)
+            with torch.no_grad():
+                logits = learner(x)
+                hits = (logits.argmax(-1) == y).double()
+                self.losses.append(float(F.cross_entropy(logits.double(), y, reduction="sum")))
+            self.correct += int(hits.sum())
+            if self.hits is not None:
+                self.hits.extend(hits.tolist())
+        else:
+            loss, metrics = objective(batch, step)
+            if "accuracy" not in metrics:
+                raise KeyError("evaluate() on minibatches with loss_fn needs metrics['accuracy'], "
+                               "the top-1 accuracy over the batch")
+            self.correct += round(float(metrics["accuracy"]) * n)
+            self.losses.append(float(loss.detach()) * n)
+            self.hits = None
+        self.examples += n
+
+    def result(self) -> EvalResult:
+        """Top-1 accuracy over the examples with its binomial interval."""
+        return binomial_confidence_interval(
+            self.correct, self.examples, loss=math.fsum(self.losses) / max(self.examples, 1),
+            values=self.hits)
+
+
+def _kind(batch: Any) -> str:
+    """``"episodes"``, ``"minibatches"`` or ``"other"`` (scored like episodes)."""
+    if isinstance(batch, TaskBatch):
+        return "episodes"
+    return "minibatches" if is_minibatch(batch) else "other"
 
 
 def evaluate(
@@ -118,41 +165,21 @@ def evaluate(
     from tqdm.auto import tqdm
 
     objective = Objective(learner, loss_fn, training=False, minibatch_default=None)
-    kind: str | None = None
-    accs: list[float] = []
-    losses: list[float] = []
-    correct = 0
-    examples = 0
-    hits: list[float] | None = []
+    kind = ""
+    tally: _Episodes | _Examples | None = None
     was_training = learner.training
     learner.eval()
     try:
         total = len(data) if hasattr(data, "__len__") else None  # type: ignore[arg-type]
         for batch in tqdm(data, total=total, desc="evaluate", disable=not progress, leave=False):
-            this = ("episodes" if isinstance(batch, TaskBatch)
-                    else "minibatches" if is_minibatch(batch) else "other")
-            if kind is None:
-                kind = this
+            this = _kind(batch)
+            if tally is None:
+                kind, tally = this, _Examples() if this == "minibatches" else _Episodes()
             elif this != kind:
                 raise ValueError(f"evaluate() got {this} after {kind}: evaluate one kind at a time")
-            batch = move_batch(batch, device)
-            if kind == "minibatches":
-                c, loss_sum, batch_hits = _minibatch_counts(objective, learner, batch, step)
-                hits = None if hits is None or batch_hits is None else hits + batch_hits
-                correct += c
-                examples += batch_size(batch)[0]
-                losses.append(loss_sum)
-                continue
-            loss, metrics = objective(batch, step)
-            n = len(batch) if isinstance(batch, TaskBatch) else 1
-            accs += _task_accuracies(metrics, n)
-            losses.append(float(loss.detach()) * n)
+            tally.add(objective, learner, move_batch(batch, device), step)
     finally:
         learner.train(was_training)
-    if kind is None:
+    if tally is None:
         raise ValueError("evaluate() got no batches")
-    if kind == "minibatches":
-        return binomial_confidence_interval(correct, examples,
-                                            loss=math.fsum(losses) / max(examples, 1),
-                                            values=hits)
-    return mean_confidence_interval(accs, loss=math.fsum(losses) / max(len(accs), 1))
+    return tally.result()

@@ -4,6 +4,9 @@ Every model is a plain ``nn.Module`` whose forward reads only its parameters and
 it runs under ``torch.func.functional_call``/``vmap``, learn2learn's ``clone_module`` and
 higher's ``monkeypatch``. Models expose ``features(x)`` (the embedding), ``head`` (the
 classifier), ``feature_dim`` and ``out_features``; ``forward(x) = head(features(x))``.
+Every model takes the common arguments documented on :class:`Backbone` (``num_classes``,
+``in_channels``, ``head``, the batch-norm settings); :func:`describe_models` lists the
+registered models with their family (few-shot or CIFAR) and a one-line description.
 
 Example:
     >>> import torch
@@ -26,7 +29,9 @@ from metakd.nn.heads import Backbone, CosineHead, LinearHead, cosine_logits, mak
 from metakd.nn.mtl_resnet import MTLResNet25
 from metakd.nn.norm import BatchNorm1d, BatchNorm2d, BatchNormConfig, set_bn_step
 from metakd.nn.registry import (
+    ModelInfo,
     create,
+    describe_models,
     is_model,
     list_models,
     original_key_map,
@@ -62,6 +67,7 @@ __all__ = [
     "LinearHead",
     "MTLResNet12",
     "MTLResNet25",
+    "ModelInfo",
     "ResNet",
     "ResNet12",
     "ResNet12Block",
@@ -70,6 +76,7 @@ __all__ = [
     "convert_to_scale_shift",
     "cosine_logits",
     "create",
+    "describe_models",
     "is_model",
     "list_models",
     "make_head",

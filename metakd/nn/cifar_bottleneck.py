@@ -18,9 +18,8 @@ but for the classifier: ``linear.*`` there, ``head.*`` here
 (:func:`metakd.nn.original_key_map`). The initialisation is the reference's: convolutions
 Kaiming-normal (fan_out), BN γ=1, β=0, the classifier PyTorch's default.
 
-The factory accepts ``num_classes`` (default 100; 0 = feature extractor), ``in_channels``,
-``head`` (``"linear"``, ``"cosine"`` or ``None``) and the BN options ``bn_mode`` (default
-``"running"``), ``bn_affine``, ``bn_scale``, ``bn_eps``, ``bn_momentum``, ``bn_steps``.
+The factory takes the common arguments of :class:`~metakd.nn.Backbone`, with ``num_classes``
+default 100 and BN ``mode="running"`` by default.
 """
 
 from __future__ import annotations
@@ -31,10 +30,10 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metakd.nn.blocks import conv1x1, conv3x3, kaiming_init
 from metakd.nn.heads import Backbone, HeadKind, make_head
 from metakd.nn.norm import BatchNormConfig, pop_bn_kwargs
 from metakd.nn.registry import register_model
-from metakd.nn.resnet import conv1x1, conv3x3, kaiming_init
 
 __all__ = ["Bottleneck", "CifarBottleneckResNet", "resnet50_cifar"]
 
@@ -94,12 +93,11 @@ class CifarBottleneckResNet(Backbone):
     ``mdistiller/models/cifar/resnetv2.py`` (commit ``a08d46f``), whose ``ResNet50`` is
     ``layers=(3, 4, 6, 3)``. ``features`` is mdistiller's ``feats["pooled_feat"]``.
 
+    Takes the common arguments ``num_classes`` (default 100), ``in_channels``, ``head`` and
+    ``bn`` (default ``mode="running"``) of :class:`~metakd.nn.Backbone`.
+
     Args:
         layers: blocks per stage (four stages of widths 64, 128, 256, 512, strides 1, 2, 2, 2).
-        num_classes: classes of the head (0: feature extractor).
-        in_channels: image channels.
-        head: ``"linear"``, ``"cosine"`` or ``None``.
-        bn: BatchNorm settings (default ``mode="running"``).
 
     Shapes:
         ``[B, 3, 32, 32]`` → map ``[B, 2048, 4, 4]`` → features ``[B, 2048]`` → ``[B, N]``.
@@ -147,7 +145,7 @@ class CifarBottleneckResNet(Backbone):
         return self.feature_map(x).mean(dim=(-2, -1))
 
 
-@register_model(name="ResNet50", original_keys=_MDISTILLER)
+@register_model(family="cifar", name="ResNet50", original_keys=_MDISTILLER)
 def resnet50_cifar(**kwargs: Any) -> CifarBottleneckResNet:
     """mdistiller's CIFAR ``ResNet50`` teacher: bottleneck blocks [3, 4, 6, 3], 3×3 stem;
     23,705,252 params at 100 classes.

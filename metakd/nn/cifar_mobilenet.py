@@ -18,10 +18,9 @@ The state-dict keys are mdistiller's (``conv1.0.weight``, ``blocks.2.0.conv.3.we
 normal with std ``sqrt(2 / (k·k·out))``, BN γ=1, β=0, the classifier normal with std 0.01 and
 bias 0.
 
-The factory accepts ``num_classes`` (default 100; 0 = feature extractor), ``in_channels``,
-``head`` (``"linear"``, ``"cosine"`` or ``None``), ``expand_ratio`` (6), ``width_mult`` (0.5)
-and the BN options ``bn_mode`` (default ``"running"``), ``bn_affine``, ``bn_scale``,
-``bn_eps``, ``bn_momentum``, ``bn_steps``.
+The factory takes the common arguments of :class:`~metakd.nn.Backbone`, with ``num_classes``
+default 100 and BN ``mode="running"`` by default; also ``expand_ratio`` (6) and
+``width_mult`` (0.5).
 """
 
 from __future__ import annotations
@@ -30,10 +29,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from metakd.nn.blocks import conv1x1, kaiming_init
 from metakd.nn.heads import Backbone, HeadKind, make_head
 from metakd.nn.norm import BatchNormConfig, pop_bn_kwargs
 from metakd.nn.registry import register_model
-from metakd.nn.resnet import conv1x1, kaiming_init
 
 __all__ = ["CifarMobileNetV2", "InvertedResidual", "mobilenetv2"]
 
@@ -111,14 +110,13 @@ class CifarMobileNetV2(Backbone):
     (``expand_ratio=6, width_mult=0.5``) is mdistiller's ``MobileNetV2`` student.
     ``features`` is mdistiller's ``feats["pooled_feat"]``.
 
+    Takes the common arguments ``num_classes`` (default 100), ``in_channels``, ``head`` and
+    ``bn`` (default ``mode="running"``) of :class:`~metakd.nn.Backbone`.
+
     Args:
         expand_ratio: expansion t of the blocks after the first stage.
         width_mult: multiplier of the stem and stage widths (the last conv keeps 1280
             channels unless ``width_mult > 1``).
-        num_classes: classes of the head (0: feature extractor).
-        in_channels: image channels.
-        head: ``"linear"``, ``"cosine"`` or ``None``.
-        bn: BatchNorm settings (default ``mode="running"``).
 
     Shapes:
         ``[B, 3, 32, 32]`` → map ``[B, 1280, 2, 2]`` → features ``[B, 1280]`` → ``[B, N]``.
@@ -179,7 +177,7 @@ class CifarMobileNetV2(Backbone):
         return self.feature_map(x).mean(dim=(-2, -1))
 
 
-@register_model(name="MobileNetV2", original_keys=_MDISTILLER)
+@register_model(family="cifar", name="MobileNetV2", original_keys=_MDISTILLER)
 def mobilenetv2(**kwargs: Any) -> CifarMobileNetV2:
     """mdistiller's ``MobileNetV2`` student (its ``mobile_half``: t=6, width 0.5); 812,836
     params at 100 classes.

@@ -14,9 +14,8 @@ with widths f1, f2, f3 and strides 1, 2, 2 (conv1x1 + BN shortcut when the shape
 then the mean over H×W (the ``AvgPool2d(8)`` of the reference at 32 px) → linear.
 Params at 100 classes: resnet20 278,324; resnet56 861,620.
 
-Every factory accepts ``num_classes`` (default 100; 0 = feature extractor), ``in_channels``,
-``head`` (``"linear"``, ``"cosine"`` or ``None``) and the BN options ``bn_mode`` (default
-``"running"``), ``bn_affine``, ``bn_scale``, ``bn_eps``, ``bn_momentum``, ``bn_steps``.
+Every factory takes the common arguments of :class:`~metakd.nn.Backbone`, with ``num_classes``
+default 100 and BN ``mode="running"`` by default.
 """
 
 from __future__ import annotations
@@ -27,10 +26,10 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
+from metakd.nn.blocks import conv3x3, kaiming_init, make_stage
 from metakd.nn.heads import Backbone, HeadKind, make_head
 from metakd.nn.norm import BatchNormConfig, pop_bn_kwargs
 from metakd.nn.registry import register_model
-from metakd.nn.resnet import conv3x3, kaiming_init, make_stage
 
 __all__ = [
     "CifarResNet",
@@ -50,13 +49,12 @@ __all__ = [
 class CifarResNet(Backbone):
     """A CIFAR ResNet of ``depth = 6n + 2`` layers.
 
+    Takes the common arguments ``num_classes`` (default 100), ``in_channels``, ``head`` and
+    ``bn`` (default ``mode="running"``) of :class:`~metakd.nn.Backbone`.
+
     Args:
         depth: 8, 20, 32, 56, 110 ... (``(depth - 2) % 6 == 0``).
         filters: [stem, stage1, stage2, stage3] widths.
-        num_classes: classes of the head (0: feature extractor).
-        in_channels: image channels.
-        head: ``"linear"``, ``"cosine"`` or ``None``.
-        bn: BatchNorm settings (default ``mode="running"``).
 
     Shapes:
         ``[B, 3, 32, 32]`` → map ``[B, f3, 8, 8]`` → features ``[B, f3]`` → logits ``[B, N]``.
@@ -114,19 +112,19 @@ _X4 = (32, 64, 128, 256)
 _MDISTILLER = {"fc.": "head."}  # the classifier's name in mdistiller's code
 
 
-@register_model(original_keys=_MDISTILLER)
+@register_model(family="cifar", original_keys=_MDISTILLER)
 def resnet8(**kwargs: Any) -> CifarResNet:
     """CIFAR ResNet-8 (n=1, [16,16,32,64])."""
     return _cifar(8, _SMALL, kwargs)
 
 
-@register_model(original_keys=_MDISTILLER)
+@register_model(family="cifar", original_keys=_MDISTILLER)
 def resnet14(**kwargs: Any) -> CifarResNet:
     """CIFAR ResNet-14 (n=2, [16,16,32,64]); 181,108 params at 100 classes."""
     return _cifar(14, _SMALL, kwargs)
 
 
-@register_model(original_keys=_MDISTILLER)
+@register_model(family="cifar", original_keys=_MDISTILLER)
 def resnet20(**kwargs: Any) -> CifarResNet:
     """CIFAR ResNet-20 (n=3, [16,16,32,64]); 278,324 params at 100 classes.
 
@@ -137,25 +135,25 @@ def resnet20(**kwargs: Any) -> CifarResNet:
     return _cifar(20, _SMALL, kwargs)
 
 
-@register_model(original_keys=_MDISTILLER)
+@register_model(family="cifar", original_keys=_MDISTILLER)
 def resnet32(**kwargs: Any) -> CifarResNet:
     """CIFAR ResNet-32 (n=5, [16,16,32,64])."""
     return _cifar(32, _SMALL, kwargs)
 
 
-@register_model(original_keys=_MDISTILLER)
+@register_model(family="cifar", original_keys=_MDISTILLER)
 def resnet44(**kwargs: Any) -> CifarResNet:
     """CIFAR ResNet-44 (n=7, [16,16,32,64]); 667,188 params at 100 classes."""
     return _cifar(44, _SMALL, kwargs)
 
 
-@register_model(original_keys=_MDISTILLER)
+@register_model(family="cifar", original_keys=_MDISTILLER)
 def resnet56(**kwargs: Any) -> CifarResNet:
     """CIFAR ResNet-56 (n=9, [16,16,32,64]); 861,620 params at 100 classes."""
     return _cifar(56, _SMALL, kwargs)
 
 
-@register_model(original_keys=_MDISTILLER)
+@register_model(family="cifar", original_keys=_MDISTILLER)
 def resnet80(**kwargs: Any) -> CifarResNet:
     """CIFAR ResNet-80 (n=13, [16,16,32,64]); 1,250,484 params at 100 classes.
 
@@ -165,19 +163,19 @@ def resnet80(**kwargs: Any) -> CifarResNet:
     return _cifar(80, _SMALL, kwargs)
 
 
-@register_model(original_keys=_MDISTILLER)
+@register_model(family="cifar", original_keys=_MDISTILLER)
 def resnet110(**kwargs: Any) -> CifarResNet:
     """CIFAR ResNet-110 (n=18, [16,16,32,64])."""
     return _cifar(110, _SMALL, kwargs)
 
 
-@register_model(original_keys=_MDISTILLER)
+@register_model(family="cifar", original_keys=_MDISTILLER)
 def resnet8x4(**kwargs: Any) -> CifarResNet:
     """CIFAR ResNet-8x4 (n=1, [32,64,128,256])."""
     return _cifar(8, _X4, kwargs)
 
 
-@register_model(original_keys=_MDISTILLER)
+@register_model(family="cifar", original_keys=_MDISTILLER)
 def resnet32x4(**kwargs: Any) -> CifarResNet:
     """CIFAR ResNet-32x4 (n=5, [32,64,128,256])."""
     return _cifar(32, _X4, kwargs)

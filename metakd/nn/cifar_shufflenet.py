@@ -21,9 +21,8 @@ but for the classifier: ``linear.*`` there, ``head.*`` here
 (:func:`metakd.nn.original_key_map`). As in the reference, the weights keep PyTorch's default
 initialisation.
 
-Both factories accept ``num_classes`` (default 100; 0 = feature extractor), ``in_channels``,
-``head`` (``"linear"``, ``"cosine"`` or ``None``) and the BN options ``bn_mode`` (default
-``"running"``), ``bn_affine``, ``bn_scale``, ``bn_eps``, ``bn_momentum``, ``bn_steps``.
+Both factories take the common arguments of :class:`~metakd.nn.Backbone`, with ``num_classes``
+default 100 and BN ``mode="running"`` by default.
 """
 
 from __future__ import annotations
@@ -35,10 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metakd.nn.blocks import conv1x1
 from metakd.nn.heads import Backbone, HeadKind, make_head
 from metakd.nn.norm import BatchNormConfig, pop_bn_kwargs
 from metakd.nn.registry import register_model
-from metakd.nn.resnet import conv1x1
 
 __all__ = [
     "CifarShuffleNetV1",
@@ -127,14 +126,13 @@ class CifarShuffleNetV1(Backbone):
     ``mdistiller/models/cifar/ShuffleNetv1.py`` (commit ``a08d46f``). ``features`` is
     mdistiller's ``feats["pooled_feat"]``.
 
+    Takes the common arguments ``num_classes`` (default 100), ``in_channels``, ``head`` and
+    ``bn`` (default ``mode="running"``) of :class:`~metakd.nn.Backbone`.
+
     Args:
         widths: output widths of the three stages.
         blocks: blocks per stage.
         groups: groups of the 1×1 convs.
-        num_classes: classes of the head (0: feature extractor).
-        in_channels: image channels.
-        head: ``"linear"``, ``"cosine"`` or ``None``.
-        bn: BatchNorm settings (default ``mode="running"``).
 
     Shapes:
         ``[B, 3, 32, 32]`` → map ``[B, 960, 4, 4]`` → features ``[B, 960]`` → logits ``[B, N]``.
@@ -262,13 +260,12 @@ class CifarShuffleNetV2(Backbone):
     ``mdistiller/models/cifar/ShuffleNetv2.py`` (commit ``a08d46f``, net size 1).
     ``features`` is mdistiller's ``feats["pooled_feat"]``.
 
+    Takes the common arguments ``num_classes`` (default 100), ``in_channels``, ``head`` and
+    ``bn`` (default ``mode="running"``) of :class:`~metakd.nn.Backbone`.
+
     Args:
         widths: widths of the three stages and of the last 1×1 conv.
         blocks: basic blocks per stage (after its down-sampling block).
-        num_classes: classes of the head (0: feature extractor).
-        in_channels: image channels.
-        head: ``"linear"``, ``"cosine"`` or ``None``.
-        bn: BatchNorm settings (default ``mode="running"``).
 
     Shapes:
         ``[B, 3, 32, 32]`` → map ``[B, 1024, 4, 4]`` → features ``[B, 1024]`` → ``[B, N]``.
@@ -317,7 +314,7 @@ class CifarShuffleNetV2(Backbone):
         return self.feature_map(x).mean(dim=(-2, -1))
 
 
-@register_model(name="ShuffleV1", original_keys=_MDISTILLER)
+@register_model(family="cifar", name="ShuffleV1", original_keys=_MDISTILLER)
 def shufflev1(**kwargs: Any) -> CifarShuffleNetV1:
     """mdistiller's ``ShuffleV1`` student (widths 240-480-960, blocks 4-8-4, 3 groups);
     949,258 params at 100 classes.
@@ -330,7 +327,7 @@ def shufflev1(**kwargs: Any) -> CifarShuffleNetV1:
     return CifarShuffleNetV1(bn=bn, **kwargs)
 
 
-@register_model(name="ShuffleV2", original_keys=_MDISTILLER)
+@register_model(family="cifar", name="ShuffleV2", original_keys=_MDISTILLER)
 def shufflev2(**kwargs: Any) -> CifarShuffleNetV2:
     """mdistiller's ``ShuffleV2`` student (net size 1: widths 116-232-464, 1024; blocks
     3-7-3); 1,355,528 params at 100 classes.

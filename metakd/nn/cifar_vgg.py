@@ -17,9 +17,8 @@ keep their places in each block's ``nn.Sequential``) but for the classifier:
 initialisation is the reference's: convolutions normal with std ``sqrt(2 / (k·k·out))`` and
 bias 0, BN γ=1, β=0, the classifier normal with std 0.01 and bias 0.
 
-Every factory accepts ``num_classes`` (default 100; 0 = feature extractor), ``in_channels``,
-``head`` (``"linear"``, ``"cosine"`` or ``None``) and the BN options ``bn_mode`` (default
-``"running"``), ``bn_affine``, ``bn_scale``, ``bn_eps``, ``bn_momentum``, ``bn_steps``.
+Every factory takes the common arguments of :class:`~metakd.nn.Backbone`, with ``num_classes``
+default 100 and BN ``mode="running"`` by default.
 """
 
 from __future__ import annotations
@@ -30,10 +29,10 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metakd.nn.blocks import kaiming_init
 from metakd.nn.heads import Backbone, HeadKind, make_head
 from metakd.nn.norm import BatchNormConfig, pop_bn_kwargs
 from metakd.nn.registry import register_model
-from metakd.nn.resnet import kaiming_init
 
 __all__ = ["VGG_CONFIGS", "CifarVGG", "vgg8", "vgg11", "vgg13", "vgg16", "vgg19"]
 
@@ -65,12 +64,11 @@ class CifarVGG(Backbone):
     ``mdistiller/models/cifar/vgg.py`` (commit ``a08d46f``). ``features`` is mdistiller's
     ``feats["pooled_feat"]``.
 
+    Takes the common arguments ``num_classes`` (default 100), ``in_channels``, ``head`` and
+    ``bn`` (default ``mode="running"``) of :class:`~metakd.nn.Backbone`.
+
     Args:
         widths: conv widths of each of the five blocks (a value of :data:`VGG_CONFIGS`).
-        num_classes: classes of the head (0: feature extractor).
-        in_channels: image channels.
-        head: ``"linear"``, ``"cosine"`` or ``None``.
-        bn: BatchNorm settings (default ``mode="running"``).
 
     Shapes:
         ``[B, 3, 32, 32]`` → map ``[B, 512, 4, 4]`` → features ``[B, 512]`` → logits ``[B, N]``.
@@ -131,20 +129,20 @@ def _vgg(depth: int, kwargs: dict[str, Any]) -> CifarVGG:
     return CifarVGG(VGG_CONFIGS[depth], bn=bn, **kwargs)
 
 
-@register_model(original_keys=_MDISTILLER)
+@register_model(family="cifar", original_keys=_MDISTILLER)
 def vgg8(**kwargs: Any) -> CifarVGG:
     """VGG-8 with BN (configuration "S": one conv per block), mdistiller's ``vgg8_bn``;
     3,965,028 params at 100 classes."""
     return _vgg(8, kwargs)
 
 
-@register_model(original_keys=_MDISTILLER)
+@register_model(family="cifar", original_keys=_MDISTILLER)
 def vgg11(**kwargs: Any) -> CifarVGG:
     """VGG-11 with BN (configuration "A"), mdistiller's ``vgg11_bn``; 9,277,284 params."""
     return _vgg(11, kwargs)
 
 
-@register_model(original_keys=_MDISTILLER)
+@register_model(family="cifar", original_keys=_MDISTILLER)
 def vgg13(**kwargs: Any) -> CifarVGG:
     """VGG-13 with BN (configuration "B"), mdistiller's ``vgg13_bn`` teacher; 9,462,180
     params at 100 classes.
@@ -156,13 +154,13 @@ def vgg13(**kwargs: Any) -> CifarVGG:
     return _vgg(13, kwargs)
 
 
-@register_model(original_keys=_MDISTILLER)
+@register_model(family="cifar", original_keys=_MDISTILLER)
 def vgg16(**kwargs: Any) -> CifarVGG:
     """VGG-16 with BN (configuration "D"), mdistiller's ``vgg16_bn``; 14,774,436 params."""
     return _vgg(16, kwargs)
 
 
-@register_model(original_keys=_MDISTILLER)
+@register_model(family="cifar", original_keys=_MDISTILLER)
 def vgg19(**kwargs: Any) -> CifarVGG:
     """VGG-19 with BN (configuration "E"), mdistiller's ``vgg19_bn``; 20,086,692 params."""
     return _vgg(19, kwargs)

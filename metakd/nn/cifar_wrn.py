@@ -14,10 +14,9 @@ but for the classifier: ``fc.*`` there, ``head.*`` here (:func:`metakd.nn.origin
 The initialisation is the reference's: convolutions normal with std ``sqrt(2 / (k·k·out))``,
 BN γ=1, β=0, the classifier's bias 0.
 
-Every factory accepts ``num_classes`` (default 100; 0 = feature extractor), ``in_channels``,
-``head`` (``"linear"``, ``"cosine"`` or ``None``), ``drop_rate`` (dropout inside the blocks,
-default 0) and the BN options ``bn_mode`` (default ``"running"``), ``bn_affine``,
-``bn_scale``, ``bn_eps``, ``bn_momentum``, ``bn_steps``.
+Every factory takes the common arguments of :class:`~metakd.nn.Backbone`, with ``num_classes``
+default 100 and BN ``mode="running"`` by default; also ``drop_rate`` (dropout inside the
+blocks, default 0).
 """
 
 from __future__ import annotations
@@ -27,10 +26,10 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metakd.nn.blocks import conv1x1, conv3x3, kaiming_init
 from metakd.nn.heads import Backbone, HeadKind, make_head
 from metakd.nn.norm import BatchNormConfig, pop_bn_kwargs
 from metakd.nn.registry import register_model
-from metakd.nn.resnet import conv1x1, conv3x3, kaiming_init
 
 __all__ = ["CifarWideResNet", "WideBlock", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2"]
 
@@ -123,14 +122,13 @@ class CifarWideResNet(Backbone):
     names and initialisation of ``mdistiller/models/cifar/wrn.py`` (commit ``a08d46f``).
     ``features`` is mdistiller's ``feats["pooled_feat"]``.
 
+    Takes the common arguments ``num_classes`` (default 100), ``in_channels``, ``head`` and
+    ``bn`` (default ``mode="running"``) of :class:`~metakd.nn.Backbone`.
+
     Args:
         depth: 16, 22, 28, 40 ... (``(depth - 4) % 6 == 0``).
         widen_factor: width multiplier k of the stages ``16k, 32k, 64k``.
-        num_classes: classes of the head (0: feature extractor).
-        in_channels: image channels.
-        head: ``"linear"``, ``"cosine"`` or ``None``.
         drop_rate: dropout probability inside each block.
-        bn: BatchNorm settings (default ``mode="running"``).
 
     Shapes:
         ``[B, 3, 32, 32]`` → map ``[B, 64k, 8, 8]`` → features ``[B, 64k]`` → logits ``[B, N]``.
@@ -187,25 +185,25 @@ def _wrn(depth: int, widen_factor: int, kwargs: dict[str, Any]) -> CifarWideResN
     return CifarWideResNet(depth, widen_factor, bn=bn, **kwargs)
 
 
-@register_model(original_keys=_MDISTILLER)
+@register_model(family="cifar", original_keys=_MDISTILLER)
 def wrn_16_1(**kwargs: Any) -> CifarWideResNet:
     """WRN-16-1 (n=2, widths 16-16-32-64); 180,916 params at 100 classes."""
     return _wrn(16, 1, kwargs)
 
 
-@register_model(original_keys=_MDISTILLER)
+@register_model(family="cifar", original_keys=_MDISTILLER)
 def wrn_16_2(**kwargs: Any) -> CifarWideResNet:
     """WRN-16-2 (n=2, widths 16-32-64-128); 703,284 params at 100 classes."""
     return _wrn(16, 2, kwargs)
 
 
-@register_model(original_keys=_MDISTILLER)
+@register_model(family="cifar", original_keys=_MDISTILLER)
 def wrn_40_1(**kwargs: Any) -> CifarWideResNet:
     """WRN-40-1 (n=6, widths 16-16-32-64); 569,780 params at 100 classes."""
     return _wrn(40, 1, kwargs)
 
 
-@register_model(original_keys=_MDISTILLER)
+@register_model(family="cifar", original_keys=_MDISTILLER)
 def wrn_40_2(**kwargs: Any) -> CifarWideResNet:
     """WRN-40-2 (n=6, widths 16-32-64-128), mdistiller's WRN teacher; 2,255,156 params at
     100 classes.

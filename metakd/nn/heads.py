@@ -132,6 +132,28 @@ class Backbone(nn.Module):
     Subclasses set ``feature_dim`` (embedding size), ``head`` (a module) and implement
     :meth:`features`. ``out_features`` is the number of classes, or ``feature_dim`` when the
     head is ``nn.Identity``.
+
+    **Common arguments.** Every model class of :mod:`metakd.nn` and every factory of the
+    registry (:func:`metakd.nn.create`) takes these keyword arguments; each model's docstring
+    states its defaults and what differs:
+
+    - ``num_classes``: classes ``N`` of the head; ``0`` builds a feature extractor (``head``
+      is ``nn.Identity`` and ``forward`` returns the features). ``create(name, ways=N)`` is
+      another spelling. The few-shot models default to 5, the CIFAR models to 100.
+    - ``in_channels``: image channels (1 for Omniglot, 3 for RGB images).
+    - ``head``: the classifier, ``"linear"`` (:class:`LinearHead`), ``"cosine"``
+      (:class:`CosineHead`, Meta-Baseline's) or ``None`` (no classifier).
+    - ``bn`` (model classes): the :class:`~metakd.nn.BatchNormConfig` of every BatchNorm
+      layer.
+    - ``bn_mode``, ``bn_affine``, ``bn_scale``, ``bn_eps``, ``bn_momentum``, ``bn_steps``
+      (factories): each overrides one field of the model's default ``BatchNormConfig``
+      (``mode``, ``affine``, ``scale``, ``eps``, ``momentum``, ``num_steps``).
+
+    Example:
+        >>> import metakd.nn as mnn
+        >>> net = mnn.create("resnet12", num_classes=0, bn_mode="transductive")
+        >>> isinstance(net, Backbone), net.out_features, net.layer1.bn1.mode
+        (True, 512, 'transductive')
     """
 
     feature_dim: int

@@ -2,7 +2,9 @@
 
 A model factory is a function that takes keyword arguments and returns an ``nn.Module``. It
 joins the registry with the :func:`register_model` decorator; :func:`create` builds it by
-name and :func:`list_models` lists the names.
+name, :func:`list_models` lists the names and :func:`describe_models` says what each one is:
+its family (``"few-shot"`` backbones or ``"cifar"`` models of the distillation literature)
+and the summary of its factory's docstring.
 
 A model ported from another code base may name a module differently there (metakd calls
 every classifier ``head``; mdistiller's CIFAR models call it ``fc``, ``linear``,
@@ -20,13 +22,17 @@ Example:
 from __future__ import annotations
 
 import fnmatch
+import inspect
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from torch import nn
 
 __all__ = [
+    "FAMILIES",
+    "ModelInfo",
     "create",
+    "describe_models",
     "is_model",
     "list_models",
     "original_key_map",
@@ -38,6 +44,23 @@ F = TypeVar("F", bound=Callable[..., nn.Module])
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 _ORIGINAL_KEYS: dict[str, dict[str, str]] = {}
+_FAMILIES: dict[str, str] = {}
+
+FAMILIES = ("few-shot", "cifar", "custom")
+"""The model families: few-shot backbones (Omniglot, miniImageNet ... episodes), the CIFAR
+models of the distillation literature, and models registered without a family."""
+
+
+class ModelInfo(NamedTuple):
+    """One row of :func:`describe_models`: a registered model's name, family and description."""
+
+    name: str
+    """The registry name, for :func:`create`."""
+    family: str
+    """``"few-shot"``, ``"cifar"`` or ``"custom"`` (see :data:`FAMILIES`)."""
+    description: str
+    """The summary of the factory's docstring, its first paragraph on one line (empty when it
+    has none)."""
 
 
 def register_model(
@@ -45,11 +68,13 @@ def register_model(
     *,
     name: str | None = None,
     original_keys: Mapping[str, str] | None = None,
+    family: str = "custom",
 ) -> Any:
     """Register a model factory under its function name (or ``name``).
 
     Usable bare (``@register_model``) or with a name (``@register_model(name="conv4")``).
-    Registering a name twice raises ``ValueError``.
+    Registering a name twice raises ``ValueError``. The summary (first paragraph) of the
+    factory's docstring is its description in :func:`describe_models`.
 
     Args:
         fn: the factory, ``fn(**kwargs) -> nn.Module``.
@@ -57,6 +82,8 @@ def register_model(
         original_keys: ``{prefix in the original code: prefix here}`` for the state-dict keys
             that the code the model was ported from names differently (see
             :func:`rename_original_keys`).
+        family: one of :data:`FAMILIES`; metakd's own models are ``"few-shot"`` or
+            ``"cifar"``.
 
     Returns:
         The factory itself (unchanged), or a decorator when ``fn`` is omitted.
@@ -69,6 +96,9 @@ def register_model(
         Linear(in_features=2, out_features=2, bias=True)
     """
 
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+
     def decorator(factory: F) -> F:
         key = name if name is not None else factory.__name__
         if not key or not isinstance(key, str):
@@ -76,6 +106,7 @@ def register_model(
         if key in _MODELS:
             raise ValueError(f"a model named {key!r} is already registered")
         _MODELS[key] = factory
+        _FAMILIES[key] = family
         if original_keys:
             _ORIGINAL_KEYS[key] = dict(original_keys)
         return factory
@@ -85,17 +116,61 @@ def register_model(
     return decorator
 
 
-def list_models(pattern: str | None = None) -> list[str]:
+def list_models(pattern: str | None = None, *, family: str | None = None) -> list[str]:
     """The registered model names, sorted, optionally filtered by a glob ``pattern``.
+
+    Args:
+        pattern: a glob (``"resnet*"``) the names must match; ``None``: every name.
+        family: keep only the models of this family (one of :data:`FAMILIES`).
+
+    Returns:
+        The names, sorted. :func:`describe_models` gives each one's family and description.
 
     Example:
         >>> list_models("resnet1?_bottle")
         ['resnet12_bottle', 'resnet18_bottle']
+        >>> list_models("resnet*", family="cifar")[:3]
+        ['resnet110', 'resnet14', 'resnet20']
     """
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     names = sorted(_MODELS)
     if pattern is not None:
         names = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+    if family is not None:
+        names = [n for n in names if _FAMILIES[n] == family]
     return names
+
+
+def describe_models(pattern: str | None = None, *, family: str | None = None) -> list[ModelInfo]:
+    """What each registered model is: name, family and one-line description.
+
+    The same models, in the same order, as :func:`list_models` with the same arguments.
+
+    Args:
+        pattern: a glob (``"resnet*"``) the names must match; ``None``: every name.
+        family: keep only the models of this family (one of :data:`FAMILIES`).
+
+    Returns:
+        One :class:`ModelInfo` ``(name, family, description)`` per model.
+
+    Example:
+        >>> for row in describe_models("conv[46]"):
+        ...     print(row.name, row.family, row.description, sep=" | ")
+        conv4 | few-shot | Conv-4 (PMAML/MAML conv blocks): four pooled blocks (84 px → 5×5, 28 px → 1×1).
+        conv6 | few-shot | Conv-6 (PMAML/MAML conv blocks): four pooled blocks, then two without pooling.
+        >>> describe_models("vgg8")[0].family
+        'cifar'
+    """
+    return [
+        ModelInfo(n, _FAMILIES[n], _summary(_MODELS[n])) for n in list_models(pattern, family=family)
+    ]
+
+
+def _summary(factory: Callable[..., nn.Module]) -> str:
+    """The summary of ``factory``'s docstring (its first paragraph, on one line), or ``""``."""
+    doc = inspect.getdoc(factory) or ""
+    return " ".join(doc.split("\n\n", 1)[0].split())
 
 
 def is_model(name: str) -> bool:

@@ -12,14 +12,14 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from metakd.data._io import CorruptFileError
-from metakd.data.base import ImageClassDataset
+from metakd.data.base import ImageClassDataset, check_choice
 
 __all__ = ["IMAGE_EXTENSIONS", "SourceDataset", "scan_class_folders"]
 
@@ -318,14 +318,37 @@ def read_labels_json(path: Path) -> list[str]:
 class SourceDataset(ImageClassDataset):
     """An :class:`~metakd.data.base.ImageClassDataset` whose images come from a :class:`Source`.
 
-    Subclasses scan their format, then call :meth:`_init_source`.
+    Its constructor takes the common arguments (``root`` is required) and the requested
+    ``format``, checked against the subclass's ``_formats`` (when it declares them) before
+    anything is read; ``split`` is checked against ``_splits``. Subclasses then find and scan
+    their format, and call :meth:`_init_source`.
 
     Attributes:
         format: the on-disk format that was read.
     """
 
     format: str = ""
+    root: Path
     _source: Source
+    #: The on-disk formats ``format`` may name besides ``"auto"``; empty: the subclass checks.
+    _formats: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        split: str,
+        *,
+        format: str = "auto",
+        transform: Callable[[Any], Any] | None = None,
+        target_transform: Callable[[int], Any] | None = None,
+        rotations: Sequence[int] = (0,),
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if root is None:
+            raise TypeError(f"{type(self).__name__} needs root, the folder holding the data set")
+        super().__init__(root, split, transform, target_transform, rotations, cache_dir)
+        if self._formats:
+            check_choice("format", format, ("auto", *self._formats))
 
     def _init_source(self, source: Source, labels: Sequence[int] | np.ndarray,
                      classes: Sequence[str]) -> None:

@@ -196,14 +196,15 @@ class CIFAR100(SourceDataset):
     Items keep the order of the official files, and class ``i`` is ``fine_label_names[i]``
     (alphabetical), so indices and labels match torchvision's ``CIFAR100``.
 
+    Takes the common arguments ``transform``, ``target_transform`` and ``cache_dir`` of
+    :class:`~metakd.data.ImageClassDataset` (no rotation classes).
+
     Args:
         root: folder holding ``cifar-100-python/``.
         split: ``"train"`` or ``"test"``.
-        transform: torchvision-style transform of the PIL image in ``__getitem__``.
-        target_transform: transform of the class index.
-        download: download and extract the official archive (md5-checked) if missing. An archive placed by hand as ``root/cifar-100-python.tar.gz`` is
-            md5-checked and extracted without the network, with or without ``download``.
-        cache_dir: where the decoded-image cache goes.
+        download: download and extract the official archive (md5-checked) if missing. An
+            archive placed by hand as ``root/cifar-100-python.tar.gz`` is md5-checked and
+            extracted without the network, with or without ``download``.
 
     Attributes:
         coarse_targets: superclass index of every item (into ``coarse_classes``).
@@ -220,6 +221,7 @@ class CIFAR100(SourceDataset):
 
     image_mode: str = "RGB"
     default_image_size: int | tuple[int, int] | None = 32
+    _splits = ("train", "test")
 
     def __init__(
         self,
@@ -230,10 +232,8 @@ class CIFAR100(SourceDataset):
         download: bool = False,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        super().__init__(root, split, transform, target_transform, (0,), cache_dir)
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        assert self.root is not None
+        super().__init__(root, split, transform=transform, target_transform=target_transform,
+                         cache_dir=cache_dir)
         if download or _placed(self.root):
             _download(self.root)
         folder = _python_folder(self.root)
@@ -256,6 +256,8 @@ class _FewShotCifar(SourceDataset):
     image_mode: str = "RGB"
     default_image_size: int | tuple[int, int] | None = 32
     _pickle_prefix: ClassVar[str] = ""
+    _splits = ("train", "val", "test")
+    _formats = ("python", "pickle", "folders")
 
     def __init__(
         self,
@@ -268,12 +270,9 @@ class _FewShotCifar(SourceDataset):
         download: bool = False,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        super().__init__(root, split, transform, target_transform, rotations, cache_dir)
-        if split not in ("train", "val", "test"):
-            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
-        if format not in ("auto", "python", "pickle", "folders"):
-            raise ValueError(f"format must be 'auto', 'python', 'pickle' or 'folders', got {format!r}")
-        assert self.root is not None
+        super().__init__(root, split, format=format, transform=transform,
+                         target_transform=target_transform, rotations=rotations,
+                         cache_dir=cache_dir)
         self.split_classes = tuple(sorted(self.classes_of_split(split)))
         found = self._find(format)
         if found is None and (download or _placed(self.root)) and format in ("auto", "python"):
@@ -294,7 +293,6 @@ class _FewShotCifar(SourceDataset):
 
     # --- discovery ---------------------------------------------------------------------------
     def _candidates(self) -> dict[str, list[Path]]:
-        assert self.root is not None
         return {
             "python": [self.root / "cifar-100-python", self.root],
             "pickle": [self.root / f"{self._pickle_prefix}_{self.split}.pickle"],
@@ -302,7 +300,6 @@ class _FewShotCifar(SourceDataset):
         }
 
     def _find(self, format: str) -> tuple[str, Path] | None:
-        assert self.root is not None
         for fmt, paths in self._candidates().items():
             if format not in ("auto", fmt):
                 continue
@@ -388,17 +385,17 @@ class CIFARFS(_FewShotCifar):
     Classes are sorted by name (:data:`CIFARFS_SPLITS`); the images of a class are those of the
     official train file followed by those of the test file.
 
+    Takes the common arguments ``transform``, ``target_transform``, ``rotations`` and
+    ``cache_dir`` of :class:`~metakd.data.ImageClassDataset`.
+
     Args:
         root: folder holding ``cifar-100-python/`` (or MetaOptNet's ``CIFAR_FS_{split}.pickle``,
             or ``{split}/<class>/`` / ``data/<class>/`` folders).
         split: ``"train"``, ``"val"`` or ``"test"``.
         format: ``"auto"``, ``"python"``, ``"pickle"`` or ``"folders"``.
-        transform: torchvision-style transform of the PIL image in ``__getitem__``.
-        target_transform: transform of the class index.
-        rotations: e.g. ``(0, 90, 180, 270)`` to add rotated copies of every class.
-        download: download the official CIFAR-100 archive (md5-checked) if nothing is found. An archive placed by hand as ``root/cifar-100-python.tar.gz`` is
-            md5-checked and extracted without the network, with or without ``download``.
-        cache_dir: where the decoded-image cache goes.
+        download: download the official CIFAR-100 archive (md5-checked) if nothing is found.
+            An archive placed by hand as ``root/cifar-100-python.tar.gz`` is md5-checked and
+            extracted without the network, with or without ``download``.
 
     Example:
         >>> from metakd.data.datasets.cifar import CIFARFS
@@ -425,17 +422,17 @@ class FC100(_FewShotCifar):
     :data:`CIFAR100_SUPERCLASSES`) are the classes, sorted by name; 600 images each (official
     train file, then test file).
 
+    Takes the common arguments ``transform``, ``target_transform``, ``rotations`` and
+    ``cache_dir`` of :class:`~metakd.data.ImageClassDataset`.
+
     Args:
         root: folder holding ``cifar-100-python/`` (or MetaOptNet's ``FC100_{split}.pickle``,
             or MTL's ``{split}/<class>/`` folders).
         split: ``"train"``, ``"val"`` or ``"test"``.
         format: ``"auto"``, ``"python"``, ``"pickle"`` or ``"folders"``.
-        transform: torchvision-style transform of the PIL image in ``__getitem__``.
-        target_transform: transform of the class index.
-        rotations: e.g. ``(0, 90, 180, 270)`` to add rotated copies of every class.
-        download: download the official CIFAR-100 archive (md5-checked) if nothing is found. An archive placed by hand as ``root/cifar-100-python.tar.gz`` is
-            md5-checked and extracted without the network, with or without ``download``.
-        cache_dir: where the decoded-image cache goes.
+        download: download the official CIFAR-100 archive (md5-checked) if nothing is found.
+            An archive placed by hand as ``root/cifar-100-python.tar.gz`` is md5-checked and
+            extracted without the network, with or without ``download``.
 
     Example:
         >>> from metakd.data.datasets.cifar import FC100

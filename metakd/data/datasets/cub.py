@@ -74,19 +74,18 @@ class CUB(SourceDataset):
     :meth:`arrays` resizes them to 84x84 by default. A class folder of the split that holds
     no image is an error (``CorruptFileError``) naming it.
 
+    Takes the common arguments ``transform``, ``target_transform``, ``rotations`` and
+    ``cache_dir`` of :class:`~metakd.data.ImageClassDataset`.
+
     Args:
         root: the folder holding ``CUB_200_2011/`` (or the torchmeta files).
         split: ``"train"``, ``"val"``, ``"test"``, or ``"all"`` (the 200 classes).
         format: ``"auto"``, ``"images"`` or ``"hdf5"``.
-        transform: torchvision-style transform of the PIL image in ``__getitem__``.
-        target_transform: transform of the class index.
-        rotations: e.g. ``(0, 90, 180, 270)`` to add rotated copies of every class.
         download: download and extract the official archive into ``root`` if no layout is
             found (checked md5; archive members leaving ``root`` are refused). An archive
             placed by hand as ``root/CUB_200_2011.tgz`` is md5-checked and extracted without
             the network, with or without ``download``; a wrong checksum is an error naming
             both. Offline, the error names the file to place and where.
-        cache_dir: where the decoded-image cache goes.
 
     Example:
         >>> from metakd.data.datasets.cub import CUB
@@ -101,6 +100,8 @@ class CUB(SourceDataset):
 
     image_mode: str = "RGB"
     default_image_size: int | tuple[int, int] | None = 84
+    _splits = ("train", "val", "test", "all")
+    _formats = ("images", "hdf5")
 
     def __init__(
         self,
@@ -113,12 +114,9 @@ class CUB(SourceDataset):
         download: bool = False,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        super().__init__(root, split, transform, target_transform, rotations, cache_dir)
-        if split not in ("train", "val", "test", "all"):
-            raise ValueError(f"split must be 'train', 'val', 'test' or 'all', got {split!r}")
-        if format not in ("auto", "images", "hdf5"):
-            raise ValueError(f"format must be 'auto', 'images' or 'hdf5', got {format!r}")
-        assert self.root is not None
+        super().__init__(root, split, format=format, transform=transform,
+                         target_transform=target_transform, rotations=rotations,
+                         cache_dir=cache_dir)
         found = self._find(format)
         if found is None and (download or (self.root / ARCHIVE).is_file()):
             self.download()  # a hand-placed archive is checked and extracted, not downloaded
@@ -143,7 +141,6 @@ class CUB(SourceDataset):
             self._init_source(src, src.labels, names)
 
     def _find(self, format: str) -> tuple[str, Path] | None:
-        assert self.root is not None
         if format in ("auto", "images"):
             for images in (self.root / "CUB_200_2011" / "images", self.root / "images"):
                 if images.is_dir():
@@ -176,6 +173,5 @@ class CUB(SourceDataset):
 
     def download(self) -> None:
         """Download ``CUB_200_2011.tgz`` (md5-checked) and extract it into ``root``."""
-        assert self.root is not None
         archive = download_url(URL, self.root, ARCHIVE, md5=MD5)
         extract_archive(archive, self.root)

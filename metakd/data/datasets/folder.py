@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from metakd.data._io import DatasetNotFoundError
+from metakd.data.base import check_choice
 from metakd.data.datasets._sources import (
     IMAGE_EXTENSIONS,
     FileSource,
@@ -33,16 +34,15 @@ class ImageFolderDataset(SourceDataset):
           <class_b>/...
         root/train/<class>/...     # split="train" (any split name)
 
+    Takes the common arguments ``transform``, ``target_transform``, ``rotations`` and
+    ``cache_dir`` of :class:`~metakd.data.ImageClassDataset`.
+
     Args:
         root: the folder.
         split: a sub-folder of ``root`` to read (``None``: ``root`` itself).
-        transform: torchvision-style transform of the PIL image in ``__getitem__``.
-        target_transform: transform of the class index.
-        rotations: e.g. ``(0, 90, 180, 270)`` to add rotated copies of every class.
         image_mode: ``"RGB"`` or ``"L"``: what images are converted to.
         image_size: default size of :meth:`arrays` (``None``: the stored size, which must then
             be the same for all images).
-        cache_dir: where the decoded-image cache goes.
 
     Example:
         >>> from metakd.data.datasets.folder import ImageFolderDataset
@@ -64,13 +64,13 @@ class ImageFolderDataset(SourceDataset):
         image_size: int | tuple[int, int] | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        super().__init__(root, split or "all", transform, target_transform, rotations, cache_dir)
-        if image_mode not in ("RGB", "L"):
-            raise ValueError(f"image_mode must be 'RGB' or 'L', got {image_mode!r}")
+        super().__init__(root, split or "all", transform=transform,
+                         target_transform=target_transform, rotations=rotations,
+                         cache_dir=cache_dir)
+        check_choice("image_mode", image_mode, ("RGB", "L"))
         # Per-instance overrides of the class-level defaults of ImageClassDataset.
         self.image_mode = image_mode
         self.default_image_size = image_size
-        assert self.root is not None
         folder = self.root / split if split else self.root
         if not folder.is_dir():
             raise DatasetNotFoundError(

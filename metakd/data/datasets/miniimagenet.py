@@ -143,6 +143,9 @@ class MiniImageNet(SourceDataset):
     gidaris, hdf5). A class set different from Ravi & Larochelle's is logged as a warning; a
     class folder (``folders`` layout) or HDF5 class without images is an error naming it.
 
+    Takes the common arguments ``transform``, ``target_transform``, ``rotations`` and
+    ``cache_dir`` of :class:`~metakd.data.ImageClassDataset`.
+
     Args:
         root: the folder (see the module docstring for the layouts).
         split: ``"train"``, ``"val"`` or ``"test"``; the Gidaris pickles also have
@@ -150,12 +153,8 @@ class MiniImageNet(SourceDataset):
             classes); ``"train"`` is their ``train_phase_train``.
         format: ``"auto"`` or one of ``"csv"``, ``"folders"``, ``"pickle"``, ``"gidaris"``,
             ``"hdf5"``. With ``"auto"`` the first one found, in this order, is read.
-        transform: torchvision-style transform of the PIL image in ``__getitem__``.
-        target_transform: transform of the class index.
-        rotations: e.g. ``(0, 90, 180, 270)`` to add rotated copies of every class.
         download: fetch the Ravi CSVs into ``root`` if they are missing. The images are not
             downloadable; the error then says how to make them.
-        cache_dir: where the decoded-image cache goes.
 
     Attributes:
         format: the format that was read.
@@ -188,7 +187,8 @@ class MiniImageNet(SourceDataset):
         download: bool = False,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        super().__init__(root, split, transform, target_transform, rotations, cache_dir)
+        super().__init__(root, split, transform=transform, target_transform=target_transform,
+                         rotations=rotations, cache_dir=cache_dir)
         if format != "auto" and format not in FORMATS:
             raise ValueError(f"format must be 'auto' or one of {FORMATS}, got {format!r}")
         gidaris_only = split in _GIDARIS_SPLITS and split not in _SPLITS
@@ -199,7 +199,6 @@ class MiniImageNet(SourceDataset):
             )
         if gidaris_only and format not in ("auto", "gidaris"):
             raise ValueError(f"split {split!r} exists only in the Gidaris pickles (format='gidaris')")
-        assert self.root is not None
         if download:
             self.download()
         fmt, paths = self._find(format, gidaris_only)
@@ -221,7 +220,6 @@ class MiniImageNet(SourceDataset):
 
     # --- discovery ---------------------------------------------------------------------------
     def _find(self, format: str, gidaris_only: bool) -> tuple[str, list[Path]]:
-        assert self.root is not None
         split = self.split
         gsplit = "train_phase_train" if split == "train" else split
         formats = ("gidaris",) if gidaris_only else FORMATS if format == "auto" else (format,)
@@ -247,7 +245,6 @@ class MiniImageNet(SourceDataset):
 
     def download(self) -> None:
         """Download Ravi & Larochelle's ``train/val/test.csv`` into ``root`` (not the images)."""
-        assert self.root is not None
         for s in _SPLITS:
             if not (self.root / f"{s}.csv").is_file():
                 download_url(_CSV_URL.format(s), self.root, f"{s}.csv")

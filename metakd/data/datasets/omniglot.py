@@ -129,6 +129,9 @@ def _scan_folder(path: Path) -> tuple[list[_Image], list[_Image]]:
 class Omniglot(ImageClassDataset):
     """Omniglot characters as classes, 20 drawings each.
 
+    Takes the common arguments ``transform``, ``target_transform``, ``rotations`` and
+    ``cache_dir`` of :class:`~metakd.data.ImageClassDataset`.
+
     Args:
         root: folder with ``images_background``/``images_evaluation`` (folders or zips), or
             ``None`` for the bundled subsets.
@@ -136,16 +139,12 @@ class Omniglot(ImageClassDataset):
             ``"background"``/``"evaluation"`` (lake); ``"all"`` for every character.
         protocol: ``"vinyals"``, ``"lake"`` or ``"bundled"``; default ``"bundled"`` when
             ``root`` is ``None``, else ``"vinyals"``.
-        transform: torchvision-style transform of the PIL image in ``__getitem__``.
-        target_transform: transform of the class index.
-        rotations: e.g. ``(0, 90, 180, 270)`` to add rotated copies of every class.
         invert: white strokes on black (``True``, as MAML's reference code) or the raw
             black-on-white drawings.
         download: fetch and extract the two official zips into ``root`` if missing. Zips
             already in ``root`` (placed there by hand) are md5-checked and used without the
             network; without ``download`` they are read as they are. Offline, the error
             names the zip to place and where.
-        cache_dir: where the decoded-image cache goes.
 
     Example:
         >>> from metakd.data import Omniglot

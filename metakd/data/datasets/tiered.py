@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from metakd.data._io import CorruptFileError, DatasetNotFoundError, restricted_pickle_load
+from metakd.data.base import check_choice
 from metakd.data.datasets._sources import (
     ArraySource,
     EncodedSource,
@@ -125,6 +126,9 @@ class TieredImageNet(SourceDataset):
     ``label - min(label)`` when they are contiguous). Class names are the ``*_str`` names of
     Ren's label files when present (e.g. ``n01530575``), else the label numbers.
 
+    Takes the common arguments ``transform``, ``target_transform``, ``rotations`` and
+    ``cache_dir`` of :class:`~metakd.data.ImageClassDataset`.
+
     Args:
         root: the folder (see the module docstring for the layouts).
         split: ``"train"``, ``"val"`` or ``"test"``.
@@ -133,11 +137,7 @@ class TieredImageNet(SourceDataset):
             needs Ren's ``label_general``).
         channels: channel order of the stored arrays: ``"auto"`` (BGR for npz, as
             Meta-Baseline assumes, RGB otherwise), ``"bgr"`` or ``"rgb"``. Images come out RGB.
-        transform: torchvision-style transform of the PIL image in ``__getitem__``.
-        target_transform: transform of the class index.
-        rotations: e.g. ``(0, 90, 180, 270)`` to add rotated copies of every class.
         download: not possible (the data is not publicly hosted); raises with instructions.
-        cache_dir: where the decoded-image cache goes.
 
     Example:
         >>> from metakd.data.datasets.tiered import TieredImageNet
@@ -153,6 +153,8 @@ class TieredImageNet(SourceDataset):
 
     image_mode: str = "RGB"
     default_image_size: int | tuple[int, int] | None = 84
+    _splits = tuple(TIERED_SPLIT_SIZES)
+    _formats = ("npz", "png", "hdf5", "folders")
 
     def __init__(
         self,
@@ -167,17 +169,11 @@ class TieredImageNet(SourceDataset):
         download: bool = False,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        super().__init__(root, split, transform, target_transform, rotations, cache_dir)
-        if split not in TIERED_SPLIT_SIZES:
-            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
-        if format not in ("auto", "npz", "png", "hdf5", "folders"):
-            raise ValueError(f"format must be 'auto', 'npz', 'png', 'hdf5' or 'folders', got "
-                             f"{format!r}")
-        if label_level not in ("specific", "general"):
-            raise ValueError(f"label_level must be 'specific' or 'general', got {label_level!r}")
-        if channels not in ("auto", "bgr", "rgb"):
-            raise ValueError(f"channels must be 'auto', 'bgr' or 'rgb', got {channels!r}")
-        assert self.root is not None
+        super().__init__(root, split, format=format, transform=transform,
+                         target_transform=target_transform, rotations=rotations,
+                         cache_dir=cache_dir)
+        check_choice("label_level", label_level, ("specific", "general"))
+        check_choice("channels", channels, ("auto", "bgr", "rgb"))
         self.label_level = label_level
         found = self._find(format)
         if found is None:
@@ -220,7 +216,6 @@ class TieredImageNet(SourceDataset):
         self._init_source(src, labels, names)
 
     def _find(self, format: str) -> tuple[str, list[Path]] | None:
-        assert self.root is not None
         s = self.split
         for folder in (self.root, self.root / "tieredimagenet", self.root / "tiered_imagenet"):
             options = {
