@@ -186,7 +186,7 @@ def student_config(cfg: Config, arm: Arm, seed: int, teacher_dir: str, out_dir: 
         model_kwargs=dict(cfg.student_kwargs), queries=cfg.queries,
         test_queries=cfg.test_queries, meta_lr=cfg.meta_lr, inner_lr=cfg.inner_lr,
         meta_batch_size=cfg.meta_batch, steps=cfg.steps, val_every=10**9,
-        test_tasks=cfg.meta_batch, backend=cfg.backend, compile="off", seed=seed,
+        test_tasks=cfg.meta_batch, backend=cfg.backend, seed=seed,
         teacher=teacher_dir, out_dir=out_dir, **MODES[arm.mode],
     )
 

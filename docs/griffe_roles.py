@@ -8,6 +8,9 @@ rather than the module that defines it). A target that the API pages do not docu
 helper, a module, a torch class) is left as inline code, so the strict build never meets an
 unresolvable reference.
 
+A config class composed from parts (:func:`metakd.recipes.fields.compose_doc`) is documented
+with its composed docstring, the entries of its parts' fields included.
+
 Targets are resolved by importing them: as written, then relative to the docstring's module
 and class, so ``:func:`fit``` inside :mod:`metakd.engine.trainer` finds
 ``metakd.engine.fit``. Used from ``mkdocs.yml`` (``extensions: [docs/griffe_roles.py]``).
@@ -84,6 +87,10 @@ class SphinxRoles(griffe.Extension):
         self.paths: dict[int, str] | None = None
 
     def _rewrite(self, obj: griffe.Object) -> None:
+        if obj.kind is griffe.Kind.CLASS and obj.docstring is not None:
+            cls = getattr(importlib.import_module(obj.module.path), obj.name, None)
+            if getattr(cls, "__doc_composed__", False):  # a config composed from parts
+                obj.docstring.value = inspect.cleandoc(cls.__doc__ or "")
         if obj.docstring is None or ":" not in obj.docstring.value:
             return
         # Google style's examples section is "Examples:"; griffe reads "Example:" as an

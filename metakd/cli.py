@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 import time
@@ -125,12 +124,13 @@ _NOT_CONFIG = ("command", "func", "method", "fresh", "no_progress", "debug", "ch
 
 def _train(args: argparse.Namespace) -> int:
     from metakd.recipes import get_method, run
+    from metakd.recipes.options import option_values
 
     method = get_method(args.method)
-    fields = {f.name for f in dataclasses.fields(method.config_cls)}
-    given = {k: v for k, v in vars(args).items()
-             if v is not None and k in fields and k not in _NOT_CONFIG}
-    dataset, ways, shots = given.pop("dataset"), given.pop("ways"), given.pop("shots")
+    d = method.config_cls()
+    given = {k: v for k, v in option_values(args, method.config_cls, method.aliases).items()
+             if k not in _NOT_CONFIG}
+    dataset, ways, shots = (given.pop(k, getattr(d, k)) for k in ("dataset", "ways", "shots"))
     cfg = method.config_cls.paper(dataset, ways, shots, **given)
     from metakd.engine.cuda import CudaSettings
 
@@ -211,54 +211,30 @@ def _methods(args: argparse.Namespace) -> int:
 
 def _shown_config(method: Any, argv: Sequence[str]) -> Any:
     """The config ``metakd train METHOD ARGV`` would start from: the paper's values for the
-    ``--dataset``, ``--ways`` and ``--shots`` given (the class defaults where they fail)."""
+    data set, ways and shots given (the class defaults where they fail)."""
+    from metakd.recipes.options import add_config_arguments, option_values
+
     d = method.config_cls()
+    shape = ("dataset", "ways", "shots")
+    aliases = [a for a in method.aliases if set(a.fields) <= set(shape)]
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--dataset", default=d.dataset)
-    pre.add_argument("--ways", type=int, default=d.ways)
-    pre.add_argument("--shots", type=int, default=d.shots)
+    add_config_arguments(pre, method.config_cls, only=shape, aliases=aliases)
     try:
         known, _ = pre.parse_known_args(list(argv))
-        return method.config_cls.paper(known.dataset, known.ways, known.shots)
+        given = option_values(known, method.config_cls, aliases)
+        return method.config_cls.paper(*(given.get(k, getattr(d, k)) for k in shape))
     except (ValueError, TypeError, SystemExit):
         return d
 
 
 def _add_train_parser(sub: Any, method: Any, argv: Sequence[str] = ()) -> None:
-    """``metakd train NAME``: the options of every method (the config fields the plumbing
-    reads, :data:`metakd.recipes.REQUIRED_FIELDS`, and the run's switches), then the method's own
-    (its ``add_arguments``, or one option per remaining config field)."""
-    from metakd.recipes import REQUIRED_FIELDS
-    from metakd.recipes.options import add_config_arguments, field_docs, finish_help
-
-    d = method.config_cls()
-    docs = field_docs(method.config_cls)
-
-    def doc(name: str, episodic: str) -> str:
-        """The config's own words for a shared field (a classification recipe's ``shots``
-        is unused, say), else the episodic meaning."""
-        return docs.get(name, episodic).replace("``", "").rstrip(".").replace("%", "%%")
+    """``metakd train NAME``: one option per config field, with the field's help (and the
+    method's other names of them, its ``aliases``), the run's switches, then the method's
+    options that are not config fields (its ``add_arguments``)."""
+    from metakd.recipes.options import add_config_arguments, finish_help
 
     t = sub.add_parser(method.name, help=method.describe, description=method.describe)
-    t.add_argument("--dataset", default=d.dataset,
-                   help=doc("dataset", "omniglot, miniimagenet, cub, cifarfs, fc100, "
-                            "tieredimagenet") + " (default: %(default)s)")
-    t.add_argument("--root", help="data set folder (omniglot without --root: the bundled copy)")
-    t.add_argument("--ways", type=int, default=d.ways,
-                   help=doc("ways", "N") + " (default: %(default)s)")
-    t.add_argument("--shots", type=int, default=d.shots,
-                   help=doc("shots", "K") + " (default: %(default)s)")
-    t.add_argument("--test-queries", type=int,
-                   help=doc("test_queries", "query images per class in val/test")
-                   + f" (default: {d.test_queries})")
-    t.add_argument("--steps", type=int, help=f"{method.step_name} (default: {d.steps})")
-    t.add_argument("--val-every", type=int, help=f"validation period (default: {d.val_every})")
-    t.add_argument("--test-tasks", type=int,
-                   help=doc("test_tasks", "test episodes") + f" (default: {d.test_tasks})")
-    t.add_argument("--seed", type=int, help=f"seed (default: {d.seed})")
-    t.add_argument("--out-dir", help=f"run folder (default: {d.out_dir})")
-    t.add_argument("--max-seconds", type=float, help="time budget for training")
-    t.add_argument("--device", help=f"cpu or cuda (default: {d.device})")
+    add_config_arguments(t, method.config_cls, aliases=method.aliases)
     t.add_argument("--checkpoint-every", type=int, default=100, metavar="N",
                    help="write last.pt every N steps and at the end (default: %(default)s)")
     t.add_argument("--fresh", action="store_true",
@@ -275,8 +251,6 @@ def _add_train_parser(sub: Any, method: Any, argv: Sequence[str] = ()) -> None:
     _add_debug(t)
     if method.add_arguments is not None:
         method.add_arguments(t)
-    else:
-        add_config_arguments(t, method.config_cls, skip=REQUIRED_FIELDS)
     if "-h" in argv or "--help" in argv:  # the help of the values that would run
         finish_help(t, _shown_config(method, argv), f"{method.name} options")
     t.set_defaults(func=_train)

@@ -247,10 +247,16 @@ def test_the_example_parser_leaves_options_unset() -> None:
     mod = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
     spec.loader.exec_module(mod)
+    from metakd.recipes.options import option_values
+    from metakd.recipes.originals import GDA_FEWSHOT
+
     args = mod.parser("meta").parse_args(["--config", "x.yaml"])
-    assert all(getattr(args, k) is None for k in mod.OVERRIDES)
-    args = mod.parser("meta").parse_args(["--config", "x.yaml", "--T", "3", "--teacher_meta_model"])
-    assert args.temperature == 3.0 and args.teacher_meta_model
+    assert option_values(args, aliases=GDA_FEWSHOT) == {}  # the YAML file's values run
+    args = mod.parser("meta").parse_args(["--config", "x.yaml", "--T", "3", "--teacher_meta_model",
+                                          "--fisher_rao_lamda", "0.5"])
+    assert option_values(args, aliases=GDA_FEWSHOT) == {"temperature": 3.0,
+                                                         "fisher_rao_weight": 0.5}
+    assert args.teacher_meta_model
 
 
 @pytest.mark.slow  # a few tens of seconds: two stages with teachers on the bundled Omniglot

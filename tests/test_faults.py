@@ -243,7 +243,7 @@ def test_classifier_baseline_divergence(tmp_path: Path,
 
 @pytest.mark.parametrize("argv", [
     ["pmaml", "--schedule", "none", "--meta-lr", "1e6", "--steps", "30", "--meta-batch-size",
-     "2", "--test-tasks", "2", "--compile", "off"],
+     "2", "--test-tasks", "2"],  # the PMAML student always runs eager: no --compile
     ["mtl", "--phase", "pre", "--pre-lr", "1e6", "--pre-epochs", "1", "--test-tasks", "2"],
     ["meta_lstm", "--dataset", "omniglot", "--lr", "1e6", "--steps", "30", "--test-tasks", "2"],
 ], ids=["pmaml", "mtl", "meta_lstm"])

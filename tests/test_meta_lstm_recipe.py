@@ -71,21 +71,20 @@ def test_run_and_read_back(tmp_path: Path, attention: bool) -> None:
 
 def test_cli_takes_the_original_options() -> None:
     from metakd.cli import _add_train_parser
+    from metakd.recipes.options import option_values
 
     p = argparse.ArgumentParser()
     sub = p.add_subparsers()
-    _add_train_parser(sub, get_method("meta_lstm"))
+    method = get_method("meta_lstm")
+    _add_train_parser(sub, method)
     args = p.parse_args(["meta_lstm", "--n-shot", "1", "--n-class", "20", "--n-eval", "7",
                          "--lr", "0.01", "--episode", "9", "--episode-val", "4", "--epoch", "3",
                          "--batch-size", "2", "--grad-clip", "1.5", "--bn-momentum", "0.5",
                          "--bn-eps", "0.01", "--hidden-size", "6", "--attention",
                          "--data-root", "/data", "--image-size", "32"])
-    got = {k: getattr(args, k) for k in ("shots", "ways", "queries", "meta_lr", "steps",
-                                         "val_tasks", "epochs", "batch_size", "grad_clip",
-                                         "bn_momentum", "bn_eps", "hidden_size", "attention",
-                                         "root", "image_size")}
-    assert got == {"shots": 1, "ways": 20, "queries": 7, "meta_lr": 0.01, "steps": 9,
-                   "val_tasks": 4, "epochs": 3, "batch_size": 2, "grad_clip": 1.5,
+    got = option_values(args, method.config_cls, method.aliases)
+    assert got == {"shots": 1, "ways": 20, "queries": 7, "test_queries": 7, "meta_lr": 0.01,
+                   "steps": 9, "val_tasks": 4, "epochs": 3, "batch_size": 2, "grad_clip": 1.5,
                    "bn_momentum": 0.5, "bn_eps": 0.01, "hidden_size": 6, "attention": True,
                    "root": "/data", "image_size": 32}
 

@@ -164,7 +164,7 @@ def test_register_checks_the_config_and_the_name(toy: None) -> None:
 
 def test_options_come_from_the_config_fields_and_docstring() -> None:
     docs = field_docs(MAMLConfig)
-    assert docs["shots"] == docs["ways"] and docs["ways"].startswith("episode shape")
+    assert docs["ways"].startswith("``N``") and docs["shots"].startswith("``K``")
     assert "cosine" in docs["lr_schedule"] and "BudgetCosine" in docs["lr_schedule"]
     p = argparse.ArgumentParser()
     added = add_config_arguments(p, MAMLConfig, skip=("dataset", "root"))
@@ -247,7 +247,8 @@ def test_train_help_of_a_method_without_add_arguments(toy: None,
     text = " ".join(capsys.readouterr().out.split())
     assert "--lr LR SGD learning rate (default: 0.1)" in text
     assert "--hidden HIDDEN filters per conv layer (default: 16)" in text
-    assert "--steps STEPS steps (default: 3)" in text
+    assert "--steps STEPS SGD steps (default: 3)" in text  # the config's own help
+    assert "--root ROOT the data set and its folder (default: none)" in text
     assert main(["methods"]) == 0
     listed = capsys.readouterr().out
     assert re.search(r"^toy +toy supervised pre-training", listed, re.M)

@@ -23,8 +23,10 @@ import os
 import sys
 from typing import Any
 
-from metakd.recipes import run
+from metakd.recipes import ClassifierBaselineConfig, MetaBaselineConfig, run
 from metakd.recipes.baseline_options import from_original, launch_gpus, read_original
+from metakd.recipes.options import add_aliases, add_config_arguments, option_values
+from metakd.recipes.originals import GDA_FEWSHOT
 
 
 def parser(stage: str) -> argparse.ArgumentParser:
@@ -42,27 +44,15 @@ def parser(stage: str) -> argparse.ArgumentParser:
     p.add_argument("--name", help="run folder name (default: the original's)")
     p.add_argument("--tag", help="suffix of the run folder name")
     p.add_argument("--gpu", help="GPU ids, e.g. 0,1 (several: one process each)")
-    kd = p.add_argument_group("distillation (override kd_loss_config only when given)")
-    kd.add_argument("--loss_weight", type=float, dest="kd_weight")
-    kd.add_argument("--temperature", "--T", type=float, dest="temperature")
-    kd.add_argument("--threshold", type=float)
-    kd.add_argument("--fisher_rao_lamda", type=float, dest="fisher_rao_weight")
-    kd.add_argument("--sinkhorn_lamda", type=float, dest="sinkhorn_weight")
-    kd.add_argument("--dkd_alpha", type=float)
-    kd.add_argument("--dkd_beta", type=float)
-    m = p.add_argument_group("metakd options")
-    m.add_argument("--root", help="the data set's folder")
-    m.add_argument("--out_root", default=os.environ.get("OUT_PATH", "save"),
-                   help="where run folders go (default: $OUT_PATH or save)")
-    m.add_argument("--seed", type=int)
-    m.add_argument("--max_seconds", type=float, help="training time budget, then test")
-    m.add_argument("--test_tasks", type=int, help="test episodes of the run's own test")
-    m.add_argument("--device", help="torch device (default: cuda with --gpu, else cpu)")
+    kd = p.add_argument_group("distillation (override kd_loss_config only when given) and "
+                              "metakd's options")
+    add_aliases(kd, MetaBaselineConfig if stage == "meta" else ClassifierBaselineConfig,
+                GDA_FEWSHOT, reference="the file's, else the recipe's")
+    add_config_arguments(kd, ClassifierBaselineConfig, only=("root",))
+    kd.add_argument("--out_root", default=os.environ.get("OUT_PATH", "save"),
+                    help="where run folders go (default: $OUT_PATH or save)")
+    kd.add_argument("--device", help="torch device (default: cuda with --gpu, else cpu)")
     return p
-
-
-OVERRIDES = ("kd_weight", "temperature", "threshold", "fisher_rao_weight", "sinkhorn_weight",
-             "dkd_alpha", "dkd_beta", "seed", "max_seconds", "test_tasks")
 
 
 def main(stage: str = "classifier", argv: list[str] | None = None) -> dict[str, Any]:
@@ -73,7 +63,7 @@ def main(stage: str = "classifier", argv: list[str] | None = None) -> dict[str, 
                         teacher_res_type=args.teacher_res_type,
                         teacher_meta_model=getattr(args, "teacher_meta_model", False),
                         out_root=args.out_root, name=args.name, tag=args.tag, root=args.root,
-                        overrides={**{k: getattr(args, k) for k in OVERRIDES},
+                        overrides={**option_values(args, aliases=GDA_FEWSHOT),
                                    "device": device})
     results = run(cfg, progress=sys.stderr.isatty())
     if results.get("test") is not None:

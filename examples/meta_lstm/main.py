@@ -32,95 +32,53 @@ from pathlib import Path
 from typing import Any
 
 from metakd.recipes import MetaLSTMConfig, get_method, load_run, run
+from metakd.recipes.options import add_config_arguments, option_values
+from metakd.recipes.originals import META_LSTM
+
+# The config fields the script takes under their own names (the original spells these as
+# metakd does, or they are metakd's); the original's other names are META_LSTM's.
+FIELDS = ("dataset", "input_size", "hidden_size", "batch_size", "image_size", "grad_clip",
+          "bn_momentum", "bn_eps", "val_every", "attention", "attention_softmax",
+          "gate_feedback", "scale_grads", "test_tasks", "out_dir", "max_seconds", "device")
 
 
 def parser() -> argparse.ArgumentParser:
-    """The original options (``None``: the paper's value for the shot count), then metakd's."""
+    """The original options (``None``: the paper's value for the shot count), generated from
+    the config's fields and the original's names of them, then the script's own."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mode", choices=["train", "test"], default="train")
-    p.add_argument("--data-root", default=None,
-                   help="train/val/test/<class>/*.jpg folder (omniglot: optional)")
-    p.add_argument("--dataset", "--data", default="miniimagenet",
-                   help="miniimagenet (folder layout), omniglot, cub, ... (default miniimagenet)")
-    p.add_argument("--n-shot", type=int, default=5, help="K support images per class")
-    p.add_argument("--n-eval", type=int, help="query images per class (15)")
-    p.add_argument("--n-class", type=int, default=5, help="N classes per episode")
-    p.add_argument("--input-size", type=int, help="meta-learner input (4)")
-    p.add_argument("--hidden-size", type=int, help="meta-learner LSTM units (20; --attention 4)")
-    p.add_argument("--lr", type=float, help="Adam learning rate (1e-3)")
-    p.add_argument("--episode", type=int, help="training episodes (1-shot 75000, 5-shot 50000)")
-    p.add_argument("--episode-val", type=int, help="validation episodes (100)")
-    p.add_argument("--epoch", type=int, help="passes over the support set (1-shot 12, 5-shot 8)")
-    p.add_argument("--batch-size", type=int, help="support minibatch (1-shot 5, 5-shot 25)")
-    p.add_argument("--image-size", type=int, help="image side (84; omniglot 28)")
-    p.add_argument("--grad-clip", type=float, help="meta-gradient norm clip (0.25)")
-    p.add_argument("--bn-momentum", type=float, help="learner BN momentum (0.9 / 0.95)")
-    p.add_argument("--bn-eps", type=float, help="learner BN eps (1e-3)")
+    add_config_arguments(p, MetaLSTMConfig, only=FIELDS, aliases=META_LSTM)
     p.add_argument("--resume", default=None,
                    help="a run folder (test mode) or an original meta-learner-*.pth.tar (test: "
                         "test it; train: start from it)")
     p.add_argument("--seed", type=int, default=None,
                    help="weights, episodes (train) and the test episodes (default: 0, or the "
                         "run's own seed in test mode)")
-    p.add_argument("--save", default=None, help="the run folder (same as --out-dir)")
     p.add_argument("--cpu", action="store_true", help="same as --device cpu")
-    p.add_argument("--val-freq", "--val-every", dest="val_every", type=int,
-                   help="validate every this many episodes (1000)")
     p.add_argument("--pin-mem", "--n-workers", "--log-freq", dest="unused", default=None,
                    help="accepted for the original's scripts; no effect (no data loader workers"
                         " here; the log has every 10th episode)")
-    p.add_argument("--attention", action="store_true",
-                   help="MLAL: attention in the meta-learner and in front of the learner")
-    g = p.add_argument_group("metakd options")
-    g.add_argument("--attention-softmax", action="store_true",
-                   help="apply the softmax MLAL defines but does not apply")
-    g.add_argument("--gate-feedback", choices=["logit", "sigmoid"],
-                   help="previous gates fed back pre-sigmoid (the code) or post (the paper)")
-    g.add_argument("--no-scale-grads", action="store_true",
-                   help="do not divide the gradients by the batch size again")
-    g.add_argument("--test-tasks", type=int,
-                   help="test episodes (default: --episode-val in test mode, else 600)")
-    g.add_argument("--out-dir", default=None, help="run folder (default runs/meta_lstm/...)")
-    g.add_argument("--max-seconds", type=float, help="training time budget, then test")
-    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     return p
 
 
 def config(args: argparse.Namespace) -> MetaLSTMConfig:
     """The run's :class:`MetaLSTMConfig`: ``paper(...)``, then the options given."""
-    pairs = {"n_eval": "queries", "input_size": "input_size", "hidden_size": "hidden_size",
-             "lr": "meta_lr", "episode": "steps", "episode_val": "val_tasks",
-             "epoch": "epochs", "batch_size": "batch_size", "image_size": "image_size",
-             "grad_clip": "grad_clip", "bn_momentum": "bn_momentum", "bn_eps": "bn_eps",
-             "gate_feedback": "gate_feedback", "val_every": "val_every",
-             "test_tasks": "test_tasks", "max_seconds": "max_seconds"}
-    fields: dict[str, Any] = {f: getattr(args, o) for o, f in pairs.items()
-                              if getattr(args, o) is not None}
-    if args.n_eval is not None:
-        fields["test_queries"] = args.n_eval
-    if args.attention:
-        fields["attention"] = True
-    if args.attention_softmax:
-        fields["attention_softmax"] = True
-    if args.no_scale_grads:
-        fields["scale_grads"] = False
+    d = MetaLSTMConfig()
+    fields = option_values(args, MetaLSTMConfig, META_LSTM, only=FIELDS)
+    dataset = str(fields.pop("dataset", d.dataset)).lower()
+    ways, shots = fields.pop("ways", d.ways), fields.pop("shots", d.shots)
     if args.cpu:
         fields["device"] = "cpu"
-    elif args.device is None:
+    elif "device" not in fields:
         import torch
 
         fields["device"] = "cuda" if torch.cuda.is_available() else "cpu"
-    else:
-        fields["device"] = args.device
     if args.resume and not Path(args.resume).is_dir():
         fields["meta_learner"] = args.resume  # an original meta-learner-*.pth.tar
-    dataset = args.dataset.lower()
     seed = 0 if args.seed is None else args.seed
-    name = "mlal" if args.attention else "meta_lstm"
-    fields.setdefault("out_dir", args.out_dir or args.save or
-                      f"runs/{name}/{dataset}_{args.n_shot}s{args.n_class}c_seed{seed}")
-    return MetaLSTMConfig.paper(dataset, ways=args.n_class, shots=args.n_shot,
-                                root=args.data_root, seed=seed, **fields)
+    name = "mlal" if fields.get("attention") else "meta_lstm"
+    fields.setdefault("out_dir", f"runs/{name}/{dataset}_{shots}s{ways}c_seed{seed}")
+    return MetaLSTMConfig.paper(dataset, ways=ways, shots=shots, seed=seed, **fields)
 
 
 def test(args: argparse.Namespace) -> dict[str, Any]:

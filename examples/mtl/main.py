@@ -34,6 +34,8 @@ from metakd.engine.errors import MetakdError, UsageError
 from metakd.interop.mtl import is_original, original_fields
 from metakd.recipes import MTLConfig, get_method, load_run, run
 from metakd.recipes.mtl_tf import TF_OPTIONS, tf_settings
+from metakd.recipes.options import add_aliases, add_config_arguments, option_values
+from metakd.recipes.originals import MTL_PYTORCH
 
 DATASETS = {"miniimagenet": "miniimagenet", "fc100": "fc100",
             "tieredimagenet": "tieredimagenet", "omniglot": "omniglot"}
@@ -54,7 +56,9 @@ def _add(p: Any, name: str, **kwargs: Any) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    """The original options (defaults ``None``: ``MTLConfig.paper``'s), then metakd's."""
+    """The original options (those that are one config field generated from
+    :data:`metakd.recipes.originals.MTL_PYTORCH`; ``None``: ``MTLConfig.paper``'s), the TF
+    project's variables, then metakd's."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     _add(p, "phase", default="pre", type=str.lower, choices=sorted(PHASES),
          help="pre: pre-train; meta / meta_load: meta-train a pre-trained run (--init_weights);"
@@ -65,22 +69,11 @@ def parser() -> argparse.ArgumentParser:
     _add(p, "model_type", default="ResNet", choices=["ResNet"],
          help="ResNet: mtl_resnet12 (conv4 on Omniglot); a PyTorch max_acc.pth: its "
               "ResNet-25, mtl_resnet25")
-    _add(p, "variant", default=None, choices=["mtl_pytorch", "mtl_tf"],
-         help="the PyTorch project's settings or the TF (paper) code's (default: mtl_tf with a "
-              "TF variable or TF weights, else mtl_pytorch)")
-    _add(p, "way", type=int, default=5, help="N classes per task")
-    _add(p, "shot", type=int, default=1, help="K support images per class")
-    _add(p, "train_query", type=int, help="query images per class in meta-training (15)")
-    _add(p, "val_query", type=int, help="query images per class at validation and test (15)")
+    add_config_arguments(p, MTLConfig, only=("variant",))
+    add_aliases(p, MTLConfig, MTL_PYTORCH, dashed=True)
     _add(p, "max_epoch", type=int, help="meta-training epochs (100)")
     _add(p, "num_batch", type=int, help="meta-iterations per epoch (100)")
-    _add(p, "meta_batch", type=int, help="tasks per meta-iteration (1; TF: 2)")
-    _add(p, "update_step", type=int, help="inner steps, train and test (100; TF: 20 / 100)")
-    _add(p, "base_lr", type=float, help="inner learning rate (0.01)")
-    _add(p, "meta_lr1", type=float, help="Adam rate of scale-shift and batch norm (1e-4)")
-    _add(p, "meta_lr2", type=float, help="Adam rate of the classifier's init (1e-3)")
     _add(p, "step_size", type=float, help="meta rates x --gamma every this many epochs (10)")
-    _add(p, "gamma", type=float, help="meta learning-rate factor (0.5)")
     _add(p, "init_weights", default=None,
          help="meta: the pre-trained (--phase pre) run folder, or an original checkpoint: "
               "max_acc.pth (PyTorch) or weights.npy / its folder (TF; meta_load's default: "
@@ -88,36 +81,15 @@ def parser() -> argparse.ArgumentParser:
     _add(p, "eval_weights", default=None,
          help="test_load: the meta run folder to test, or an original meta checkpoint (TF: "
               "the folder of weights/ss_weights/fc_weights.npy, default logs/download_weights)")
-    _add(p, "pre_max_epoch", type=int, help="pre-training epochs (110)")
-    _add(p, "pre_batch_size", type=int, help="pre-training minibatch (128)")
-    _add(p, "pre_lr", type=float, help="pre-training learning rate (0.1)")
-    _add(p, "pre_gamma", type=float, help="pre-training rate factor (0.2)")
-    _add(p, "pre_step_size", type=float, help="pre-training rate x --pre_gamma every this "
-                                              "many epochs (30)")
     _add(p, "pre_custom_momentum", type=float,
          help="SGD momentum of pre-training: metakd fixes 0.9 (Nesterov)")
-    _add(p, "pre_custom_weight_decay", type=float, help="pre-training weight decay (5e-4)")
-    _add(p, "hard_task", action="store_true", help="the hard-task meta-batch")
-    _add(p, "seed", type=int, default=0, help="weights, task streams and test episodes")
+    _add(p, "hard_task", action="store_true", help="the hard-task meta-batch (phase meta)")
     _add(p, "gpu", default=None,
          help="GPU ids (CUDA_VISIBLE_DEVICES); given: --device cuda (default: the CPU)")
     tf = p.add_argument_group("the TF project's run_experiment.py variables")
     for o in TF_OPTIONS:
         tf.add_argument(f"--{o.name}", dest=o.name, type=o.type, default=None, help=o.help)
-    g = p.add_argument_group("metakd options")
-    _add(g, "out_dir", default=None, help="run folder (default: runs/mtl/<phase>_<data>...)")
-    _add(g, "max_seconds", type=float, default=None, help="training time budget, then test")
-    _add(g, "test_update_step", type=int, help="inner steps at validation and test "
-                                               "(default: --update_step)")
-    _add(g, "val_tasks", type=int, help="episodes per validation (600)")
-    _add(g, "test_tasks", type=int, help="test episodes (600)")
-    _add(g, "device", default=None, help="torch device (default: cuda with --gpu, else cpu)")
     return p
-
-
-def _given(args: argparse.Namespace, pairs: dict[str, str]) -> dict[str, Any]:
-    """``{field: value}`` of the options given (not ``None``), by ``{option: field}``."""
-    return {f: getattr(args, o) for o, f in pairs.items() if getattr(args, o) is not None}
 
 
 def _tf(args: argparse.Namespace) -> Any:
@@ -128,18 +100,9 @@ def _tf(args: argparse.Namespace) -> Any:
 def config(args: argparse.Namespace) -> MTLConfig:
     """The run's :class:`MTLConfig`: ``MTLConfig.paper``, then the options given."""
     phase = PHASES[args.phase]
-    fields = _given(args, {
-        "train_query": "queries", "val_query": "test_queries", "meta_batch": "meta_batch_size",
-        "base_lr": "base_lr", "meta_lr1": "meta_lr1", "meta_lr2": "meta_lr2",
-        "gamma": "lr_gamma", "pre_max_epoch": "pre_epochs", "pre_batch_size": "pre_batch_size",
-        "pre_lr": "pre_lr", "pre_gamma": "pre_lr_gamma", "pre_step_size": "pre_lr_step",
-        "pre_custom_weight_decay": "pre_weight_decay", "val_tasks": "val_tasks",
-        "test_tasks": "test_tasks", "max_seconds": "max_seconds"})
-    if args.update_step is not None:  # the PyTorch code uses it at train and test alike
-        fields.update(update_step=args.update_step, test_update_step=args.update_step)
-    if args.test_update_step is not None:
-        fields["test_update_step"] = args.test_update_step
-    paper = MTLConfig.paper(args.dataset, ways=args.way, shots=args.shot, variant=args.variant)
+    fields = option_values(args, aliases=MTL_PYTORCH)
+    ways, shots = fields.pop("ways"), fields.pop("shots")
+    paper = MTLConfig.paper(args.dataset, ways=ways, shots=shots, variant=args.variant)
     num_batch = args.num_batch or paper.val_every
     if args.num_batch is not None or args.max_epoch is not None:
         max_epoch = args.max_epoch or max(1, paper.steps // num_batch)
@@ -155,9 +118,8 @@ def config(args: argparse.Namespace) -> MTLConfig:
     if twice:
         raise UsageError(f"{twice} set both by a TF variable and by another option: give one")
     fields.update(tf)
-    return MTLConfig.paper(args.dataset, ways=args.way, shots=args.shot, variant=args.variant,
-                           phase=phase, root=args.dataset_dir, seed=args.seed,
-                           device=args.device, out_dir=args.out_dir, **fields)
+    return MTLConfig.paper(args.dataset, ways=ways, shots=shots, variant=args.variant,
+                           phase=phase, root=args.dataset_dir, **fields)
 
 
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -254,11 +216,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if PHASES[args.phase] == "test_load" and args.original:
         return test_original(args)
     if PHASES[args.phase] == "test_load":
-        overrides = _given(args, {"test_tasks": "test_tasks", "val_query": "test_queries",
-                                  "dataset_dir": "root", "device": "device",
-                                  "seed": "seed"})
-        if args.update_step is not None or args.test_update_step is not None:
-            overrides["test_update_step"] = args.test_update_step or args.update_step
+        overrides = {k: v for k, v in option_values(args, aliases=MTL_PYTORCH).items()
+                     if k in ("test_tasks", "test_queries", "device", "seed", "test_update_step")}
+        if args.dataset_dir is not None:
+            overrides["root"] = args.dataset_dir
         try:
             loaded = load_run(args.eval_weights, **overrides)
         except (FileNotFoundError, ValueError) as e:

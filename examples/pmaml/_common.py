@@ -1,16 +1,19 @@
 """Options, data and reporting shared by the PMAML reproduction scripts (``examples/pmaml/``).
 
 The option names and defaults are those of the official code (remiMZ/PMAML-ECAI20,
-``models/teacher/train.py`` and ``models/pmaml_{every,last}/train.py``). They are mapped onto
-:class:`metakd.recipes.PMAMLConfig` (whose ``paper`` gives the same defaults) or, for the
-teacher, :class:`metakd.recipes.MAMLConfig`, and run with :func:`metakd.recipes.run`. None of
-the original's defects is reproduced; README.md lists the differences.
+``models/teacher/train.py`` and ``models/pmaml_{every,last}/train.py``). Those that name a
+:class:`metakd.recipes.PMAMLConfig` field are generated from their declaration
+(:data:`metakd.recipes.originals.PMAML`); the teacher's run is a
+:class:`metakd.recipes.MAMLConfig` with the same values. The runs go through
+:func:`metakd.recipes.run`. None of the original's defects is reproduced; README.md lists the
+differences.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import os
 import shlex
 import subprocess
@@ -18,7 +21,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-DATASETS = ("omniglot", "miniimagenet", "cub")
+from metakd.recipes import PMAMLConfig
+from metakd.recipes.options import add_aliases, add_config_arguments, option_values
+from metakd.recipes.originals import PMAML, PMAML_DATASETS
+
+DATASETS = PMAML_DATASETS
+METAKD_FIELDS = ("out_dir", "max_seconds", "device", "seed")
 SPLITS = {
     "omniglot": "Vinyals et al.'s split: 1028 / 172 / 423 characters for train / val / test, "
                 "each x4 with 90-degree rotations",
@@ -37,44 +45,22 @@ def say(*parts: Any) -> None:
         print(*parts, flush=True)
 
 
-class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    """Show defaults, except the empty ones (``None``, an unset flag)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        """The option's help, with ``(default: ...)`` when it has a meaningful default."""
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
-
-
 def parser(description: str, backbones: tuple[str, ...]) -> argparse.ArgumentParser:
     """The options both scripts share: the original ones, then metakd's extras."""
-    p = argparse.ArgumentParser(description=description, formatter_class=_Help)
-    p.add_argument("--train-data", choices=DATASETS, default="cub", help="meta-training data")
+    p = argparse.ArgumentParser(description=description)
+    add_aliases(p, PMAMLConfig, [dataclasses.replace(a, choices=backbones)
+                                 if a.flag == "--backbone" else a for a in PMAML])
     p.add_argument("--test-data", choices=DATASETS, default=None,
                    help="test data (default: --train-data); validation uses --train-data's "
                         "val split")
     p.add_argument("--data-folder", default=None,
                    help="folder holding the data set (or a <name>/ subfolder of it); default: "
                         "the bundled Omniglot subset, required for miniimagenet and cub")
-    p.add_argument("--backbone", choices=backbones, default="conv4", help="network")
-    p.add_argument("--num-shots", type=int, default=1, help="K support images per class")
-    p.add_argument("--num-ways", type=int, default=5, help="N classes per task")
-    p.add_argument("--test-shots", type=int, default=15,
-                   help="query images per class (training, validation and test)")
-    p.add_argument("--batch-tasks", type=int, default=4, help="tasks per meta-batch")
     p.add_argument("--train-tasks", type=int, default=60_000,
-                   help="training tasks in all (meta-iterations = train-tasks // batch-tasks)")
-    p.add_argument("--val-tasks", type=int, default=600, help="tasks per validation")
+                   help="training tasks in all (meta-iterations = train-tasks // batch-tasks; "
+                        "default: %(default)s)")
     p.add_argument("--validation-tasks", type=int, default=1000,
-                   help="validate every this many training tasks")
-    p.add_argument("--test-tasks", type=int, default=800, help="final test tasks")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--schedule", type=int, nargs="+", default=[15_000, 30_000, 45_000, 60_000],
-                   help="multiply the learning rate by --gamma after these many tasks")
-    p.add_argument("--gamma", type=float, default=0.1, help="learning-rate factor")
-    p.add_argument("--step-size", type=float, default=0.4, help="inner learning rate (1 step)")
-    p.add_argument("--first-order", action="store_true", help="first-order MAML")
+                   help="validate every this many training tasks (default: %(default)s)")
     p.add_argument("--augment", action="store_true",
                    help="random resized crop + flip + colour jitter of the training images "
                         "(miniimagenet, cub)")
@@ -90,13 +76,8 @@ def parser(description: str, backbones: tuple[str, ...]) -> argparse.ArgumentPar
     p.add_argument("--num-workers", type=int, default=None,
                    help="accepted for compatibility; unused (metakd loads episodes in-process)")
     p.add_argument("--use-cuda", action="store_true", help="run on the GPU (cuda)")
-    g = p.add_argument_group("metakd options")
-    g.add_argument("--out-dir", default=None, help="run folder (default: runs/pmaml/<name>)")
-    g.add_argument("--max-seconds", type=float, default=None,
-                   help="meta-training time budget, then test")
-    g.add_argument("--device", default=None,
-                   help="torch device (default: cuda with --use-cuda, else cpu)")
-    g.add_argument("--seed", type=int, default=0, help="weights, task streams and test episodes")
+    add_config_arguments(p.add_argument_group("metakd options"), PMAMLConfig,
+                         only=METAKD_FIELDS)
     return p
 
 
@@ -208,44 +189,27 @@ def run_folder(p: argparse.ArgumentParser, args: argparse.Namespace,
 
 
 def common_fields(args: argparse.Namespace, out_dir: str) -> dict[str, Any]:
-    """The :class:`metakd.recipes.PMAMLConfig` fields both scripts set from the options."""
-    return dict(
-        model=args.backbone, root=resolve_root(args.train_data, args.data_folder),
-        queries=args.test_shots, test_queries=args.test_shots,
-        meta_batch_size=args.batch_tasks, steps=args.train_tasks // args.batch_tasks,
-        val_every=max(1, args.validation_tasks // args.batch_tasks), val_tasks=args.val_tasks,
-        test_tasks=args.test_tasks, meta_lr=args.lr, lr_milestones=list(args.schedule),
-        lr_gamma=args.gamma, inner_lr=args.step_size, first_order=args.first_order,
-        augment="miniimagenet" if args.augment and args.train_data != "omniglot" else None,
-        out_dir=out_dir, max_seconds=args.max_seconds, device=args.device, seed=args.seed,
-    )
+    """The :class:`metakd.recipes.PMAMLConfig` fields both scripts set from the options: the
+    original's that name a field, metakd's, then those counted in tasks, converted."""
+    return {
+        **option_values(args, PMAMLConfig, PMAML, only=METAKD_FIELDS),
+        "root": resolve_root(args.train_data, args.data_folder),
+        "steps": args.train_tasks // args.batch_tasks,
+        "val_every": max(1, args.validation_tasks // args.batch_tasks),
+        "augment": "miniimagenet" if args.augment and args.train_data != "omniglot" else None,
+        "out_dir": out_dir,
+    }
+
+
+def paper(cls: Any, fields: dict[str, Any]) -> Any:
+    """``cls.paper(dataset, ways, shots, **the other fields)``."""
+    rest = dict(fields)
+    return cls.paper(rest.pop("dataset"), rest.pop("ways"), rest.pop("shots"), **rest)
 
 
 def _fmt(mean: float, ci: float) -> str:
     """``"mean; ci"`` in %, the original record's format."""
     return f"{100 * mean:.2f}; {100 * ci:.2f}"
-
-
-def batch_interval(episodes: Any, batch_tasks: int) -> tuple[Any, int]:
-    """The official interval: over the means of consecutive meta-batches of ``batch_tasks``.
-
-    Args:
-        episodes: the per-episode result (:class:`metakd.engine.EvalResult` with ``values``,
-            in test order, as :func:`metakd.engine.evaluate` and ``results.json`` keep them).
-        batch_tasks: tasks per test meta-batch (the last one may be shorter, as tested).
-
-    Returns:
-        ``(over_batches, batches)``: PMAML's ``Mean_confidence_interval`` (mean of the batch
-        means ± t_{0.975, n-1} SEM) and n.
-    """
-    from metakd.engine import mean_confidence_interval
-
-    values = list(episodes.values or ())
-    if not values:
-        raise ValueError("the test result keeps no per-episode accuracies")
-    means = [sum(chunk) / len(chunk) for chunk in
-             (values[i:i + batch_tasks] for i in range(0, len(values), batch_tasks))]
-    return mean_confidence_interval(means), len(means)
 
 
 def report(args: argparse.Namespace, results: dict[str, Any], out_dir: str, title: str,
@@ -261,6 +225,7 @@ def report(args: argparse.Namespace, results: dict[str, Any], out_dir: str, titl
     """
     from metakd.engine import EvalResult, evaluate
     from metakd.recipes import load_run
+    from metakd.recipes.pmaml import meta_batch_interval
 
     checkpoint = "best" if str(results.get("selected", "")).startswith("best") else "last"
     overrides: dict[str, Any] = {}
@@ -273,7 +238,7 @@ def report(args: argparse.Namespace, results: dict[str, Any], out_dir: str, titl
         episodes = evaluate(loaded.learner, loaded.parts.test_data, device=loaded.config.device)
     else:
         episodes = EvalResult.from_dict(results["test"])
-    batches, n = batch_interval(episodes, args.batch_tasks)
+    batches, n = meta_batch_interval(episodes, args.batch_tasks)
     best_val = (results.get("best_val") or {}).get("accuracy")
     row = {
         **extra,

@@ -17,22 +17,33 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from _common import check_args, common_fields, download, parser, report, run_folder, say, tag
+from _common import (
+    check_args,
+    common_fields,
+    download,
+    paper,
+    parser,
+    report,
+    run_folder,
+    say,
+    tag,
+)
 
 from metakd.recipes import PMAMLConfig, get_method, read_config, run
+from metakd.recipes.options import add_aliases, add_config_arguments, option_values
+from metakd.recipes.originals import PMAML_STUDENT
 
 STUDENTS = ("conv1", "conv2", "conv4")
 TEACHERS = ("conv4", "conv6", "conv8", "resnet10", "resnet18", "resnet12")
 SCHEDULES = {"pmaml_every": "every", "pmaml_last": "last"}
+METAKD_FIELDS = ("teacher_adapt", "inner_kd")  # metakd's options: the fields' own
 
 
 def add_student_options(p: Any) -> None:
     """The distillation options of the original student scripts, then metakd's."""
     p.add_argument("--teacher_backbone", choices=TEACHERS, default="conv4",
                    help="the teacher's backbone (checked against its run folder)")
-    p.add_argument("--temperature", type=float, default=10.0, help="KD temperature T")
-    p.add_argument("--trade-lambda", type=float, default=0.9,
-                   help="KD weight lambda; the cross-entropy weighs 1 - lambda")
+    add_aliases(p, PMAMLConfig, PMAML_STUDENT)
     p.add_argument("--teacher-resume", action="store_true",
                    help="load the trained teacher (required: the original silently used a "
                         "random teacher without it)")
@@ -43,12 +54,8 @@ def add_student_options(p: Any) -> None:
                    help="the original README's misspelling of --teacher-resume-folder")
     p.add_argument("--model-name", choices=sorted(SCHEDULES), default="pmaml_every",
                    help="pmaml_every: KD at every meta-iteration; pmaml_last: at the last only")
-    g = p.add_argument_group("metakd distillation options")
-    g.add_argument("--teacher-adapt", action="store_true",
-                   help="adapt the teacher on each support set before its query logits (the "
-                        "original: unadapted)")
-    g.add_argument("--inner-kd", choices=["every", "last"], default=None,
-                   help="also distil in the inner loop, at every or the last inner step")
+    add_config_arguments(p.add_argument_group("metakd distillation options"), PMAMLConfig,
+                         only=METAKD_FIELDS)
 
 
 def teacher_folder(p: Any, args: Any) -> str:
@@ -79,12 +86,10 @@ def teacher_folder(p: Any, args: Any) -> str:
 
 def config(args: Any, out_dir: str, teacher: str) -> PMAMLConfig:
     """The student's :class:`PMAMLConfig`: the official settings, then the options."""
-    return PMAMLConfig.paper(
-        args.train_data, ways=args.num_ways, shots=args.num_shots,
-        **common_fields(args, out_dir), teacher=teacher, temperature=args.temperature,
-        trade_lambda=args.trade_lambda, schedule=SCHEDULES[args.model_name],
-        teacher_adapt=args.teacher_adapt, inner_kd=args.inner_kd,
-    )
+    return paper(PMAMLConfig, {
+        **common_fields(args, out_dir),
+        **option_values(args, PMAMLConfig, PMAML_STUDENT, only=METAKD_FIELDS),
+        "teacher": teacher, "schedule": SCHEDULES[args.model_name]})
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:

@@ -16,7 +16,7 @@ import dataclasses
 import sys
 from typing import Any
 
-from _common import check_args, common_fields, download, parser, report, run_folder, say, tag
+from _common import check_args, common_fields, download, paper, parser, report, run_folder, tag
 
 from metakd.recipes import MAMLConfig, PMAMLConfig, run
 
@@ -24,20 +24,12 @@ TEACHERS = ("conv4", "conv6", "conv8", "resnet10", "resnet18", "resnet12")
 
 
 def config(args: Any, out_dir: str) -> MAMLConfig:
-    """The teacher's :class:`MAMLConfig`: PMAML's official settings, then the options.
-
-    Fields that MAMLConfig does not have (Adam's weight decay, the step schedule) are reported.
-    """
-    paper = PMAMLConfig.paper(args.train_data, ways=args.num_ways, shots=args.num_shots,
-                              **common_fields(args, out_dir))
+    """The teacher's :class:`MAMLConfig`: PMAML's official settings, then the options (the
+    fields MAML and PMAML share: the same parts)."""
+    official = paper(PMAMLConfig, common_fields(args, out_dir))
     names = {f.name for f in dataclasses.fields(MAMLConfig)}
-    missing = [f.name for f in dataclasses.fields(PMAMLConfig)
-               if f.name in ("weight_decay", "lr_milestones", "lr_gamma") and f.name not in names]
-    if missing:
-        say(f"note: MAMLConfig has no {', '.join(missing)}: the teacher trains with Adam "
-            f"{args.lr:g} without weight decay and without --schedule/--gamma (the original: "
-            "weight decay 5e-4 and the step schedule)")
-    return MAMLConfig(**{n: getattr(paper, n) for n in names})
+    return MAMLConfig(**{f.name: getattr(official, f.name)
+                         for f in dataclasses.fields(PMAMLConfig) if f.name in names})
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:

@@ -7,6 +7,12 @@ method, and :func:`load_run` reads any run folder back, on its episode shape or 
 The command line (``metakd train METHOD``, ``metakd eval RUN_DIR``) and the ``examples/``
 scripts are thin front-ends over these functions.
 
+A config is composed of parts (:mod:`metakd.recipes.parts`: the episode data, supervised
+minibatches, the backbone, the run settings; :mod:`metakd.recipes.loops`: the inner and outer
+loops) and its method's own fields. Each field's help is written once, in its ``Attributes:``
+entry (:mod:`metakd.recipes.fields`); the command-line options, the original projects' option
+names (:mod:`metakd.recipes.originals`) and the docs' option tables are generated from it.
+
 Example:
     >>> from metakd.recipes import MAMLConfig, get_method
     >>> cfg = MAMLConfig.paper("omniglot", ways=5, shots=1)

@@ -38,16 +38,17 @@ import torch
 from metakd.recipes.baseline_parts import (
     DISTILL,
     FewShotMonitor,
-    _augment,
     _CentroidEval,
     _checkpoint,
     _ClassifierLoss,
-    _Data,
     _encoder_state,
     _MetaLoss,
     _model,
+    _splits,
     make_loss,
 )
+from metakd.recipes.fields import compose_doc
+from metakd.recipes.parts import SupervisedData, supervised_augmentation, supervised_batches
 from metakd.recipes.registry import Parts, register
 
 __all__ = ["DISTILL", "ClassifierBaselineConfig", "FewShotMonitor", "MetaBaselineConfig",
@@ -77,7 +78,50 @@ _META_PAPER: dict[str, dict[str, Any]] = {
 
 @dataclass
 class _BaselineBase:
-    """Fields shared by both stages (see the stage configs for the docs)."""
+    """Fields shared by both stages.
+
+    Attributes:
+        dataset: miniimagenet, tieredimagenet or omniglot (root None: the bundled copy).
+        root: the data set's folder (the Gidaris pickles for miniImageNet's train_phase_val).
+        ways: the test episodes' N.
+        shots: the test episodes' K.
+        test_queries: query images per class of test episodes (15).
+        test_tasks: test episodes.
+        steps: training steps; 0: derived from the epochs.
+        val_every: validation period in steps; 0: once per epoch.
+        seed: seeds the weights and the data streams.
+        out_dir: run folder.
+        max_seconds: training time budget.
+        device: cpu or cuda.
+        arch: the encoder (metakd.nn name: resnet12, resnet12_bottle, resnet18_bottle,
+            resnet36_bottle, conv4 ...).
+        model_kwargs: backbone options (KEY=VALUE), e.g. hidden=32 for conv4.
+        image_size: side of the images (80 for the ImageNet variants; None: the data set's).
+        rotations: Omniglot rotation classes.
+        test_seed: seed of the test episodes; None: seed + 2.
+        epochs: training epochs.
+        lr: SGD learning rate.
+        momentum: SGD momentum.
+        weight_decay: SGD weight decay (on every parameter, the temperature too).
+        teacher: a run folder (or weights file with teacher_arch) to distil from; None: no
+            distillation.
+        teacher_arch: the teacher's architecture (checked against a run folder's).
+        teacher_checkpoint: best or last, for a teacher run folder.
+        distill: the distillation term: kd, dkd, aug_conf or adapt_conf; None: kd with a
+            teacher.
+        gda: add GDA's Fisher-Rao and Sinkhorn terms.
+        kd_weight: weight of the distillation (GDA's loss_weight; 1).
+        temperature: KD temperature (GDA's effective value 1).
+        fisher_rao_weight: GDA's lambda_FR (0.1).
+        sinkhorn_weight: GDA's lambda_SK (stage 1: 0.0008; stage 2: 0.1).
+        threshold: W2S theta; None: 0.25 for aug_conf, 8 for adapt_conf.
+        dkd_alpha: DKD's TCKD weight (1).
+        dkd_beta: DKD's NCKD weight (0.5).
+        conf_clamp: keep AugConf's mixing weight in [0, 1] (fixes GDA's sign flip at
+            theta 8).
+        guard: numerical guards of the Fisher-Rao term (the original has none).
+        debias: the debiased Sinkhorn term (zero when student equals teacher).
+    """
 
     dataset: str = "miniimagenet"
     root: str | None = None
@@ -126,71 +170,25 @@ class _BaselineBase:
         return cls(dataset=dataset, ways=ways, shots=shots, **{**base, **overrides})
 
 
-_SHARED_DOC = """
-        dataset: miniimagenet, tieredimagenet or omniglot (root None: the bundled copy).
-        root: the data set's folder (the Gidaris pickles for miniImageNet's train_phase_val).
-        ways, shots: the test episodes' N and K.
-        test_queries: query images per class of test episodes (15).
-        test_tasks: test episodes.
-        steps: training steps; 0: derived from the epochs.
-        val_every: validation period in steps; 0: once per epoch.
-        seed: seeds the weights and the data streams.
-        out_dir: run folder.
-        max_seconds: training time budget.
-        device: cpu or cuda.
-        arch: the encoder (metakd.nn name: resnet12, resnet12_bottle, resnet18_bottle,
-            resnet36_bottle, conv4 ...).
-        model_kwargs: backbone options (KEY=VALUE), e.g. hidden=32 for conv4.
-        image_size: side of the images (80 for the ImageNet variants; None: the data set's).
-        rotations: Omniglot rotation classes.
-        test_seed: seed of the test episodes; None: seed + 2.
-        epochs: training epochs.
-        lr: SGD learning rate.
-        momentum: SGD momentum.
-        weight_decay: SGD weight decay (on every parameter, the temperature too).
-        teacher: a run folder (or weights file with teacher_arch) to distil from; None: no
-            distillation.
-        teacher_arch: the teacher's architecture (checked against a run folder's).
-        teacher_checkpoint: best or last, for a teacher run folder.
-        distill: the distillation term: kd, dkd, aug_conf or adapt_conf; None: kd with a
-            teacher.
-        gda: add GDA's Fisher-Rao and Sinkhorn terms.
-        kd_weight: weight of the distillation (GDA's loss_weight; 1).
-        temperature: KD temperature (GDA's effective value 1).
-        fisher_rao_weight: GDA's lambda_FR (0.1).
-        sinkhorn_weight: GDA's lambda_SK (stage 1: 0.0008; stage 2: 0.1).
-        threshold: W2S theta; None: 0.25 for aug_conf, 8 for adapt_conf.
-        dkd_alpha: DKD's TCKD weight (1).
-        dkd_beta: DKD's NCKD weight (0.5).
-        conf_clamp: keep AugConf's mixing weight in [0, 1] (fixes GDA's sign flip at
-            theta 8).
-        guard: numerical guards of the Fisher-Rao term (the original has none).
-        debias: the debiased Sinkhorn term (zero when student equals teacher).
-"""
 
 
+@compose_doc
 @dataclass
-class ClassifierBaselineConfig(_BaselineBase):
+class ClassifierBaselineConfig(SupervisedData, _BaselineBase):
     """Classifier-Baseline: whole classification of the base classes, centroid test (Chen et al.).
 
-    Attributes:{shared}
-        batch_size: images per step (128; tieredImageNet 512).
+    The minibatches are :class:`~metakd.recipes.parts.SupervisedData`'s (128 images;
+    tieredImageNet 512).
+
+    Attributes:
         milestones: epochs after which the learning rate is multiplied by 0.1.
-        augment: resize (RandomResizedCrop + flip), crop (RandomCrop padding 8 + flip) or None.
-        val_split: a split of held-out base images (miniImageNet pickles: train_phase_val).
-        val_holdout: without val_split, hold out this many images of every base class for
-            validation (0: no validation).
         fs_every: epochs between few-shot monitors (1- and 5-shot episodes of the test
             split; 0: none; the original: 5).
         fs_tasks: episodes of each few-shot monitor (800: 200 batches of 4).
     """
 
     out_dir: str = "runs/classifier_baseline"
-    batch_size: int = 128
     milestones: list[int] = field(default_factory=lambda: [90])
-    augment: str | None = "resize"
-    val_split: str | None = None
-    val_holdout: int = 0
     fs_every: int = 5
     fs_tasks: int = 800
 
@@ -207,11 +205,12 @@ class ClassifierBaselineConfig(_BaselineBase):
         return cls._paper(_CLS_PAPER, dataset, ways, shots, overrides)
 
 
+@compose_doc
 @dataclass
 class MetaBaselineConfig(_BaselineBase):
     """Meta-Baseline: episodic fine-tuning with the cosine centroid classifier (Chen et al.).
 
-    Attributes:{shared}
+    Attributes:
         pretrained: the classifier_baseline run folder whose encoder is fine-tuned.
         pretrained_checkpoint: last (Meta-Baseline's epoch-last) or best (GDA's max-va).
         queries: query images per class in training (15).
@@ -253,10 +252,6 @@ class MetaBaselineConfig(_BaselineBase):
         return cls._paper(_META_PAPER, dataset, ways, shots, overrides)
 
 
-for _cls in (ClassifierBaselineConfig, MetaBaselineConfig):
-    _cls.__doc__ = (_cls.__doc__ or "").replace("{shared}", _SHARED_DOC.rstrip())
-
-
 def build_classifier(cfg: ClassifierBaselineConfig) -> Parts:
     """Stage 1: data, classifier, SGD with step decay, validation, monitor, centroid test.
 
@@ -266,22 +261,17 @@ def build_classifier(cfg: ClassifierBaselineConfig) -> Parts:
         >>> parts.model.out_features, parts.steps, len(parts.test_data)
         (136, 310, 1)
     """
-    from metakd.data import batches
-
-    data = _Data(cfg)
+    data = _splits(cfg)
     arrays = data.train.arrays(data.size, progress=False)
     val_arrays = None
     if cfg.val_split:
-        val_arrays = data.get(cfg.val_split).arrays(data.size, progress=False)
+        val_arrays = data.open(cfg.val_split).arrays(data.size, progress=False)
     elif cfg.val_holdout > 0:
         keep = int(arrays.class_counts.min()) - cfg.val_holdout
         arrays, val_arrays = arrays.split_items(keep, seed=cfg.seed)
-    train = batches(arrays, cfg.batch_size, seed=cfg.seed,
-                    augment=_augment(cfg.augment, data.size), normalize=data.normalize,
-                    device=cfg.device, progress=False)
-    val = None if val_arrays is None else batches(
-        val_arrays, 256, shuffle=False, drop_last=False, epochs=1, normalize=data.normalize,
-        device=cfg.device, progress=False)
+    train, val = supervised_batches(arrays, cfg.batch_size, seed=cfg.seed, device=cfg.device,
+                                    augment=supervised_augmentation(cfg.augment, data.size),
+                                    normalize=data.normalize, val=val_arrays)
     torch.manual_seed(cfg.seed)
     model = _model(cfg, data.channels, train.num_classes).to(cfg.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
@@ -291,12 +281,13 @@ def build_classifier(cfg: ClassifierBaselineConfig) -> Parts:
         optimizer, [m * per_epoch for m in cfg.milestones], gamma=0.1)
     callbacks: list[Any] = []
     if cfg.fs_every > 0:
-        monitor = {k: data.episodes("test", k, cfg.fs_tasks, seed=0) for k in (1, 5)}
+        monitor = {k: data.episodes("test", k, cfg.test_queries, cfg.fs_tasks, 0, 4)
+                   for k in (1, 5)}
         callbacks.append(FewShotMonitor(monitor, cfg.fs_every * per_epoch))
     if cfg.val_every == 0:
         cfg.val_every = per_epoch
     return Parts(learner=model, model=model, train_data=train, optimizer=optimizer,
-                 val_data=val, test_data=data.test(), scheduler=scheduler,
+                 val_data=val, test_data=data.test(4), scheduler=scheduler,
                  callbacks=callbacks, loss_fn=_ClassifierLoss(cfg, per_epoch, train.num_classes),
                  eval_fn=_CentroidEval(),
                  steps=cfg.steps if cfg.steps > 0 else cfg.epochs * per_epoch)
@@ -345,7 +336,7 @@ def build_meta(cfg: MetaBaselineConfig) -> Parts:
     """
     from metakd.meta.baseline import MetaBaseline
 
-    data = _Data(cfg)
+    data = _splits(cfg)
     torch.manual_seed(cfg.seed)
     encoder = _model(cfg, data.channels, 0)
     state = _encoder_state(cfg)
@@ -358,15 +349,15 @@ def build_meta(cfg: MetaBaselineConfig) -> Parts:
                            steps_per_epoch=cfg.train_batches).to(cfg.device)
     optimizer = torch.optim.SGD(learner.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
-    train = data.episodes(data.train, cfg.shots, None, cfg.seed, queries=cfg.queries,
-                          meta_batch_size=cfg.meta_batch_size)
+    train = data.episodes(data.train, cfg.shots, cfg.queries, None, cfg.seed,
+                          cfg.meta_batch_size)
     val = None
     if cfg.val_tasks > 0 and data.has_val:
-        val = data.episodes("val", cfg.shots, cfg.val_tasks, seed=0)
+        val = data.episodes("val", cfg.shots, cfg.test_queries, cfg.val_tasks, 0, 4)
     if cfg.val_every == 0:
         cfg.val_every = cfg.train_batches
     return Parts(learner=learner, model=encoder, train_data=train, optimizer=optimizer,
-                 val_data=val, test_data=data.test(), loss_fn=_MetaLoss(cfg),
+                 val_data=val, test_data=data.test(4), loss_fn=_MetaLoss(cfg),
                  steps=cfg.steps if cfg.steps > 0 else cfg.epochs * cfg.train_batches)
 
 
@@ -382,7 +373,7 @@ def _check_classifier(cfg: ClassifierBaselineConfig) -> None:
         raise ValueError(f"distill={cfg.distill!r} is unknown; use one of {DISTILL}")
     if cfg.teacher is None and (cfg.distill is not None or cfg.gda):
         raise ValueError("distill and gda need a teacher (--teacher RUN_DIR)")
-    _augment(cfg.augment, 8)
+    supervised_augmentation(cfg.augment, 8)
 
 
 register("classifier_baseline", ClassifierBaselineConfig, build_classifier,

@@ -1,6 +1,6 @@
 """The pieces of the Classifier-Baseline and Meta-Baseline recipes (:mod:`metakd.recipes.baseline`).
 
-The data of a run, the backbone, the loss of a config, the teachers (handed to the models as
+The data of a run (:class:`~metakd.recipes.parts.EpisodeSplits`), the backbone, the loss of a config, the teachers (handed to the models as
 loaders, read at the first training step), the few-shot monitor and the objectives ``fit`` calls. The configs, the
 builds and the registration are in :mod:`metakd.recipes.baseline`.
 """
@@ -19,6 +19,7 @@ from torch import nn
 
 from metakd._frozen import FrozenTeacher
 from metakd.engine.callbacks import Callback
+from metakd.recipes.parts import EpisodeSplits, create_backbone
 
 __all__ = ["DISTILL", "FewShotMonitor", "make_loss"]
 
@@ -62,61 +63,19 @@ def make_loss(cfg: Any, steps_per_epoch: int | None = None) -> Any:
     return DistillLoss(terms, ce_weight=1.0)
 
 
-def _augment(name: str | None, size: Any) -> Any:
-    from metakd.data.augment.base import Compose
-    from metakd.data.augment.geometric import RandomCrop, RandomHorizontalFlip, RandomResizedCrop
-
-    if name in (None, "none"):
-        return None
-    if name == "resize":
-        return Compose([RandomResizedCrop(size), RandomHorizontalFlip()])
-    if name == "crop":
-        return Compose([RandomCrop(size, padding=8), RandomHorizontalFlip()])
-    raise ValueError(f"augment={name!r}: use resize, crop or None")
-
-
-class _Data:
-    """The data sets of a run: splits, channels, normalisation, the episode factory."""
-
-    def __init__(self, cfg: Any) -> None:
-        from metakd.data.registry import get_dataset
-
-        self.cfg = cfg
-        self.extra = {"rotations": (0, 90, 180, 270)} if (
-            cfg.dataset.lower() == "omniglot" and cfg.rotations) else {}
-        self.get = lambda split: get_dataset(cfg.dataset, cfg.root, split, **self.extra)
-        self.train = self.get("train")
-        self.size = cfg.image_size or self.train.default_image_size
-        self.channels = 1 if self.train.image_mode == "L" else 3
-        self.normalize = IMAGENET_STATS if self.channels == 3 else None
-        self.has_val = not (cfg.dataset.lower() == "omniglot" and cfg.root is None)
-
-    def episodes(self, split_or_set: Any, shots: int, tasks: int | None, seed: int,
-                 queries: int | None = None, meta_batch_size: int = 4) -> Any:
-        from metakd.data import few_shot
-
-        ds = self.get(split_or_set) if isinstance(split_or_set, str) else split_or_set
-        return few_shot(ds, self.cfg.ways, shots, queries or self.cfg.test_queries,
-                        meta_batch_size=meta_batch_size, num_tasks=tasks, seed=seed,
-                        image_size=self.size, normalize=self.normalize,
-                        device=self.cfg.device, progress=False)
-
-    def test(self) -> Any:
-        cfg = self.cfg
-        seed = cfg.seed + 2 if cfg.test_seed is None else cfg.test_seed
-        return self.episodes("test", cfg.shots, cfg.test_tasks, seed)
+def _splits(cfg: Any) -> EpisodeSplits:
+    """The run's data set (:class:`~metakd.recipes.parts.EpisodeSplits`), RGB images
+    normalised with the ImageNet statistics."""
+    data = EpisodeSplits(cfg, device=cfg.device, progress=False)
+    data.normalize = IMAGENET_STATS if data.channels == 3 else None
+    return data
 
 
 def _model(cfg: Any, channels: int, num_classes: int) -> nn.Module:
-    from metakd.nn import create
-
     kwargs = dict(cfg.model_kwargs)
     if cfg.arch.startswith("conv"):
         kwargs.setdefault("bn_mode", "running")  # whole classification: running statistics
-    try:
-        return create(cfg.arch, in_channels=channels, num_classes=num_classes, **kwargs)
-    except TypeError as e:
-        raise ValueError(f"model {cfg.arch!r} with options {kwargs}: {e}") from e
+    return create_backbone(cfg.arch, channels, num_classes, **kwargs)
 
 
 class _CentroidEval:

@@ -13,17 +13,17 @@ validation, and the attention learner never reads query images or labels while a
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from metakd.recipes.maml import MAMLConfig
-from metakd.recipes.maml import build as build_maml
+from metakd.recipes.fields import compose_doc
+from metakd.recipes.loops import MetaAdam, schedule
+from metakd.recipes.originals import META_LSTM
+from metakd.recipes.parts import Backbone, EpisodeData, EpisodeSplits, RunSettings, create_backbone
 from metakd.recipes.registry import Parts, register
 
 __all__ = ["MetaLSTMConfig"]
@@ -31,18 +31,22 @@ __all__ = ["MetaLSTMConfig"]
 log = logging.getLogger(__name__)
 
 
+@compose_doc
 @dataclass
-class MetaLSTMConfig(MAMLConfig):
+class MetaLSTMConfig(RunSettings, MetaAdam, Backbone, EpisodeData):
     """A Meta-LSTM run (Ravi & Larochelle, ICLR 2017), or MLAL's with ``attention=True``.
 
-    Every field of :class:`metakd.recipes.MAMLConfig` (data, episodes, validation), and:
+    The data, the learner's backbone, the outer loop (Adam over the meta-learner and the
+    learner's initial weights, one episode per meta-iteration by default) and the run are the
+    parts MAML has too (:mod:`metakd.recipes.parts`, :mod:`metakd.recipes.loops`); the inner
+    loop is the meta-learner's own:
 
     Attributes:
         epochs: passes over the support set per episode (1-shot 12, 5-shot 8).
         batch_size: support minibatch size (1-shot 5, 5-shot 25).
         test_epochs: passes at validation and test (default: ``epochs``).
         hidden_size: the meta-learner's first LSTM layer (20; MLAL 4).
-        input_size: its input width; must be 4 (preprocessed loss and gradient).
+        input_size: the meta-learner's input width; must be 4 (preprocessed loss and gradient).
         grad_clip: the meta-gradient's global-norm clip (0.25).
         bn_momentum: the learner's batch-norm momentum (1-shot 0.9, 5-shot 0.95).
         bn_eps: the learner's batch-norm eps (1e-3).
@@ -53,13 +57,11 @@ class MetaLSTMConfig(MAMLConfig):
             of the learner.
         attention_softmax: apply the softmax MLAL defines but never applies.
         attention_chunk: learner coordinates per attention row (default from the learner).
-        meta_learner: an original meta-learner to start from: ``markdtw/meta-learning-lstm-
-            pytorch``'s ``meta-learner-<episode>.pth.tar`` (its LSTM, gates and ``cI``, the
-            learner's initial weights; :mod:`metakd.interop.meta_lstm`). With ``steps=0`` the
-            run only tests it (and its folder is then read by ``metakd eval``).
-
-    ``inner_lr``, ``inner_steps``, ``test_inner_steps``, ``first_order``,
-    ``inner_loss_reduction``, ``backend`` and ``compile`` of MAML are unused.
+        meta_learner: an original meta-learner to start from: the
+            ``meta-learner-<episode>.pth.tar`` of ``markdtw/meta-learning-lstm-pytorch`` (its
+            LSTM, gates and ``cI``, the learner's initial weights;
+            :mod:`metakd.interop.meta_lstm`). With ``steps=0`` the run only tests it (and its
+            folder is then read by ``metakd eval``).
 
     Example:
         >>> cfg = MetaLSTMConfig.paper("miniimagenet", ways=5, shots=1)
@@ -92,12 +94,11 @@ class MetaLSTMConfig(MAMLConfig):
     bn_momentum: float = 0.95
     bn_eps: float = 1e-3
     scale_grads: bool = True
-    gate_feedback: str = "logit"
+    gate_feedback: Literal["logit", "sigmoid"] = "logit"
     attention: bool = False
     attention_softmax: bool = False
     attention_chunk: int | None = None
     meta_learner: str | None = None
-    compile: str = "off"
     out_dir: str = "runs/meta_lstm"
 
     @classmethod
@@ -157,25 +158,16 @@ def build(cfg: MetaLSTMConfig) -> Parts:
         28485
     """
     from metakd.meta import AttentionLearner, MetaLSTM
-    from metakd.nn import create
 
     check(cfg)
-    # MAML's build gives the data (its throw-away learner is a one-filter net).
-    base = build_maml(dataclasses.replace(cfg, compile="off", backend="func", model="conv1",
-                                          model_kwargs={"hidden": 1}))
-    sampler: Any = base.train_data
-    channels = int(sampler.arrays.images.shape[1])
-    size = int(sampler.arrays.images.shape[-1])
+    data = EpisodeSplits(cfg, device=cfg.device)
+    channels, size = data.channels, int(data.size)
     kwargs = dict(cfg.model_kwargs)
     if kwargs.get("head") == "flatten":
         kwargs.setdefault("image_size", size)
     kwargs.update(bn_mode="running", bn_momentum=cfg.bn_momentum, bn_eps=cfg.bn_eps)
     torch.manual_seed(cfg.seed)
-    try:
-        model: torch.nn.Module = create(cfg.model, in_channels=channels, num_classes=cfg.ways,
-                                        **kwargs)
-    except TypeError as e:
-        raise ValueError(f"model {cfg.model!r} with options {kwargs}: {e}") from e
+    model = create_backbone(cfg.model, channels, cfg.ways, **kwargs)
     if cfg.attention:
         model = AttentionLearner(model, channels, size, eps=cfg.bn_eps)
     model.to(cfg.device)
@@ -194,57 +186,15 @@ def build(cfg: MetaLSTMConfig) -> Parts:
     learner.to(cfg.device)
     optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.meta_lr,
                                  weight_decay=cfg.weight_decay)
-    return dataclasses.replace(base, learner=learner, model=model, optimizer=optimizer,
-                               scheduler=None, clip_grad_value=None,
-                               clip_grad_norm=cfg.grad_clip)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of ``metakd train meta_lstm``: the original project's names and metakd's."""
-    from metakd.recipes.options import KeyValueAction
-
-    d = "(default: the original's for the shot count)"
-    p.add_argument("--data-root", dest="root", help="data set folder (same as --root)")
-    p.add_argument("--n-shot", dest="shots", type=int, help="K (same as --shots)")
-    p.add_argument("--n-class", dest="ways", type=int, help="N (same as --ways)")
-    p.add_argument("--n-eval", dest="queries", type=int,
-                   help="query images per class in training (default 15)")
-    p.add_argument("--input-size", type=int, help="meta-learner input width (must be 4)")
-    p.add_argument("--hidden-size", type=int, help=f"meta-learner LSTM units {d}")
-    p.add_argument("--lr", dest="meta_lr", type=float, help="Adam rate (default 0.001)")
-    p.add_argument("--episode", dest="steps", type=int, help=f"training episodes {d}")
-    p.add_argument("--episode-val", dest="val_tasks", type=int,
-                   help="validation episodes (default 100)")
-    p.add_argument("--epoch", dest="epochs", type=int, help=f"passes over the support set {d}")
-    p.add_argument("--test-epochs", type=int, help="passes at test (default: --epoch)")
-    p.add_argument("--batch-size", type=int, help=f"support minibatch {d}")
-    p.add_argument("--image-size", type=int, help="image side (default 84; omniglot 28)")
-    p.add_argument("--grad-clip", type=float, help="meta-gradient norm clip (default 0.25)")
-    p.add_argument("--bn-momentum", type=float, help=f"learner batch-norm momentum {d}")
-    p.add_argument("--bn-eps", type=float, help="learner batch-norm eps (default 0.001)")
-    p.add_argument("--attention", action="store_true", default=None,
-                   help="MLAL: attention in the meta-learner and in front of the learner")
-    p.add_argument("--attention-softmax", action="store_true", default=None,
-                   help="apply the softmax MLAL defines but does not apply")
-    p.add_argument("--attention-chunk", type=int, help="coordinates per attention row")
-    p.add_argument("--gate-feedback", choices=["logit", "sigmoid"],
-                   help="previous gates fed back pre-sigmoid (code, default) or post (paper)")
-    p.add_argument("--no-scale-grads", dest="scale_grads", action="store_false", default=None,
-                   help="do not divide the gradients by the batch size")
-    p.add_argument("--queries", type=int, help="same as --n-eval")
-    p.add_argument("--model", help="learner backbone (default conv4, 32 filters, flatten)")
-    p.add_argument("--model-arg", dest="model_kwargs", action=KeyValueAction,
-                   metavar="KEY=VALUE", help="backbone option, repeatable")
-    p.add_argument("--meta-batch-size", type=int, help="episodes per meta-iteration (1)")
-    p.add_argument("--val-tasks", type=int, help="same as --episode-val")
-    p.add_argument("--test-seed", type=int, help="seed of the test episodes (--seed + 2)")
-    p.add_argument("--meta-learner", metavar="FILE",
-                   help="start from an original meta-learner (markdtw's meta-learner-*.pth.tar);"
-                        " with --episode 0: test it")
+    episodes = data.streams(cfg.meta_batch_size)
+    return Parts(learner=learner, model=model, train_data=episodes.train,
+                 val_data=episodes.val, test_data=episodes.test, optimizer=optimizer,
+                 scheduler=schedule(cfg, optimizer), clip_grad_value=cfg.clip_grad_value,
+                 clip_grad_norm=cfg.grad_clip)
 
 
 register("meta_lstm", MetaLSTMConfig, build,
          describe="Meta-LSTM (Ravi and Larochelle, ICLR 2017): an LSTM meta-learner whose cell "
                   "state is the learner's parameters; --attention: MLAL (Liao and Zhai), "
                   "without its query-label leak",
-         title="Meta-LSTM", step_name="episodes", add_arguments=add_arguments, check=check)
+         title="Meta-LSTM", step_name="episodes", aliases=META_LSTM, check=check)

@@ -22,20 +22,18 @@ these fields (:mod:`metakd.recipes.mtl_tf`).
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal
 
 import torch
-from torch import nn
 
-from metakd.recipes.maml import MAMLConfig, schedule
-from metakd.recipes.maml import build as build_maml
+from metakd.recipes.fields import compose_doc
+from metakd.recipes.loops import InnerExecution, OuterLoop
 from metakd.recipes.maml import load_weights as load_maml_weights
+from metakd.recipes.mtl_parts import build_meta, build_pre, checkpoint, finetune_learner
+from metakd.recipes.parts import Backbone, EpisodeData, EpisodeSplits, RunSettings
 from metakd.recipes.registry import Parts, register
 
 __all__ = ["MTLConfig", "finetune_learner"]
@@ -72,11 +70,14 @@ _OMNIGLOT: dict[str, Any] = dict(
 )
 
 
+@compose_doc
 @dataclass
-class MTLConfig(MAMLConfig):
+class MTLConfig(RunSettings, OuterLoop, InnerExecution, Backbone, EpisodeData):
     """A Meta-Transfer Learning run: pre-training (``phase="pre"``) or meta-transfer ("meta").
 
-    Every field of :class:`metakd.recipes.MAMLConfig` (the data, episodes and validation), and:
+    Composed of the data, backbone, outer-loop (without one learning rate: MTL has two),
+    inner-loop execution and run parts of :class:`metakd.recipes.MAMLConfig`; MTL's own
+    names for the inner loop's rate and steps.
 
     Attributes:
         phase: ``"pre"`` (whole-classification pre-training of the body) or ``"meta"``
@@ -93,10 +94,12 @@ class MTLConfig(MAMLConfig):
         pretrained_parts: what a meta-phase original checkpoint starts the meta phase from:
             ``"all"`` its weights (scale, shift and classifier too) or ``"body"`` the
             pre-trained network alone (the TF code's ``META_LOAD``).
-        pre_lr, pre_epochs, pre_batch_size: pre-training's learning rate, epochs over the
-            meta-training split and minibatch size.
-        pre_lr_step, pre_lr_gamma: the pre-training rate is multiplied by ``pre_lr_gamma``
-            every ``pre_lr_step`` epochs (may be fractional).
+        pre_lr: pre-training's learning rate.
+        pre_epochs: pre-training's epochs over the meta-training split.
+        pre_batch_size: pre-training's minibatch size.
+        pre_lr_step: the pre-training rate is multiplied by ``pre_lr_gamma`` every this many
+            epochs (may be fractional).
+        pre_lr_gamma: the pre-training rate's factor every ``pre_lr_step`` epochs.
         pre_weight_decay: weight decay of pre-training's SGD (PyTorch: Nesterov, momentum
             0.9); TF pre-trains with Adam.
         pre_steps: pre-training minibatches (TF ``PRE_TRA_ITER_MAX``); 0: ``pre_epochs``.
@@ -105,16 +108,18 @@ class MTLConfig(MAMLConfig):
         pre_dropout: dropout after each block in pre-training only (TF: 0.1, ``PRE_TRA_DROP``
             keep 0.9; the backbone must take ``drop_rate``).
         pre_augment: augmentation of the pre-training minibatches
-            (:func:`metakd.data.augmentation` name) or ``None``.
+            (:func:`metakd.recipes.parts.supervised_augmentation` name, e.g.
+            ``"miniimagenet"``) or ``None``.
         meta_lr1: Adam's rate of the scale-shift (and batch-norm) parameters.
         meta_lr2: Adam's rate of the head's initialisation.
-        base_lr: the inner loop's rate (``inner_lr``); also that of the classifier fine-tuned
-            when a "pre" run is validated or tested.
-        update_step: inner steps in meta-training (``inner_steps``).
-        test_update_step: inner steps at validation and test (``test_inner_steps``), also
-            those of a "pre" run's fine-tuned classifier.
-        lr_step, lr_gamma: both meta rates are multiplied by ``lr_gamma`` every ``lr_step``
-            meta-iterations (0: MAML's ``lr_schedule`` / ``lr_milestones`` instead).
+        base_lr: the inner loop's rate (MAML's ``inner_lr``); also that of the classifier
+            fine-tuned when a "pre" run is validated or tested.
+        update_step: inner steps in meta-training (MAML's ``inner_steps``).
+        test_update_step: inner steps at validation and test (MAML's ``test_inner_steps``),
+            also those of a "pre" run's fine-tuned classifier.
+        lr_step: both meta rates are multiplied by ``lr_gamma`` every this many
+            meta-iterations (0: the ``lr_schedule`` / ``lr_milestones`` of the outer loop
+            instead).
         lr_min: the meta rates never fall below it (TF ``META_LR_MIN``; 0: no floor).
         first_order: ``None``: as the variant (PyTorch first order, TF second order);
             ``True`` / ``False`` forces it.
@@ -124,22 +129,20 @@ class MTLConfig(MAMLConfig):
             ``"failures"`` (the meta-batch's other failure classes first).
         hard_task_batch: tasks per hard meta-batch (default: as many as the mined batch).
 
-    MAML's ``inner_lr``, ``inner_steps``, ``test_inner_steps`` and ``meta_lr`` follow
-    ``base_lr``, ``update_step``, ``test_update_step`` and ``meta_lr1``; ``val_every`` counts
-    minibatches in phase "pre" and meta-iterations in phase "meta"; phase "meta" runs eager
-    (``compile`` is not used).
+    ``steps`` and ``val_every`` count minibatches in phase "pre" (whose length is
+    ``pre_steps`` or ``pre_epochs``) and meta-iterations in phase "meta".
 
     Example:
         >>> cfg = MTLConfig.paper("miniimagenet", ways=5, shots=1, phase="meta",
         ...                       pretrained="runs/mtl-pre")
-        >>> cfg.meta_lr1, cfg.meta_lr2, cfg.base_lr, cfg.update_step, cfg.inner_steps
+        >>> cfg.meta_lr1, cfg.meta_lr2, cfg.base_lr, cfg.update_step, cfg.test_update_step
         (0.0001, 0.001, 0.01, 100, 100)
     """
 
-    phase: str = "pre"
-    variant: str = "mtl_pytorch"
+    phase: Literal["pre", "meta"] = "pre"
+    variant: Literal["mtl_pytorch", "mtl_tf"] = "mtl_pytorch"
     pretrained: str | None = None
-    pretrained_parts: str = "all"
+    pretrained_parts: Literal["all", "body"] = "all"
     pre_lr: float = 0.1
     pre_epochs: int = 110
     pre_batch_size: int = 128
@@ -159,24 +162,17 @@ class MTLConfig(MAMLConfig):
     lr_gamma: float = 0.5
     lr_min: float = 0.0
     hard_tasks: bool = False
-    hard_task_mode: str = "alternate"
-    hard_task_others: str = "random"
+    hard_task_mode: Literal["alternate", "every"] = "alternate"
+    hard_task_others: Literal["random", "failures"] = "random"
     hard_task_batch: int | None = None
-    first_order: bool | None = None  # type: ignore[assignment]
+    first_order: bool | None = None
     model: str = "mtl_resnet12"
     rotations: bool = False
     meta_batch_size: int = 1
-    inner_loss_reduction: str = "mean"
+    inner_loss_reduction: Literal["sum_over_k", "mean"] = "mean"
     steps: int = 10_000
     val_every: int = 100
     out_dir: str = "runs/mtl"
-
-    def __post_init__(self) -> None:
-        """Mirror MTL's names into MAML's fields (``inner_lr`` ... ``test_inner_steps``)."""
-        self.inner_lr = self.base_lr
-        self.inner_steps = self.update_step
-        self.test_inner_steps = self.test_update_step
-        self.meta_lr = self.meta_lr1
 
     @classmethod
     def paper(cls, dataset: str = "miniimagenet", ways: int = 5, shots: int = 1,
@@ -199,18 +195,6 @@ class MTLConfig(MAMLConfig):
         if dataset.lower() == "omniglot":
             base.update(_OMNIGLOT)
         return cls(dataset=dataset, ways=ways, shots=shots, **{**base, **overrides})
-
-
-def _first_order(cfg: MTLConfig) -> bool:
-    return cfg.variant == "mtl_pytorch" if cfg.first_order is None else bool(cfg.first_order)
-
-
-def _checkpoint(folder: str | Path) -> Path | None:
-    """The best weights of a run folder, else its last, else ``None``."""
-    for name in ("best.pt", "last.pt"):
-        if (Path(folder) / name).is_file():
-            return Path(folder) / name
-    return None
 
 
 def check(cfg: MTLConfig) -> None:
@@ -258,157 +242,8 @@ def check(cfg: MTLConfig) -> None:
     if (pre.image_size or None) != (cfg.image_size or None):
         raise ValueError(f"pretrained={cfg.pretrained} takes {pre.image_size or 'default'}-px "
                          f"images, this run {cfg.image_size or 'default'}-px")
-    if _checkpoint(cfg.pretrained) is None:
+    if checkpoint(cfg.pretrained) is None:
         raise ValueError(f"pretrained={cfg.pretrained} has no best.pt or last.pt yet")
-
-
-def _channels(sampler: Any) -> int:
-    return int(sampler.arrays.images.shape[1])
-
-
-def _body(cfg: MTLConfig, channels: int, num_classes: int,
-          state: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
-    """The backbone with a fresh ``num_classes`` head and, if given, ``state``'s body."""
-    from metakd.nn import create
-
-    model = create(cfg.model, in_channels=channels, num_classes=num_classes, **cfg.model_kwargs)
-    if state is not None:
-        body = {k: v for k, v in state.items() if not k.startswith("head.")}
-        missing, unexpected = model.load_state_dict(body, strict=False)
-        wrong = [k for k in missing if not k.startswith("head.")] + list(unexpected)
-        if wrong:
-            raise ValueError(f"the pre-trained body does not fit {cfg.model}: {wrong[:5]}")
-    return model
-
-
-def finetune_learner(cfg: MTLConfig, state: Mapping[str, torch.Tensor], channels: int
-                     ) -> nn.Module:
-    """The test learner of a pre-trained body: a fresh zero ``cfg.ways``-way head fine-tuned
-    on each support set (``cfg.test_update_step`` steps of ``cfg.base_lr``) over the frozen
-    body of ``state``, the pre-train + fine-tune baseline.
-
-    Args:
-        cfg: the pre-training run's config.
-        state: its model's ``state_dict`` (the ``head.*`` entries are ignored).
-        channels: image channels.
-
-    Returns:
-        a :class:`metakd.meta.MAMLWrapper` adapting only the head.
-
-    Example:
-        >>> from metakd.nn import create
-        >>> cfg = MTLConfig(model="conv4", model_kwargs={"hidden": 8}, ways=5)
-        >>> body = create("conv4", in_channels=1, num_classes=64, hidden=8).state_dict()
-        >>> learner = finetune_learner(cfg, body, channels=1)
-        >>> float(learner.model.head.weight.detach().abs().sum())
-        0.0
-    """
-    from metakd.meta import MAMLWrapper
-    from metakd.recipes.weights import final_linear
-
-    model = _body(cfg, channels, cfg.ways, state)
-    head = final_linear(model)
-    nn.init.zeros_(head.weight)
-    if head.bias is not None:
-        nn.init.zeros_(head.bias)
-    return MAMLWrapper(model, inner_lr=cfg.base_lr, inner_steps=cfg.test_update_step,
-                       adapt="head", inner_loss_reduction=cfg.inner_loss_reduction,
-                       backend=cfg.backend)
-
-
-class _FineTuneHead:
-    """``eval_fn`` of a "pre" run: :func:`finetune_learner` on the learner's current body."""
-
-    def __init__(self, cfg: MTLConfig, channels: int) -> None:
-        self.cfg, self.channels = cfg, channels
-
-    def __call__(self, learner: nn.Module, data: Any, *, device: Any = None,
-                 progress: bool = False) -> Any:
-        from metakd.engine import evaluate
-
-        wrapper = finetune_learner(self.cfg, learner.state_dict(), self.channels)
-        wrapper.to(next(learner.parameters()).device).train(learner.training)
-        return evaluate(wrapper, data, device=device, progress=progress)
-
-
-def _build_pre(cfg: MTLConfig, base: Parts) -> Parts:
-    from metakd.data import augmentation, batches
-
-    sampler: Any = base.train_data
-    size = sampler.arrays.images.shape[-1]
-    train = batches(sampler.arrays, cfg.pre_batch_size, seed=cfg.seed, device=cfg.device,
-                    augment=augmentation(cfg.pre_augment, size) if cfg.pre_augment else None,
-                    progress=False)
-    torch.manual_seed(cfg.seed)
-    body = dataclasses.replace(cfg, model_kwargs={**cfg.model_kwargs, "drop_rate": cfg.pre_dropout}
-                               ) if cfg.pre_dropout else cfg
-    model = _body(body, _channels(sampler), train.num_classes).to(cfg.device)
-    if cfg.variant == "mtl_pytorch":
-        optimizer: torch.optim.Optimizer = torch.optim.SGD(
-            model.parameters(), lr=cfg.pre_lr, momentum=0.9, nesterov=True,
-            weight_decay=cfg.pre_weight_decay)
-    else:
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.pre_lr)
-    per_epoch = len(train)
-    scheduler = torch.optim.lr_scheduler.StepLR(
-        optimizer, max(1, cfg.pre_lr_drop_steps or round(cfg.pre_lr_step * per_epoch)),
-        gamma=cfg.pre_lr_gamma)
-    return Parts(learner=model, model=model, train_data=train, optimizer=optimizer,
-                 val_data=base.val_data, test_data=base.test_data, scheduler=scheduler,
-                 eval_fn=_FineTuneHead(cfg, _channels(sampler)),
-                 steps=cfg.pre_steps or cfg.pre_epochs * per_epoch)
-
-
-def _build_meta(cfg: MTLConfig, base: Parts) -> Parts:
-    from metakd.engine import load_checkpoint
-    from metakd.interop.mtl import is_original, load_pretrained
-    from metakd.meta import HardTaskSampler, MAMLWrapper
-    from metakd.nn import mtl_preset
-
-    state, original = None, bool(cfg.pretrained and is_original(cfg.pretrained))
-    ckpt = _checkpoint(cfg.pretrained) if cfg.pretrained and not original else None
-    if ckpt is not None:
-        state = load_checkpoint(ckpt)["model"]
-    elif not original:  # reading a "meta" run back: its own checkpoint holds the frozen body
-        log.info("no pre-trained body (pretrained=%s); the weights must come from a checkpoint",
-                 cfg.pretrained)
-    torch.manual_seed(cfg.seed)
-    model = _body(cfg, _channels(base.train_data), cfg.ways, state)
-    names = mtl_preset(model, cfg.variant)
-    if original and cfg.pretrained:
-        load_pretrained(model, cfg.pretrained, cfg.model, cfg.pretrained_parts == "body")
-    model.to(cfg.device)
-    learner = MAMLWrapper(model, inner_lr=cfg.base_lr, inner_steps=cfg.update_step,
-                          test_inner_steps=cfg.test_update_step, first_order=_first_order(cfg),
-                          adapt="head", inner_loss_reduction=cfg.inner_loss_reduction,
-                          backend=cfg.backend)
-    params = dict(model.named_parameters())
-    groups = [{"params": [params[n] for n in names if not n.startswith("head.")],
-               "lr": cfg.meta_lr1},
-              {"params": [params[n] for n in names if n.startswith("head.")], "lr": cfg.meta_lr2}]
-    optimizer = torch.optim.Adam([g for g in groups if g["params"]],
-                                 weight_decay=cfg.weight_decay)
-    if cfg.lr_step and (cfg.lr_milestones or cfg.lr_schedule != "constant"):
-        raise ValueError("lr_step and lr_milestones / lr_schedule are two schedules: set "
-                         "lr_step=0 to use the others")
-    if cfg.lr_min and not cfg.lr_step:
-        raise ValueError("lr_min is the floor of the lr_step schedule: set lr_step too")
-    scheduler = (torch.optim.lr_scheduler.StepLR(optimizer, cfg.lr_step, gamma=cfg.lr_gamma)
-                 if cfg.lr_step else schedule(cfg, optimizer))
-    if cfg.lr_min:
-        from metakd.recipes.mtl_tf import StepFloor
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [
-            StepFloor(cfg.lr_step, cfg.lr_gamma, cfg.lr_min / g["lr"])
-            for g in optimizer.param_groups])
-    callbacks: list[Any] = []
-    sampler: Any = base.train_data
-    if cfg.hard_tasks:
-        callbacks.append(HardTaskSampler(sampler, hard_tasks=cfg.hard_task_batch,
-                                         others=cfg.hard_task_others, mode=cfg.hard_task_mode,
-                                         seed=cfg.seed + 3))
-    return dataclasses.replace(base, learner=learner, model=model, optimizer=optimizer,
-                               scheduler=scheduler, callbacks=callbacks)
 
 
 def build(cfg: MTLConfig) -> Parts:
@@ -422,8 +257,10 @@ def build(cfg: MTLConfig) -> Parts:
     """
     if cfg.phase not in PHASES:
         raise ValueError(f"phase={cfg.phase!r} is unknown; use one of {PHASES}")
-    base = build_maml(dataclasses.replace(cfg, compile="off", first_order=_first_order(cfg)))
-    return _build_pre(cfg, base) if cfg.phase == "pre" else _build_meta(cfg, base)
+    torch.manual_seed(cfg.seed)
+    data = EpisodeSplits(cfg, device=cfg.device)
+    episodes = data.streams(cfg.meta_batch_size)
+    return (build_pre if cfg.phase == "pre" else build_meta)(cfg, data, episodes)
 
 
 def load_weights(parts: Parts, state: Mapping[str, torch.Tensor], trained: MTLConfig,
@@ -437,40 +274,8 @@ def load_weights(parts: Parts, state: Mapping[str, torch.Tensor], trained: MTLCo
         load_maml_weights(parts, state, trained, cfg)
 
 
-_OWN = ("phase", "variant", "pretrained", "pretrained_parts", "pre_lr", "pre_epochs", "pre_batch_size",
-        "pre_lr_step", "pre_lr_gamma", "pre_weight_decay", "pre_augment", "pre_steps",
-        "pre_lr_drop_steps", "pre_dropout", "meta_lr1", "meta_lr2", "base_lr", "update_step",
-        "test_update_step", "lr_step", "lr_min", "hard_tasks",
-        "hard_task_mode", "hard_task_others", "hard_task_batch", "first_order")
-
-
-class _Without:
-    """A parser that drops MAML's options whose fields MTL sets from its own names."""
-
-    SKIP = ("--inner-lr", "--inner-steps", "--test-inner-steps", "--meta-lr", "--first-order")
-
-    def __init__(self, parser: argparse.ArgumentParser) -> None:
-        self.parser = parser
-
-    def add_argument(self, *flags: str, **kwargs: Any) -> Any:
-        if flags and flags[0] in self.SKIP:
-            return None
-        return self.parser.add_argument(*flags, **kwargs)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of ``metakd train mtl``: MAML's, then MTL's own."""
-    from metakd.recipes.maml import add_arguments as maml_arguments
-    from metakd.recipes.options import add_config_arguments
-
-    maml_arguments(cast(argparse.ArgumentParser, _Without(p)))
-    mtl_fields = {f.name for f in dataclasses.fields(MTLConfig)}
-    add_config_arguments(p, MTLConfig, skip=sorted(mtl_fields - set(_OWN)))
-
-
 register("mtl", MTLConfig, build,
          describe="Meta-Transfer Learning (Sun, Liu, Chua and Schiele, CVPR 2019): pre-train, "
                   "then meta-learn scale-shift and the classifier init (PyTorch or TF variant, "
                   "hard-task meta-batch)",
-         title="MTL", step_name="steps",
-         add_arguments=add_arguments, load_weights=load_weights, check=check)
+         title="MTL", step_name="steps", load_weights=load_weights, check=check)

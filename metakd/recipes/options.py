@@ -1,72 +1,30 @@
-"""Command-line options of a method, derived from its config dataclass.
+"""Command-line options of a method, generated from its config dataclass.
 
-``metakd train METHOD`` adds the options shared by every method itself; a method that does
-not write its own ``add_arguments`` gets one option per remaining config field, typed from the
-field's annotation, with the help text of the field in the config's ``Attributes:`` docstring
-section and the config's default. Every option defaults to ``None`` (not given), so that
-``paper(dataset, ways, shots, **given)`` keeps the paper's value of what the user left out.
+``metakd train METHOD`` gets one option per config field (:func:`add_config_arguments`),
+typed from the field's annotation, with the field's help (its ``Attributes:`` entry, see
+:mod:`metakd.recipes.fields`) and the config's default. Every option defaults to ``None``
+(not given), so that ``paper(dataset, ways, shots, **given)`` keeps the paper's value of what
+the user left out. An original project's names of the same fields (MAML-Pytorch's
+``--update_lr``, the Meta-LSTM code's ``--n-shot``...) are declared once as :class:`Alias`
+tables (:mod:`metakd.recipes.originals`), from which the CLI's and the examples' options are
+generated (:func:`add_aliases`) and read back (:func:`option_values`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import re
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["OPTION_GROUPS", "KeyValueAction", "add_config_arguments", "field_docs",
-           "finish_help", "parse_value", "plain"]
+from metakd.recipes.fields import field_docs, plain, shown
 
-_ENTRY = re.compile(r"^(?P<names>[A-Za-z_][\w]*(?:\s*,\s*[A-Za-z_][\w]*)*)\s*(?:\([^)]*\))?:\s*(?P<text>.*)$")
-
-
-def field_docs(config_cls: type[Any]) -> dict[str, str]:
-    """``{field: text}`` from the ``Attributes:`` section of a Google-style class docstring.
-
-    An entry may name several fields (``ways, shots: episode shape``); continuation lines are
-    joined with spaces.
-
-    Example:
-        >>> class C:
-        ...     '''A config.
-        ...
-        ...     Attributes:
-        ...         lr: learning rate,
-        ...             of Adam.
-        ...         ways, shots: episode shape.
-        ...     '''
-        >>> field_docs(C)
-        {'lr': 'learning rate, of Adam.', 'ways': 'episode shape.', 'shots': 'episode shape.'}
-    """
-    lines = inspect.cleandoc(config_cls.__doc__ or "").splitlines()
-    out: dict[str, str] = {}
-    current: list[str] = []
-    indent: int | None = None
-    inside = False
-    for line in lines:
-        stripped = line.strip()
-        if not inside:
-            inside = stripped == "Attributes:"
-            continue
-        if not stripped:
-            continue
-        level = len(line) - len(line.lstrip())
-        if level == 0:  # the next section
-            break
-        match = _ENTRY.match(stripped)
-        if match and (indent is None or level <= indent):
-            indent = level
-            current = [n.strip() for n in match["names"].split(",")]
-            for n in current:
-                out[n] = match["text"].strip()
-        elif current:
-            for n in current:
-                out[n] = f"{out[n]} {stripped}".strip()
-    return out
+__all__ = ["OPTION_GROUPS", "Alias", "KeyValueAction", "add_aliases", "add_config_arguments",
+           "field_docs", "finish_help", "option_values", "parse_value", "plain"]
 
 
 def parse_value(raw: str) -> Any:
@@ -107,6 +65,48 @@ class KeyValueAction(argparse.Action):
         setattr(namespace, self.dest, found)
 
 
+@dataclass(frozen=True)
+class Alias:
+    """An original project's option for config fields: the same value under the original name.
+
+    Attributes:
+        flag: the option as the original scripts spell it (``"--update_lr"``).
+        fields: the config field it sets, or several (each takes the value).
+        default: the original script's default where the example keeps it; ``None``: the
+            config's own (its ``paper`` value).
+        note: what the original's option adds to the field's help (a unit, a scale).
+        choices: the values it takes (default: those of a ``Literal`` field).
+
+    Example:
+        >>> a = Alias("--n-eval", ("queries", "test_queries"))
+        >>> a.dest, a.fields
+        ('n_eval', ('queries', 'test_queries'))
+    """
+
+    flag: str
+    fields: tuple[str, ...] | str
+    default: Any = None
+    note: str = ""
+    choices: tuple[Any, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.flag.startswith("--"):
+            raise ValueError(f"alias {self.flag!r}: write the option with its dashes")
+        if isinstance(self.fields, str):
+            object.__setattr__(self, "fields", (self.fields,))
+
+    @property
+    def dest(self) -> str:
+        """The attribute the parsed option is stored under (the flag without dashes)."""
+        return self.flag.lstrip("-").replace("-", "_")
+
+    @property
+    def plain(self) -> bool:
+        """A new name of one field and nothing else (an extra spelling of its option)."""
+        return len(self.fields) == 1 and self.default is None and self.choices is None \
+            and not self.note
+
+
 def _unwrap_optional(tp: Any) -> Any:
     args = typing.get_args(tp)
     if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
@@ -123,14 +123,42 @@ def _default(f: dataclasses.Field[Any]) -> Any:
     return None
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type[Any],
-                         skip: Sequence[str] = ()) -> list[str]:
-    """Add one ``--field-name`` option per field of ``config_cls`` not in ``skip``.
+def _kind(tp: Any, store_true: bool = False) -> dict[str, Any] | None:
+    """``add_argument`` keywords of a field's type (``None``: not expressible)."""
+    tp = _unwrap_optional(tp)
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        return {"action": "store_true"} if store_true else \
+            {"action": argparse.BooleanOptionalAction}
+    if origin is Literal:
+        choices = list(typing.get_args(tp))
+        return {"choices": choices, "type": type(choices[0])}
+    if tp in (int, float, str):
+        return {"type": tp}
+    if tp is dict or origin is dict:
+        return {"action": KeyValueAction, "metavar": "KEY=VALUE"}
+    if origin in (list, tuple):
+        inner = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        return {"nargs": "+", "type": inner[0] if inner and inner[0] in (int, float, str)
+                else str}
+    return None
+
+
+def _help(text: str, default: Any) -> str:
+    return f"{text.rstrip('.')} (default: {shown(default)})".replace("%", "%%")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser | Any, config_cls: type[Any],
+                         skip: Sequence[str] = (), *, only: Sequence[str] | None = None,
+                         aliases: Iterable[Alias] = ()) -> list[str]:
+    """Add one ``--field-name`` option per field of ``config_cls`` (``only`` those, less ``skip``).
 
     ``bool`` fields get ``--x``/``--no-x``; ``Literal`` fields get their choices; ``int``,
     ``float`` and ``str`` fields (optional or not) their type; ``dict`` fields a repeatable
-    ``KEY=VALUE``; ``list``/``tuple`` fields one or more values. Fields of other types get no
-    option. Every option defaults to ``None``.
+    ``KEY=VALUE`` (a ``*_kwargs`` field also as ``--*-arg``); ``list``/``tuple`` fields one or
+    more values. Fields of other types get no option. Every option defaults to ``None``. Each
+    alias of ``aliases`` that only renames a field (:attr:`Alias.plain`) is another spelling
+    of its option; the others get options of their own (:func:`add_aliases`).
 
     Returns:
         The names of the fields that got an option.
@@ -146,41 +174,115 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_cls: type[Any],
         ...     lr: float = 0.1
         ...     schedule: Literal["constant", "cosine"] = "constant"
         >>> p = argparse.ArgumentParser()
-        >>> add_config_arguments(p, Cfg)
+        >>> add_config_arguments(p, Cfg, aliases=[Alias("--learning-rate", "lr")])
         ['lr', 'schedule']
-        >>> p.parse_args(["--lr", "0.5"])
+        >>> p.parse_args(["--learning-rate", "0.5"])
         Namespace(lr=0.5, schedule=None)
     """
     hints = typing.get_type_hints(config_cls)
     docs = field_docs(config_cls)
+    aliases = list(aliases)
+    spellings: dict[str, list[str]] = {}
+    for a in aliases:
+        if a.plain:
+            spellings.setdefault(a.fields[0], []).append(a.flag)
     added: list[str] = []
     for f in dataclasses.fields(config_cls):
-        if f.name in skip:
+        if f.name in skip or (only is not None and f.name not in only):
             continue
-        tp = _unwrap_optional(hints.get(f.name, str))
-        origin = typing.get_origin(tp)
-        default = _default(f)
-        text = docs.get(f.name, f.name.replace("_", " ")).rstrip(".")
-        help_text = f"{text} (default: {default})".replace("%", "%%")
-        flag = "--" + f.name.replace("_", "-")
-        kw: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text}
-        if tp is bool:
-            kw["action"] = argparse.BooleanOptionalAction
-        elif origin is Literal:
-            choices = list(typing.get_args(tp))
-            kw.update(choices=choices, type=type(choices[0]))
-        elif tp in (int, float, str):
-            kw["type"] = tp
-        elif tp is dict or origin is dict:
-            kw.update(action=KeyValueAction, metavar="KEY=VALUE")
-        elif origin in (list, tuple):
-            inner = [a for a in typing.get_args(tp) if a is not Ellipsis]
-            kw.update(nargs="+", type=inner[0] if inner and inner[0] in (int, float, str) else str)
-        else:
+        kw = _kind(hints.get(f.name, str))
+        if kw is None:
             continue  # not expressible on the command line
-        parser.add_argument(flag, **kw)
+        flags = ["--" + f.name.replace("_", "-")]
+        if f.name.endswith("_kwargs") and kw.get("action") is KeyValueAction:
+            flags.append("--" + f.name.removesuffix("_kwargs").replace("_", "-") + "-arg")
+        flags += spellings.get(f.name, [])
+        text = plain(docs.get(f.name, f.name.replace("_", " ")))
+        parser.add_argument(*flags, dest=f.name, default=None, help=_help(text, _default(f)),
+                            **kw)
         added.append(f.name)
+    own = [a for a in aliases if not a.plain or a.fields[0] not in added]
+    clash = [a.flag for a in own if a.dest in added and a.fields != (a.dest,)]
+    if clash:
+        raise ValueError(f"aliases {clash} would be stored under another field's name")
+    add_aliases(parser, config_cls, own)
     return added
+
+
+def add_aliases(parser: argparse.ArgumentParser | Any, config_cls: type[Any],
+                aliases: Iterable[Alias], reference: Any = None, *,
+                dashed: bool = False) -> None:
+    """Add an option per alias: typed as its first field, its help the field's and the
+    alias's note, its default the alias's (``None``: not given, the config's value).
+
+    ``bool`` fields get a flag (``store_true``). The option is stored under
+    :attr:`Alias.dest`; :func:`option_values` maps it onto the fields. Aliases that set the
+    same fields the same way are spellings of one option (stored under the first's ``dest``).
+    The help shows the alias's default, else ``reference``'s value of the field (a ``paper``
+    config; a text: that text), else "the paper's". With ``dashed``, ``--a_b`` is also
+    ``--a-b``.
+
+    Example:
+        >>> from metakd.recipes import MAMLConfig
+        >>> p = argparse.ArgumentParser()
+        >>> add_aliases(p, MAMLConfig, [Alias("--update_lr", "inner_lr"),
+        ...                             Alias("--k_qry", "queries", default=15)])
+        >>> p.parse_args(["--update_lr", "0.4"])
+        Namespace(update_lr=0.4, k_qry=15)
+    """
+    hints = typing.get_type_hints(config_cls)
+    docs = field_docs(config_cls)
+    groups: dict[tuple[Any, ...], list[Alias]] = {}
+    for a in aliases:  # spellings of the same thing share one option (the first one's dest)
+        key = (a.fields, repr(a.default), a.note, a.choices)
+        groups.setdefault(key, []).append(a)
+    for same in groups.values():
+        a = same[0]
+        field = a.fields[0]
+        kw = _kind(hints[field], store_true=True)
+        if kw is None:
+            raise TypeError(f"alias {a.flag}: field {field} has no command-line form")
+        if a.choices is not None:
+            kw["choices"] = list(a.choices)
+        text = " ".join(t for t in (docs.get(field, field).rstrip("."), a.note) if t)
+        if a.default is not None:
+            default: Any = a.default
+        elif isinstance(reference, str):
+            default = reference
+        elif reference is not None:
+            default = getattr(reference, field)
+        else:
+            default = "the paper's"
+        flags = [b.flag for b in same]
+        flags += [f.replace("_", "-") for f in flags if dashed and "_" in f]
+        parser.add_argument(*flags, dest=a.dest, default=a.default,
+                            help=_help(plain(text), default), **kw)
+
+
+def option_values(args: argparse.Namespace, config_cls: type[Any] | None = None,
+                  aliases: Iterable[Alias] = (), *,
+                  only: Sequence[str] | None = None) -> dict[str, Any]:
+    """``{field: value}`` of the options given (not ``None``): the aliases' (in table order, a
+    later one winning), then the fields' own options of ``config_cls`` (``only`` those; an
+    option of its own wins over an alias).
+
+    Example:
+        >>> from metakd.recipes import MetaLSTMConfig
+        >>> args = argparse.Namespace(n_eval=7, shots=None, ways=20)
+        >>> option_values(args, MetaLSTMConfig, [Alias("--n-eval", ("queries", "test_queries"))])
+        {'queries': 7, 'test_queries': 7, 'ways': 20}
+    """
+    out: dict[str, Any] = {}
+    for a in aliases:
+        value = getattr(args, a.dest, None)
+        if value is not None:
+            out.update(dict.fromkeys(a.fields, value))
+    if config_cls is not None:
+        for f in dataclasses.fields(config_cls):
+            value = getattr(args, f.name, None)
+            if value is not None and (only is None or f.name in only):
+                out[f.name] = value
+    return out
 
 
 OPTION_GROUPS: dict[str, tuple[str, ...]] = {
@@ -213,38 +315,12 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
 """The group of each option in ``metakd train METHOD --help``, by config field (or ``dest``);
 an option of no group is listed under the method's own options."""
 
-_MARKUP = [(re.compile(r":(?:func|class|meth|mod|data|attr):`~?([^`]+)`"), r"\1"),
-           (re.compile(r"``([^`]+)``"), r"\1"), (re.compile(r"`([^`]+)`"), r"\1")]
-
-
-def plain(text: str) -> str:
-    """Docstring markup out of a help text (``x``, :func:`x`, `x` become x).
-
-    Example:
-        >>> plain("``None``: the :func:`metakd.nn.create` default")
-        'None: the metakd.nn.create default'
-    """
-    for pattern, repl in _MARKUP:
-        text = pattern.sub(repl, text)
-    return text
-
-
 _DEFAULT = re.compile(r"\s*\(default[^()]*(?:\([^()]*\)[^()]*)*\)")
 
 
-def _shown(value: Any) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, (list, tuple)):
-        return " ".join(str(v) for v in value) or "none"
-    if isinstance(value, dict):
-        return ",".join(f"{k}={v}" for k, v in value.items()) or "none"
-    return str(value)
-
-
-def finish_help(parser: argparse.ArgumentParser, shown: Any, title: str) -> None:
+def finish_help(parser: argparse.ArgumentParser, config: Any, title: str) -> None:
     """Make ``parser``'s help show what runs: each config option's default is the value of
-    ``shown`` (the config ``paper(dataset, ways, shots)`` builds for the data set given), in
+    ``config`` (the config ``paper(dataset, ways, shots)`` builds for the data set given), in
     plain text, and the options are grouped by :data:`OPTION_GROUPS` (the rest under
     ``title``).
 
@@ -257,7 +333,7 @@ def finish_help(parser: argparse.ArgumentParser, shown: Any, title: str) -> None
         >>> [a.help for a in p._actions if a.dest == "inner_lr"]
         ['alpha (default: 0.4)']
     """
-    fields = {f.name for f in dataclasses.fields(shown)} if dataclasses.is_dataclass(shown) \
+    fields = {f.name for f in dataclasses.fields(config)} if dataclasses.is_dataclass(config) \
         else set()
     groups = {name: parser.add_argument_group(name) for name in OPTION_GROUPS}
     own = parser.add_argument_group(title)
@@ -271,7 +347,7 @@ def finish_help(parser: argparse.ArgumentParser, shown: Any, title: str) -> None
             if action.help and action.help is not argparse.SUPPRESS:
                 text = plain(action.help)
                 if action.dest in fields:
-                    value = _shown(getattr(shown, action.dest)).replace("%", "%%")
+                    value = shown(getattr(config, action.dest)).replace("%", "%%")
                     text = _DEFAULT.sub("", text).rstrip(". ") + f" (default: {value})"
                 action.help = text
             target = groups[where[action.dest]] if action.dest in where else own

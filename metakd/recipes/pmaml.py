@@ -14,28 +14,32 @@ resumed run continues its schedule.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-from metakd.recipes.maml import MAMLConfig, load_weights, schedule
-from metakd.recipes.maml import build as build_maml
+from metakd.recipes.fields import compose_doc
+from metakd.recipes.loops import InnerLoop, MetaAdam, schedule
+from metakd.recipes.maml import load_weights
+from metakd.recipes.parts import Backbone, EpisodeData, EpisodeSplits, RunSettings, create_backbone
 from metakd.recipes.registry import Parts, register
 
-__all__ = ["PMAMLConfig"]
+__all__ = ["PMAMLConfig", "meta_batch_interval"]
 
 log = logging.getLogger(__name__)
 
 
+@compose_doc
 @dataclass
-class PMAMLConfig(MAMLConfig):
+class PMAMLConfig(RunSettings, MetaAdam, InnerLoop, Backbone, EpisodeData):
     """A PMAML run: a MAML student with a frozen MAML teacher's outputs in its meta-objective.
 
-    Every field of :class:`metakd.recipes.MAMLConfig` (the student's MAML settings), and:
+    The student's data and MAML settings are the parts of :class:`metakd.recipes.MAMLConfig`
+    (without ``compile``: the student runs eager); PMAML's defaults for the outer loop's
+    ``weight_decay`` (5e-4) and ``lr_milestones`` (15,000, 30,000 and 45,000 tasks, PMAML's
+    ``--schedule``).
 
     Attributes:
         teacher: the teacher's run folder (a ``metakd train maml`` run); required to train.
@@ -57,9 +61,6 @@ class PMAMLConfig(MAMLConfig):
         teacher_inner_steps: the adapted teacher's steps (default: its run's
             ``test_inner_steps``).
 
-    and PMAML's defaults for MAML's ``weight_decay`` (5e-4) and ``lr_milestones`` (15,000,
-    30,000 and 45,000 tasks, PMAML's ``--schedule``).
-
     Example:
         >>> cfg = PMAMLConfig.paper("omniglot", ways=5, shots=1, teacher="runs/teacher")
         >>> cfg.model, cfg.inner_lr, cfg.meta_batch_size, cfg.steps, cfg.temperature
@@ -67,13 +68,13 @@ class PMAMLConfig(MAMLConfig):
     """
 
     teacher: str | None = None
-    teacher_checkpoint: str = "best"
+    teacher_checkpoint: Literal["best", "last"] = "best"
     distill: str = "pmaml"
     temperature: float = 10.0
     trade_lambda: float = 0.9
-    kd_reduction: str = "mean_elements"
+    kd_reduction: Literal["mean_elements", "batchmean"] = "mean_elements"
     schedule: str = "every"
-    inner_kd: str | None = None
+    inner_kd: Literal["every", "last"] | None = None
     teacher_adapt: bool = False
     teacher_inner_steps: int | None = None
     weight_decay: float = 5e-4
@@ -156,15 +157,15 @@ def build(cfg: PMAMLConfig) -> Parts:
     back for evaluation (``metakd eval``, :func:`metakd.recipes.load_run`) does not need it.
 
     Example:
-        >>> parts = build(PMAMLConfig(teacher="nowhere", meta_batch_size=2, test_tasks=2,
-        ...                           compile="off"))
+        >>> parts = build(PMAMLConfig(teacher="nowhere", meta_batch_size=2, test_tasks=2))
         >>> type(parts.learner).__name__, [n for n, _ in parts.learner.named_children()]
         ('PMAML', ['student'])
     """
     from metakd.distill import PMAML
 
-    base = build_maml(dataclasses.replace(cfg, compile="off"))
-    model = base.model
+    torch.manual_seed(cfg.seed)
+    data = EpisodeSplits(cfg, device=cfg.device)
+    model = create_backbone(cfg.model, data.channels, cfg.ways, **cfg.model_kwargs)
 
     def read_teacher() -> Any:  # PMAML calls it at the first step that distils
         from metakd.recipes.runs import load_run
@@ -184,37 +185,44 @@ def build(cfg: PMAMLConfig) -> Parts:
     ).to(cfg.device)
     optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.meta_lr,
                                  weight_decay=cfg.weight_decay)
-    return dataclasses.replace(base, learner=learner, optimizer=optimizer,
-                               scheduler=schedule(cfg, optimizer))
+    episodes = data.streams(cfg.meta_batch_size)
+    return Parts(learner=learner, model=model, train_data=episodes.train,
+                 val_data=episodes.val, test_data=episodes.test, optimizer=optimizer,
+                 scheduler=schedule(cfg, optimizer), clip_grad_value=cfg.clip_grad_value)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of ``metakd train pmaml``: MAML's, then the distillation's."""
-    from metakd.recipes.maml import add_arguments as maml_arguments
+def meta_batch_interval(episodes: Any, batch_tasks: int) -> tuple[Any, int]:
+    """PMAML's test interval: over the means of consecutive meta-batches of ``batch_tasks``.
 
-    maml_arguments(p)
-    p.add_argument("--teacher", help="the teacher's MAML run folder (required)")
-    p.add_argument("--teacher-checkpoint", choices=["best", "last"],
-                   help="which weights of the teacher's run (default: best)")
-    p.add_argument("--distill", help="distillation loss preset (default: pmaml: (1-lambda) CE "
-                                     "+ lambda T^2 KL / N)")
-    p.add_argument("--temperature", type=float, help="KD temperature T (default: 10)")
-    p.add_argument("--trade-lambda", type=float, help="KD weight lambda (default: 0.9)")
-    p.add_argument("--kd-reduction", choices=["mean_elements", "batchmean"],
-                   help="KL reduction (default: mean_elements, the official code's)")
-    p.add_argument("--schedule", help="meta-iterations with KD: every, last, none (the "
-                                      "no-distillation control) or a list '0,100,200' "
-                                      "(default: every)")
-    p.add_argument("--inner-kd", choices=["every", "last"],
-                   help="also distil in the inner loop, at every or the last inner step")
-    p.add_argument("--teacher-adapt", action="store_true", default=None,
-                   help="adapt the teacher on each support set before its query logits")
-    p.add_argument("--teacher-inner-steps", type=int,
-                   help="the adapted teacher's inner steps (default: its run's test steps)")
+    The official code reports the mean of the meta-batch means ± t_{0.975, n-1} SEM over the
+    n meta-batches (its ``Mean_confidence_interval``); metakd's own interval is over episodes.
+
+    Args:
+        episodes: the per-episode result (:class:`metakd.engine.EvalResult` with ``values``,
+            in test order, as :func:`metakd.engine.evaluate` and ``results.json`` keep them).
+        batch_tasks: tasks per test meta-batch (the last one may be shorter, as tested).
+
+    Returns:
+        ``(over_batches, n)``: the :class:`metakd.engine.EvalResult` over the batch means
+        and the number of meta-batches.
+
+    Example:
+        >>> from metakd.engine import mean_confidence_interval
+        >>> res, n = meta_batch_interval(mean_confidence_interval([1.0, 0.0, 1.0, 1.0]), 2)
+        >>> res.mean, n
+        (0.75, 2)
+    """
+    from metakd.engine import mean_confidence_interval
+
+    values = list(episodes.values or ())
+    if not values:
+        raise ValueError("the test result keeps no per-episode accuracies")
+    means = [sum(chunk) / len(chunk) for chunk in
+             (values[i:i + batch_tasks] for i in range(0, len(values), batch_tasks))]
+    return mean_confidence_interval(means), len(means)
 
 
 register("pmaml", PMAMLConfig, build,
          describe="PMAML (Zhang, Wang and Gai, ECAI 2020): a MAML student distilled from a "
                   "frozen MAML teacher (KD every / last meta-iteration, teacher adapted or not)",
-         title="PMAML", step_name="meta-iterations",
-         add_arguments=add_arguments, load_weights=load_weights, check=check)
+         title="PMAML", step_name="meta-iterations", load_weights=load_weights, check=check)

@@ -7,10 +7,12 @@ A *method* (MAML, PMAML, Meta-Transfer Learning, Meta-LSTM, Meta-Baseline...) is
   data set and episode shape. It has the fields the shared plumbing reads
   (:data:`REQUIRED_FIELDS`); everything else is the method's own.
 - a **build**: ``build(cfg) -> Parts``, the objects of a run (nothing trained yet).
-- optionally, command-line options (``add_arguments``; by default they are derived from the
-  config's fields and its ``Attributes:`` docstring) and ``load_weights``, which puts a run
-  folder's weights into a freshly built :class:`Parts` (by default ``load_state_dict``; MAML
-  replaces its head when a run is tested at another number of ways).
+- optionally, other names of its options (``aliases``: an original project's, see
+  :class:`metakd.recipes.options.Alias`; the options themselves are generated from the
+  config's fields and their ``Attributes:`` entries), ``add_arguments`` for options that are
+  not config fields, and ``load_weights``, which puts a run folder's weights into a freshly
+  built :class:`Parts` (by default ``load_state_dict``; MAML replaces its head when a run is
+  tested at another number of ways).
 
 :func:`metakd.recipes.run` trains any registered config; :func:`metakd.recipes.load_run` reads
 back any run folder, because its ``config.json`` names the method.
@@ -30,6 +32,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     from metakd.engine import EvalResult
+    from metakd.recipes.options import Alias
 
 __all__ = [
     "REQUIRED_FIELDS",
@@ -119,9 +122,11 @@ class Method:
         describe: one line for ``metakd methods`` and ``metakd train --help``.
         title: the display name (plot titles).
         step_name: what one training step is called in reports (``"meta-iterations"``).
-        add_arguments: ``add_arguments(parser)`` adding the method's own options of
-            ``metakd train NAME`` (each ``dest`` a config field, default ``None`` so that the
-            paper's value applies); ``None``: derived from the config's fields.
+        add_arguments: ``add_arguments(parser)`` adding options of ``metakd train NAME``
+            that are not config fields (every config field gets its option from
+            :func:`metakd.recipes.options.add_config_arguments`); ``None``: none.
+        aliases: other names of config fields on ``metakd train NAME`` (an original
+            project's, :class:`metakd.recipes.options.Alias`).
         load_weights: ``load_weights(parts, state_dict, trained_cfg, cfg)`` putting a run's
             weights into parts built from ``cfg`` (the trained config with overrides);
             ``None``: ``parts.learner.load_state_dict(state_dict)``.
@@ -139,6 +144,7 @@ class Method:
     title: str = ""
     step_name: str = "steps"
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    aliases: tuple[Alias, ...] = ()
     load_weights: LoadWeightsFn | None = None
     task: Callable[[Any], str] | None = None
     check: Callable[[Any], None] | None = None
@@ -178,6 +184,7 @@ def _check_config_cls(name: str, config_cls: type[Any]) -> None:
 def register(name: str, config_cls: type[Any], build: None = None, *, describe: str | None = None,
              title: str | None = None, step_name: str = "steps",
              add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+             aliases: Iterable[Alias] = (),
              load_weights: LoadWeightsFn | None = None,
              task: Callable[[Any], str] | None = None,
              check: Callable[[Any], None] | None = None,
@@ -188,6 +195,7 @@ def register(name: str, config_cls: type[Any], build: None = None, *, describe: 
 def register(name: str, config_cls: type[Any], build: Callable[[Any], Parts], *,
              describe: str | None = None, title: str | None = None, step_name: str = "steps",
              add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+             aliases: Iterable[Alias] = (),
              load_weights: LoadWeightsFn | None = None,
              task: Callable[[Any], str] | None = None,
              check: Callable[[Any], None] | None = None, replace: bool = False) -> Method: ...
@@ -202,6 +210,7 @@ def register(
     title: str | None = None,
     step_name: str = "steps",
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+    aliases: Iterable[Alias] = (),
     load_weights: LoadWeightsFn | None = None,
     task: Callable[[Any], str] | None = None,
     check: Callable[[Any], None] | None = None,
@@ -224,6 +233,7 @@ def register(
         title: display name; default ``name.upper()``.
         step_name: what a training step is called in reports.
         add_arguments: see :class:`Method`.
+        aliases: see :class:`Method`.
         load_weights: see :class:`Method`.
         task: see :class:`Method`.
         check: see :class:`Method`.
@@ -278,8 +288,8 @@ def register(
             name=name, config_cls=config_cls, build=fn,
             describe=describe if describe is not None else (doc.splitlines()[0] if doc else ""),
             title=title or name.upper(), step_name=step_name,
-            add_arguments=add_arguments, load_weights=load_weights, task=task,
-            check=check,
+            add_arguments=add_arguments, aliases=tuple(aliases), load_weights=load_weights,
+            task=task, check=check,
         )
         _METHODS[name] = method
         return method
