@@ -160,12 +160,15 @@ def test_an_unwritable_folder_is_refused_before_building(
     assert "is not writable" in err and not (tmp_path / "new").exists()
 
 
-def test_kill_9_during_a_checkpoint_write_keeps_the_previous_one(tmp_path: Path) -> None:
+def test_kill_9_during_a_checkpoint_write_keeps_the_previous_one(
+        tmp_path: Path, one_intra_op_thread: None) -> None:
     """The process dies (SIGKILL) half-way through writing its second last.pt: the first
     survives whole, and a resume finishes with the weights of a run never interrupted."""
     out = tmp_path / "run"
     script = textwrap.dedent(f"""
         import os, signal
+        import torch
+        torch.set_num_threads({torch.get_num_threads()})  # the same arithmetic as this process
         from metakd.engine import runfolder
         from metakd import cli
         real, seen = runfolder._write_temp, []
