@@ -1,4 +1,5 @@
-"""Key-seeded weights for the interop tests, and the writer of the MTL reference outputs.
+"""Key-seeded weights for the interop tests, the writer of the MTL reference outputs, and
+checkpoint files in Meta-Baseline's ``save_obj`` layout.
 
 Every value of a checkpoint written by these tests is a function of its key name and its
 position only (splitmix64 of ``crc32(key)`` and the index, integer arithmetic, so the same on
@@ -16,6 +17,13 @@ none of it::
 
 ``tests/test_interop_mtl.py`` rebuilds the same checkpoints from its own list of the original
 key names, converts them and compares its outputs with the file's.
+
+For ``yinboc/few-shot-meta-baseline`` and GDA (``zhiweihu1103/Logit-Distillation-GDA``, which
+keeps Meta-Baseline's training scripts), :func:`save_obj` builds the dict their
+``train_classifier.py`` / ``train_meta.py`` pass to ``torch.save``; :func:`fill`,
+:func:`probe`, :func:`random_state`, :func:`reference` and :func:`max_diff` are the weights,
+input and comparison ``tests/test_interop_meta_baseline.py`` and ``tests/test_interop_gda.py``
+check the converted networks with.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "mtl_pytorch_reference.json"
 ORIGINAL_COMMIT = "7f71fdd"
@@ -89,6 +98,91 @@ def summary(emb: torch.Tensor) -> dict[str, Any]:
     """What the fixture keeps of embeddings ``[B, 640]``."""
     return {"kept": [[float(v) for v in row[list(KEPT)]] for row in emb],
             "sum": [float(v) for v in emb.sum(1)], "sumsq": [float(v) for v in (emb**2).sum(1)]}
+
+
+# --- Meta-Baseline's save_obj layout (also GDA's few-shot code) --------------------------------
+def fill(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Deterministic float64 values for a state dict, by sorted key position.
+
+    The values the originals' outputs recorded in the interop tests were computed with.
+    """
+    out = {}
+    for i, k in enumerate(sorted(state)):
+        v = state[k]
+        if not v.is_floating_point():
+            out[k] = v
+            continue
+        t = torch.sin(torch.arange(v.numel(), dtype=torch.float64) * 0.37 + i).reshape(v.shape)
+        out[k] = 1.0 + 0.5 * t.abs() if k.endswith("running_var") else 0.1 * t
+    return out
+
+
+def probe() -> Tensor:
+    """The float64 input ``[2, 3, 16, 16]`` the originals' outputs were recorded on."""
+    return torch.cos(torch.arange(2 * 3 * 16 * 16, dtype=torch.float64) * 0.11).reshape(
+        2, 3, 16, 16)
+
+
+def random_state(net: nn.Module, seed: int) -> dict[str, Tensor]:
+    """float32 values (exact in float64) with non-trivial batch-norm statistics."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, v in net.state_dict().items():
+        if not v.is_floating_point():
+            out[k] = v.clone()
+        elif k.endswith("running_var"):
+            out[k] = 0.5 + torch.rand(v.shape, generator=g)
+        else:
+            out[k] = 0.2 * torch.randn(v.shape, generator=g)
+    return out
+
+
+def reference(arch: str, state: Mapping[str, Tensor], **kwargs: Any) -> nn.Module:
+    """metakd's ``arch`` with ``state`` loaded, in float64 ``eval()`` mode."""
+    import metakd.nn as mnn
+
+    net = mnn.create(arch, **kwargs)
+    net.load_state_dict(state)
+    return net.double().eval()
+
+
+def max_diff(a: nn.Module, b: nn.Module, x: Tensor) -> float:
+    """The largest absolute difference of two networks' float64 ``eval()`` outputs on ``x``."""
+    with torch.no_grad():
+        return float((a.double().eval()(x) - b.double().eval()(x)).abs().max())
+
+
+def optimizer_sd() -> dict[str, Any]:
+    """The state dict of an SGD optimiser (momentum, weight decay) after one step."""
+    p = nn.Parameter(torch.zeros(3))
+    opt = torch.optim.SGD([p], lr=0.1, momentum=0.9, weight_decay=5e-4)
+    p.grad = torch.ones(3)
+    opt.step()
+    return opt.state_dict()
+
+
+def save_obj(kind: str, encoder: str, model_sd: Mapping[str, Tensor], *, file: str,
+             config: Mapping[str, Any], epoch: int, **model_args: Any) -> dict[str, Any]:
+    """The dict Meta-Baseline's ``train_classifier.py`` / ``train_meta.py`` save.
+
+    Args:
+        kind: ``model`` of the file: ``"classifier"`` or ``"meta-baseline"``.
+        encoder: the encoder's name in the original's registry.
+        model_sd: ``model.state_dict()`` in the original's key names.
+        file: the script path the original records.
+        config: the YAML entries of ``config`` besides ``train_dataset``, ``model`` and
+            ``model_args``.
+        epoch: ``training["epoch"]``.
+        **model_args: ``model_args`` besides ``encoder`` and ``encoder_args``.
+    """
+    args = {"encoder": encoder, "encoder_args": {}, **model_args}
+    return {"file": file,
+            "config": {"train_dataset": "mini-imagenet", "model": kind, "model_args": args,
+                       **config},
+            "model": kind, "model_args": args, "model_sd": model_sd,
+            "training": {"epoch": epoch, "optimizer": "sgd",
+                         "optimizer_args": {"lr": 0.001, "weight_decay": 5e-4},
+                         "optimizer_sd": optimizer_sd()}}
 
 
 def _write(original: str) -> None:

@@ -8,14 +8,16 @@ How the hard-coded numbers were made, once, outside the repository: the zip was 
 ``Few-shot Learning/models/{models,resnet}.py`` were imported as a scratch package and every
 encoder its ``models`` registry holds was built, its parameters counted and its state-dict
 entries counted (:data:`GDA_ENCODERS`); the state dict of ``resnet12``, ``resnet12_bottle`` and
-``resnet36_bottle`` was filled by :func:`fill`, the network put in float64 ``eval()`` mode
-and run on :func:`probe` (:data:`GDA_OUTPUT_SUM`: the sum of its ``[2, 512]`` output).
+``resnet36_bottle`` was filled by :func:`interop_reference.fill`, the network put in float64
+``eval()`` mode and run on :func:`interop_reference.probe` (:data:`GDA_OUTPUT_SUM`: the sum of
+its ``[2, 512]`` output).
 ``Image Classification/custom_model/cifar/*.py`` were imported with a stub of timm's
 ``register_model``; each registered network was built with ``num_classes=100`` and its
 parameters and the sha256 of its sorted ``key:shape`` lines recorded (:data:`GDA_CIFAR`).
 
 The fixtures below are written in the originals' exact layouts: Meta-Baseline's ``save_obj``
-(kept by GDA's ``train_classifier.py`` / ``train_meta.py``) and timm 0.6's
+(kept by GDA's ``train_classifier.py`` / ``train_meta.py``; the writer is shared with
+``tests/test_interop_meta_baseline.py`` in ``tests/interop_reference.py``) and timm 0.6's
 ``CheckpointSaver`` dict with a real ``argparse.Namespace``.
 """
 
@@ -27,8 +29,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+import interop_reference
 import pytest
 import torch
+from interop_reference import fill, max_diff, optimizer_sd, probe, reference
 from torch import Tensor, nn
 
 import metakd.nn as mnn
@@ -73,68 +77,17 @@ GDA_CIFAR: dict[str, tuple[int, str]] = {
 }
 
 
-def fill(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Deterministic float64 values for a state dict, by sorted key position."""
-    out = {}
-    for i, k in enumerate(sorted(state)):
-        v = state[k]
-        if not v.is_floating_point():
-            out[k] = v
-            continue
-        t = torch.sin(torch.arange(v.numel(), dtype=torch.float64) * 0.37 + i).reshape(v.shape)
-        out[k] = 1.0 + 0.5 * t.abs() if k.endswith("running_var") else 0.1 * t
-    return out
-
-
-def probe() -> Tensor:
-    return torch.cos(torch.arange(2 * 3 * 16 * 16, dtype=torch.float64) * 0.11).reshape(
-        2, 3, 16, 16)
-
-
 def random_state(net: nn.Module) -> dict[str, Tensor]:
-    """float32 values (exact in float64) with non-trivial batch-norm statistics."""
-    g = torch.Generator().manual_seed(1)
-    out = {}
-    for k, v in net.state_dict().items():
-        if not v.is_floating_point():
-            out[k] = v.clone()
-        elif k.endswith("running_var"):
-            out[k] = 0.5 + torch.rand(v.shape, generator=g)
-        else:
-            out[k] = 0.2 * torch.randn(v.shape, generator=g)
-    return out
-
-
-def reference(arch: str, state: dict[str, Tensor], **kwargs: Any) -> nn.Module:
-    net = mnn.create(arch, **kwargs)
-    net.load_state_dict(state)
-    return net.double().eval()
-
-
-def max_diff(a: nn.Module, b: nn.Module, x: Tensor) -> float:
-    with torch.no_grad():
-        return float((a.double().eval()(x) - b.double().eval()(x)).abs().max())
-
-
-def optimizer_sd() -> dict[str, Any]:
-    p = nn.Parameter(torch.zeros(3))
-    opt = torch.optim.SGD([p], lr=0.1, momentum=0.9, weight_decay=5e-4)
-    p.grad = torch.ones(3)
-    opt.step()
-    return opt.state_dict()
+    return interop_reference.random_state(net, seed=1)
 
 
 def save_obj(kind: str, encoder: str, model_sd: dict[str, Tensor], *, config: dict[str, Any],
              **model_args: Any) -> dict[str, Any]:
     """GDA's train_classifier.py / train_meta.py ``save_obj`` (Meta-Baseline's layout)."""
-    args = {"encoder": encoder, "encoder_args": {}, **model_args}
-    return {"file": "train_meta.py" if kind == "meta-baseline" else "train_classifier.py",
-            "config": {"train_dataset": "mini-imagenet", "model": kind, "model_args": args,
-                       **config},
-            "model": kind, "model_args": args, "model_sd": model_sd,
-            "training": {"epoch": 20, "optimizer": "sgd",
-                         "optimizer_args": {"lr": 0.001, "weight_decay": 5e-4},
-                         "optimizer_sd": optimizer_sd()}}
+    return interop_reference.save_obj(
+        kind, encoder, model_sd,
+        file="train_meta.py" if kind == "meta-baseline" else "train_classifier.py",
+        config=config, epoch=20, **model_args)
 
 
 KD_CONFIG = {"teacher_model": "meta-baseline", "teacher_load": "classifier_mini-imagenet_"

@@ -4,10 +4,11 @@ Reference: ``yinboc/few-shot-meta-baseline`` at commit :data:`MB_COMMIT`. How th
 numbers were made, once, outside the repository: ``models/{models,resnet12,resnet}.py`` were
 imported as a scratch package; ``resnet12`` and ``resnet12-wide`` were built and their
 parameters counted (:data:`MB_PARAMS`; ``resnet18`` is torchvision's, 11,176,512); the state
-dict of ``resnet12`` was filled by :func:`fill`, the network run in float64 ``eval()`` mode on
-:func:`probe`, and the sum of its ``[2, 512]`` output recorded (:data:`MB_OUTPUT_SUM`). The
-fixtures are written in the layout of its ``train_classifier.py`` / ``train_meta.py``
-``save_obj``.
+dict of ``resnet12`` was filled by :func:`interop_reference.fill`, the network run in float64
+``eval()`` mode on :func:`interop_reference.probe`, and the sum of its ``[2, 512]`` output
+recorded (:data:`MB_OUTPUT_SUM`). The fixtures are written in the layout of its
+``train_classifier.py`` / ``train_meta.py`` ``save_obj`` (the writer, shared with
+``tests/test_interop_gda.py``, is in ``tests/interop_reference.py``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+import interop_reference
 import pytest
 import torch
+from interop_reference import fill, max_diff, probe, reference
 from torch import Tensor, nn
 
 import metakd.nn as mnn
@@ -32,65 +35,18 @@ MB_PARAMS = {"resnet12": 7_996_800, "resnet12-wide": 12_424_320}
 MB_OUTPUT_SUM = 17.901522492856373
 
 
-def fill(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Deterministic float64 values for a state dict, by sorted key position."""
-    out = {}
-    for i, k in enumerate(sorted(state)):
-        v = state[k]
-        if not v.is_floating_point():
-            out[k] = v
-            continue
-        t = torch.sin(torch.arange(v.numel(), dtype=torch.float64) * 0.37 + i).reshape(v.shape)
-        out[k] = 1.0 + 0.5 * t.abs() if k.endswith("running_var") else 0.1 * t
-    return out
-
-
-def probe() -> Tensor:
-    return torch.cos(torch.arange(2 * 3 * 16 * 16, dtype=torch.float64) * 0.11).reshape(
-        2, 3, 16, 16)
-
-
 def random_state(net: nn.Module) -> dict[str, Tensor]:
-    """float32 values (exact in float64) with non-trivial batch-norm statistics."""
-    g = torch.Generator().manual_seed(2)
-    out = {}
-    for k, v in net.state_dict().items():
-        if not v.is_floating_point():
-            out[k] = v.clone()
-        elif k.endswith("running_var"):
-            out[k] = 0.5 + torch.rand(v.shape, generator=g)
-        else:
-            out[k] = 0.2 * torch.randn(v.shape, generator=g)
-    return out
-
-
-def reference(arch: str, state: dict[str, Tensor], **kwargs: Any) -> nn.Module:
-    net = mnn.create(arch, **kwargs)
-    net.load_state_dict(state)
-    return net.double().eval()
-
-
-def max_diff(a: nn.Module, b: nn.Module, x: Tensor) -> float:
-    with torch.no_grad():
-        return float((a.double().eval()(x) - b.double().eval()(x)).abs().max())
+    return interop_reference.random_state(net, seed=2)
 
 
 def save_obj(kind: str, encoder: str, model_sd: dict[str, Tensor],
              **model_args: Any) -> dict[str, Any]:
     """Meta-Baseline's ``save_obj`` (train_classifier.py / train_meta.py)."""
-    args = {"encoder": encoder, "encoder_args": {}, **model_args}
-    p = nn.Parameter(torch.zeros(3))
-    opt = torch.optim.SGD([p], lr=0.1, momentum=0.9, weight_decay=5e-4)
-    p.grad = torch.ones(3)
-    opt.step()
-    return {"file": "/home/u/few-shot-meta-baseline/train_meta.py",
-            "config": {"train_dataset": "mini-imagenet", "model": kind, "model_args": args,
-                       "load_encoder": "./save/classifier_mini-imagenet_resnet12/epoch-last.pth",
-                       "n_way": 5, "n_shot": 1, "_parallel": True, "_gpu": "0,1"},
-            "model": kind, "model_args": args, "model_sd": model_sd,
-            "training": {"epoch": 17, "optimizer": "sgd",
-                         "optimizer_args": {"lr": 0.001, "weight_decay": 5e-4},
-                         "optimizer_sd": opt.state_dict()}}
+    return interop_reference.save_obj(
+        kind, encoder, model_sd, file="/home/u/few-shot-meta-baseline/train_meta.py",
+        config={"load_encoder": "./save/classifier_mini-imagenet_resnet12/epoch-last.pth",
+                "n_way": 5, "n_shot": 1, "_parallel": True, "_gpu": "0,1"},
+        epoch=17, **model_args)
 
 
 def encoder_sd(state: dict[str, Tensor]) -> dict[str, Tensor]:
