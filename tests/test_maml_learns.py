@@ -20,7 +20,7 @@ WAYS, SHOTS, QUERIES = 5, 1, 5
 STEPS, META_BATCH = 100, 8
 TEST_EPISODES = 100
 
-# Measured (issue 9, torch 2.14.1, one thread, on a 2-core machine at load 4-6: the fit took
+# Measured (2026-11-29, torch 2.14.1, one thread, on a 2-core machine at load 4-6: the fit took
 # 15-23 s, the whole test 26-29 s). This test: untrained 26.8 ± 2.0 %, trained 51.6 ± 2.7 %
 # (chance 20 %), the same on numpy 1.26 and 2.4. Other training seeds (0/1/2, same episodes):
 # trained 49.6 ± 2.7 / 53.8 ± 2.7 / 52.6 ± 2.7 % (interval low end 0.47-0.51), untrained

@@ -1,4 +1,5 @@
-"""The Meta-LSTM optimiser and meta-learner (issue 14): each claim against an independent
+"""The Meta-LSTM optimiser and meta-learner (Ravi & Larochelle, ICLR 2017, and the attention
+variant MLAL; spec ``meta-learning-spec.md`` §3.1-3.4, §3.9): each claim against an independent
 computation (hand-computed values, explicit float64 loops, finite differences)."""
 
 from __future__ import annotations

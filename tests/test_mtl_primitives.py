@@ -1,5 +1,5 @@
-"""Meta-Transfer Learning primitives: the ``mtl_tf``/``mtl_pytorch`` presets and the hard-task
-meta-batch (issue 13; spec ``meta-learning-spec.md`` §2.2, §2.3, §2.6)."""
+"""Meta-Transfer Learning primitives (Sun et al., CVPR 2019): the ``mtl_tf``/``mtl_pytorch``
+presets and the hard-task meta-batch (spec ``meta-learning-spec.md`` §2.2, §2.3, §2.6)."""
 
 from __future__ import annotations
 

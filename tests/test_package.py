@@ -21,7 +21,7 @@ from conftest import public_objects, public_packages
 import metakd
 
 OPTIONAL_HEAVY = ("learn2learn", "higher", "gym")
-# What a user needs from `import metakd` alone (issue 9, "Public surface").
+# The primitives a user needs from `import metakd` alone, without naming a sub-package.
 PRIMITIVES = ("MAMLWrapper", "few_shot", "Omniglot", "create", "fit", "evaluate")
 
 IMPORT_TIMES = """
@@ -46,7 +46,7 @@ def test_import_is_light() -> None:
     """`import metakd` adds under a second to `import torch` and imports no optional package.
 
     Median of 3 fresh interpreters. Measured on the 2-core dev machine (torch 2.14.1 CUDA
-    build on the CPU, issue 9, load 3-6): ``import torch`` 2.1-4.4 s, then ``import metakd``
+    build on the CPU, 2026-11-29, load 3-6): ``import torch`` 2.1-4.4 s, then ``import metakd``
     0.05-0.10 s (0.11 s with every sub-package), on numpy 1.26 and 2.4 alike.
     """
     runs = [json.loads(_run(IMPORT_TIMES).strip().splitlines()[-1]) for _ in range(3)]
