@@ -1,10 +1,15 @@
-"""The Meta-LSTM recipe, CLI options, example script and benchmark (issue 14), on tiny settings."""
+"""The Meta-LSTM recipe (Ravi & Larochelle, ICLR 2017; paper settings as in spec
+``meta-learning-spec.md`` §3.5), its CLI options, example script and benchmark, on tiny
+settings."""
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 from types import ModuleType
 
@@ -104,6 +109,50 @@ def test_example_train_then_test(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "Meta-LSTM test" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["--mode", "test"])
+
+
+# The options of markdtw/meta-learning-lstm-pytorch's scripts/{train,eval}_5s_5c.sh at commit
+# fcc68ba, in their order (the scripts' python call, less "python main.py").
+_SHARED_5S_5C = ["--n-shot", "5", "--n-eval", "15", "--n-class", "5", "--input-size", "4",
+                 "--hidden-size", "20", "--lr", "1e-3", "--episode", "50000", "--episode-val",
+                 "100", "--epoch", "8", "--batch-size", "25", "--image-size", "84",
+                 "--grad-clip", "0.25", "--bn-momentum", "0.95", "--bn-eps", "1e-3", "--data",
+                 "miniimagenet", "--data-root", "data/miniImagenet/", "--pin-mem", "True"]
+_ORIGINAL_5S_5C = {
+    "train_5s_5c.sh": ["--mode", "train", *_SHARED_5S_5C, "--log-freq", "50", "--val-freq",
+                       "1000"],
+    "eval_5s_5c.sh": ["--mode", "test", "--resume", "logs-719/ckpts/meta-learner-42000.pth.tar",
+                      *_SHARED_5S_5C, "--log-freq", "100"],
+}
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="the scripts are bash scripts")
+@pytest.mark.parametrize("script", sorted(_ORIGINAL_5S_5C))
+def test_scripts_run_the_original_command_lines(tmp_path: Path, script: str) -> None:
+    """A stand-in ``python`` records the arguments; they are the original's, then the extras,
+    and ``main.py`` reads them as the paper's 5-shot miniImageNet settings."""
+    stand_in = tmp_path / "bin" / "python"
+    stand_in.parent.mkdir()
+    stand_in.write_text('#!/bin/sh\nprintf \'%s\\n\' "$@" > "$ARGV_FILE"\n')
+    stand_in.chmod(0o755)
+    argv_file = tmp_path / "argv"
+    env = {**os.environ, "PATH": f"{stand_in.parent}{os.pathsep}{os.environ['PATH']}",
+           "ARGV_FILE": str(argv_file)}
+    path = ROOT / "examples" / "meta_lstm" / script
+    subprocess.run(["bash", str(path), "--seed", "719", "--out-dir", "a b"], env=env,
+                   cwd=tmp_path, check=True, timeout=60)
+    argv = argv_file.read_text().splitlines()
+    assert argv == [str(path.parent / "main.py"), *_ORIGINAL_5S_5C[script], "--seed", "719",
+                    "--out-dir", "a b"]
+    example = _example()
+    cfg = example.config(example.parser().parse_args([*argv[1:], "--device", "cpu"]))
+    paper = MetaLSTMConfig.paper("miniimagenet", shots=5)
+    same = ("ways", "shots", "queries", "test_queries", "meta_lr", "steps", "val_tasks",
+            "epochs", "batch_size", "image_size", "grad_clip", "bn_momentum", "bn_eps",
+            "hidden_size", "input_size", "val_every")
+    assert {f: getattr(cfg, f) for f in same} == {f: getattr(paper, f) for f in same}
+    assert (cfg.dataset, cfg.root, cfg.seed, cfg.out_dir) == (
+        "miniimagenet", "data/miniImagenet/", 719, "a b")
 
 
 @pytest.mark.slow  # about 15-60 s: the benchmark's whole pipeline on one seed
