@@ -261,16 +261,8 @@ def _add_debug(parser: argparse.ArgumentParser) -> None:
                         help="show the traceback of a failure instead of one line")
 
 
-def _build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
-    from metakd.recipes import methods
-
-    p = _Parser(prog="metakd", description="Few-shot meta-learning and distillation. Exit "
-                "status: 0 done, 2 usage, 3 data or input file, 4 training diverged, 5 disk or "
-                "device.")
-    p.add_argument("--debug", action="store_true",
-                   help="show the traceback of a failure instead of one line")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
+def _add_demo_parser(sub: Any) -> None:
+    """``metakd demo``: its budget, episode shape, network and run-folder options."""
     d = sub.add_parser("demo", help="a few minutes of MAML on the bundled Omniglot")
     d.add_argument("--out", default="runs/demo", help="run folder (default: %(default)s)")
     d.add_argument("--minutes", type=float, default=4.0,
@@ -294,6 +286,12 @@ def _build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     _add_debug(d)
     d.set_defaults(func=_demo)
 
+
+def _add_train_parsers(sub: Any, argv: Sequence[str]) -> None:
+    """``metakd train METHOD``: one sub-command per registered method (only the one ``argv``
+    names gets the help of the values it would run)."""
+    from metakd.recipes import methods
+
     t = sub.add_parser("train", help="train a registered method with the paper's settings",
                        description="Train a registered method with the paper's settings for "
                                    "the data set; `metakd train METHOD --help` lists its options.")
@@ -303,6 +301,9 @@ def _build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         _add_train_parser(per_method, method,
                           argv if method.name in argv[:3] else ())
 
+
+def _add_eval_parser(sub: Any) -> None:
+    """``metakd eval RUN_DIR``: the test episodes' settings that may differ from the run's."""
     e = sub.add_parser("eval", help="test a trained run (600 episodes, 95%% interval)",
                        description="Test a run folder of any method again, on its episode shape "
                                    "or another one; the result also goes to "
@@ -324,6 +325,9 @@ def _build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     _add_debug(e)
     e.set_defaults(func=_eval)
 
+
+def _add_convert_parser(sub: Any) -> None:
+    """``metakd convert SRC --to DEST``: the checkpoint, its format and the network to read."""
     c = sub.add_parser("convert", help="an original project's checkpoint as a metakd state dict "
                                        "or run folder",
                        description="Read an original project's checkpoint (weights only; "
@@ -342,6 +346,18 @@ def _build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     _add_debug(c)
     c.set_defaults(func=_convert)
 
+
+def _build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    p = _Parser(prog="metakd", description="Few-shot meta-learning and distillation. Exit "
+                "status: 0 done, 2 usage, 3 data or input file, 4 training diverged, 5 disk or "
+                "device.")
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of a failure instead of one line")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_demo_parser(sub)
+    _add_train_parsers(sub, argv)
+    _add_eval_parser(sub)
+    _add_convert_parser(sub)
     m = sub.add_parser("methods", help="list the registered methods")
     m.set_defaults(func=_methods)
     return p

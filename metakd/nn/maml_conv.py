@@ -21,6 +21,7 @@ default 5), with the BN default each one states; ``hidden`` sets the filters per
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
@@ -36,6 +37,61 @@ __all__ = [
     "maml_pytorch_miniimagenet",
     "maml_pytorch_omniglot",
 ]
+
+
+def _bn_config(name: str, kwargs: dict[str, Any], default: BatchNormConfig) -> BatchNormConfig:
+    """The BN options of ``kwargs`` (``default`` where not given); ``TypeError`` if anything
+    else is left in them."""
+    bn = pop_bn_kwargs(kwargs, default)
+    if kwargs:
+        raise TypeError(f"{name}: unexpected arguments {sorted(kwargs)}")
+    return bn
+
+
+def _side_after(side: int, kernel: int = 3, stride: int = 1, padding: int | str = 1,
+                pool: int | None = 2, pool_stride: int = 2, relu_first: bool = False) -> int:
+    """The feature-map side after one :func:`conv_block` of these keywords."""
+    if padding == "tf_same":
+        side = -(-side // stride)
+    else:
+        side = out_size(side, kernel, stride, int(padding))
+    return side if pool is None else out_size(side, pool, pool_stride, 0)
+
+
+def _conv_net(
+    name: str,
+    layout: Sequence[dict[str, Any]],
+    *,
+    in_channels: int,
+    hidden: int,
+    bn: BatchNormConfig,
+    head: HeadKind | None,
+    num_classes: int,
+    image_size: int | None = None,
+) -> ConvNet:
+    """A :class:`ConvNet` of one :func:`conv_block` of ``hidden`` filters per entry of
+    ``layout`` (its keywords; the first block takes ``in_channels``), named ``block1``...
+
+    ``image_size=None``: mean over H×W, ``hidden`` features; else the map is flattened and the
+    head sized from ``image_size`` (``ValueError`` from model ``name`` if the map is empty).
+    """
+    blocks = [
+        conv_block(in_channels if i == 0 else hidden, hidden, bn, **spec)
+        for i, spec in enumerate(layout)
+    ]
+    feature_dim = hidden
+    if image_size is not None:
+        side = image_size
+        for spec in layout:
+            side = _side_after(side, **spec)
+        feature_dim = hidden * check_size(side, name) ** 2
+    return ConvNet(
+        stack_blocks(blocks),
+        feature_dim=feature_dim,
+        embedding="gap" if image_size is None else "flatten",
+        head=make_head(head, feature_dim, num_classes),
+    )
+
 
 # ---------------------------------------------------------------------------------------------
 # cbfinn/maml (TF reference)
@@ -95,23 +151,12 @@ def maml_omniglot(
         >>> net(torch.randn(4, 1, 28, 28)).shape
         torch.Size([4, 20])
     """
-    bn = pop_bn_kwargs(kwargs, _TF_BN)
-    if kwargs:
-        raise TypeError(f"maml_omniglot: unexpected arguments {sorted(kwargs)}")
+    bn = _bn_config("maml_omniglot", kwargs, _TF_BN)
     if head_init not in ("normal", "xavier"):
         raise ValueError(f"maml_omniglot: head_init must be 'normal' or 'xavier', got {head_init!r}")
-    blocks = [
-        conv_block(
-            in_channels if i == 0 else hidden, hidden, bn, stride=2, padding="tf_same", pool=None
-        )
-        for i in range(4)
-    ]
-    net = ConvNet(
-        stack_blocks(blocks),
-        feature_dim=hidden,
-        embedding="gap",
-        head=make_head(head, hidden, num_classes),
-    )
+    layout = [{"stride": 2, "padding": "tf_same", "pool": None}] * 4
+    net = _conv_net("maml_omniglot", layout, in_channels=in_channels, hidden=hidden, bn=bn,
+                    head=head, num_classes=num_classes)
     _tf_init(net, head_std=1.0 if head_init == "normal" else None)
     return net
 
@@ -149,20 +194,10 @@ def maml_miniimagenet(
         >>> maml_miniimagenet()(torch.randn(2, 3, 84, 84)).shape
         torch.Size([2, 5])
     """
-    bn = pop_bn_kwargs(kwargs, _TF_BN)
-    if kwargs:
-        raise TypeError(f"maml_miniimagenet: unexpected arguments {sorted(kwargs)}")
-    blocks = [conv_block(in_channels if i == 0 else hidden, hidden, bn) for i in range(4)]
-    side = image_size
-    for _ in range(4):
-        side //= 2
-    feature_dim = hidden * check_size(side, "maml_miniimagenet") ** 2
-    net = ConvNet(
-        stack_blocks(blocks),
-        feature_dim=feature_dim,
-        embedding="flatten",
-        head=make_head(head, feature_dim, num_classes),
-    )
+    bn = _bn_config("maml_miniimagenet", kwargs, _TF_BN)
+    layout: list[dict[str, Any]] = [{}] * 4  # conv3x3 p1 (SAME at stride 1), maxpool 2
+    net = _conv_net("maml_miniimagenet", layout, in_channels=in_channels, hidden=hidden, bn=bn,
+                    head=head, num_classes=num_classes, image_size=image_size)
     _tf_init(net, head_std=None)
     return net
 
@@ -213,25 +248,13 @@ def maml_pytorch_omniglot(
         >>> maml_pytorch_omniglot()(torch.randn(2, 1, 28, 28)).shape
         torch.Size([2, 5])
     """
-    bn = pop_bn_kwargs(kwargs, _DRAGEN_BN)
-    if kwargs:
-        raise TypeError(f"maml_pytorch_omniglot: unexpected arguments {sorted(kwargs)}")
-    specs = [(3, 2), (3, 2), (3, 2), (2, 1)]  # (kernel, stride), all unpadded
-    blocks = []
-    side = image_size
-    for i, (k, s) in enumerate(specs):
-        c_in = in_channels if i == 0 else hidden
-        blocks.append(
-            conv_block(c_in, hidden, bn, kernel=k, stride=s, padding=0, pool=None, relu_first=True)
-        )
-        side = out_size(side, k, s, 0)
-    feature_dim = hidden * check_size(side, "maml_pytorch_omniglot") ** 2
-    net = ConvNet(
-        stack_blocks(blocks),
-        feature_dim=feature_dim,
-        embedding="flatten",
-        head=make_head(head, feature_dim, num_classes),
-    )
+    bn = _bn_config("maml_pytorch_omniglot", kwargs, _DRAGEN_BN)
+    layout = [
+        {"kernel": k, "stride": s, "padding": 0, "pool": None, "relu_first": True}
+        for k, s in [(3, 2), (3, 2), (3, 2), (2, 1)]
+    ]
+    net = _conv_net("maml_pytorch_omniglot", layout, in_channels=in_channels, hidden=hidden,
+                    bn=bn, head=head, num_classes=num_classes, image_size=image_size)
     _kaiming_init(net)
     return net
 
@@ -267,24 +290,12 @@ def maml_pytorch_miniimagenet(
         >>> maml_pytorch_miniimagenet()(torch.randn(2, 3, 84, 84)).shape
         torch.Size([2, 5])
     """
-    bn = pop_bn_kwargs(kwargs, _DRAGEN_BN)
-    if kwargs:
-        raise TypeError(f"maml_pytorch_miniimagenet: unexpected arguments {sorted(kwargs)}")
-    blocks = []
-    side = image_size
-    for i in range(4):
-        pool_stride = 1 if i == 3 else 2
-        c_in = in_channels if i == 0 else hidden
-        blocks.append(
-            conv_block(c_in, hidden, bn, padding=0, pool_stride=pool_stride, relu_first=True)
-        )
-        side = out_size(out_size(side, 3, 1, 0), 2, pool_stride, 0)
-    feature_dim = hidden * check_size(side, "maml_pytorch_miniimagenet") ** 2
-    net = ConvNet(
-        stack_blocks(blocks),
-        feature_dim=feature_dim,
-        embedding="flatten",
-        head=make_head(head, feature_dim, num_classes),
-    )
+    bn = _bn_config("maml_pytorch_miniimagenet", kwargs, _DRAGEN_BN)
+    layout = [
+        {"padding": 0, "pool_stride": 1 if i == 3 else 2, "relu_first": True} for i in range(4)
+    ]
+    net = _conv_net("maml_pytorch_miniimagenet", layout, in_channels=in_channels,
+                    hidden=hidden, bn=bn, head=head, num_classes=num_classes,
+                    image_size=image_size)
     _kaiming_init(net)
     return net

@@ -199,6 +199,45 @@ def _run(cfg: Any, progress: bool, resume: bool, method: str | None, checkpoint_
 
     from metakd.engine import init_distributed, shutdown_distributed
 
+    spec, out, resuming = _preflight(cfg, method, resume, override)
+    own_group = not (dist.is_available() and dist.is_initialized())
+    rank, world_size = init_distributed()  # torchrun: each rank takes a slice of every batch
+    if world_size > 1 and cfg.device == "cuda":
+        cfg = dataclasses.replace(cfg, device=f"cuda:{os.environ.get('LOCAL_RANK', 0)}")
+    parts = spec.build(cfg)
+    if resuming:  # the checkpoint must load before anything in the folder changes
+        check_checkpoint_fits(parts.learner, out / "last.pt")
+    steps = parts.steps if parts.steps is not None else cfg.steps
+    _warn_if_no_validation(spec, cfg, parts, steps)
+    fresh_groups = hyperparameters(parts.optimizer)
+    folder, created = _open_folder(spec, cfg, out, rank, resume, cuda)
+    on_resume = ((lambda: apply_hyperparameters(parts.optimizer, parts.scheduler, fresh_groups))
+                 if override else None)
+    pin = apply_cuda_settings(cuda, cfg.device)  # once, before the first step
+    try:
+        result = fit(parts.learner, parts.train_data, parts.optimizer, steps,
+                     loss_fn=parts.loss_fn, callbacks=parts.callbacks, val_data=parts.val_data,
+                     eval_fn=parts.eval_fn,
+                     val_every=cfg.val_every, scheduler=parts.scheduler,
+                     clip_grad_norm=parts.clip_grad_norm, clip_grad_value=parts.clip_grad_value,
+                     out_dir=folder, resume=resume, max_seconds=cfg.max_seconds,
+                     progress=progress, device=cfg.device, checkpoint_every=checkpoint_every,
+                     pin_memory=pin, on_resume=on_resume)
+    except BaseException:
+        if created and folder.commits == 0 and rank == 0:
+            shutil.rmtree(out, ignore_errors=True)  # made by this call, holding nothing yet
+        raise
+    if world_size > 1 and own_group:
+        shutdown_distributed()  # every rank is done training; leave the group together
+    if rank != 0:  # rank 0 alone tests and writes the results
+        return {"rank": rank, "steps": result.step, "stopped_early": result.stopped_early}
+    return _test_and_report(spec, cfg, parts, out, result, progress)
+
+
+def _preflight(cfg: Any, method: str | None, resume: bool,
+               override: bool) -> tuple[Method, Path, bool]:
+    """The method of ``cfg`` once everything that can be checked before the build is
+    (values, device, folder, the run to resume); its run folder; whether it resumes."""
     spec = get_method(method) if method is not None else method_of(cfg)
     if not isinstance(cfg, spec.config_cls):
         raise ValueError(f"method {spec.name!r} takes a {spec.config_cls.__name__}, "
@@ -215,20 +254,20 @@ def _run(cfg: Any, progress: bool, resume: bool, method: str | None, checkpoint_
     elif resume and (out / "config.json").is_file():
         log.warning("%s has no checkpoint (its run stopped before the first one): starting "
                     "over", out)
+    return spec, out, resuming
 
-    own_group = not (dist.is_available() and dist.is_initialized())
-    rank, world_size = init_distributed()  # torchrun: each rank takes a slice of every batch
-    if world_size > 1 and cfg.device == "cuda":
-        cfg = dataclasses.replace(cfg, device=f"cuda:{os.environ.get('LOCAL_RANK', 0)}")
-    parts = spec.build(cfg)
-    if resuming:  # the checkpoint must load before anything in the folder changes
-        check_checkpoint_fits(parts.learner, out / "last.pt")
-    steps_to_run = parts.steps if parts.steps is not None else cfg.steps
+
+def _warn_if_no_validation(spec: Method, cfg: Any, parts: Parts, steps: int) -> None:
     if parts.val_data is None and cfg.val_every != type(cfg)().val_every \
-            and 0 < cfg.val_every < steps_to_run:  # validations asked for, none possible
+            and 0 < cfg.val_every < steps:  # validations asked for, none possible
         log.warning("val_every=%s has no effect: this %s run has no validation data; the last "
                     "weights are tested", cfg.val_every, spec.name)
-    fresh_groups = hyperparameters(parts.optimizer)
+
+
+def _open_folder(spec: Method, cfg: Any, out: Path, rank: int, resume: bool,
+                 cuda: CudaSettings) -> tuple[RunFolder, bool]:
+    """The run folder, with ``config.json`` staged (rank 0), and whether this call made it
+    (a ``--fresh`` start moves the previous run aside first)."""
     created = not out.exists()
     if rank == 0 and not resume and out.is_dir() and any(out.iterdir()):
         log.warning("--fresh: the previous run in %s is kept as %s", out, move_aside(out))
@@ -239,29 +278,7 @@ def _run(cfg: Any, progress: bool, resume: bool, method: str | None, checkpoint_
                                                 VERSIONS_KEY: versions(),
                                                 RUNTIME_KEY: cuda.as_dict()}))
         folder.remove(("results.json", "learning_curve.png"))
-    steps = parts.steps if parts.steps is not None else cfg.steps
-    pin = apply_cuda_settings(cuda, cfg.device)  # once, before the first step
-    try:
-        result = fit(parts.learner, parts.train_data, parts.optimizer, steps,
-                     loss_fn=parts.loss_fn, callbacks=parts.callbacks, val_data=parts.val_data,
-                     eval_fn=parts.eval_fn,
-                     val_every=cfg.val_every, scheduler=parts.scheduler,
-                     clip_grad_norm=parts.clip_grad_norm, clip_grad_value=parts.clip_grad_value,
-                     out_dir=folder, resume=resume, max_seconds=cfg.max_seconds,
-                     progress=progress, device=cfg.device, checkpoint_every=checkpoint_every,
-                     pin_memory=pin,
-                     on_resume=(lambda: apply_hyperparameters(parts.optimizer, parts.scheduler,
-                                                              fresh_groups))
-                     if override else None)
-    except BaseException:
-        if created and folder.commits == 0 and rank == 0:
-            shutil.rmtree(out, ignore_errors=True)  # made by this call, holding nothing yet
-        raise
-    if world_size > 1 and own_group:
-        shutdown_distributed()  # every rank is done training; leave the group together
-    if rank != 0:  # rank 0 alone tests and writes the results
-        return {"rank": rank, "steps": result.step, "stopped_early": result.stopped_early}
-    return _test_and_report(spec, cfg, parts, out, result, progress)
+    return folder, created
 
 
 def _test_and_report(spec: Method, cfg: Any, parts: Parts, out: Path, result: Any,
