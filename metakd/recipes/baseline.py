@@ -21,7 +21,8 @@ Two registered methods, the two stages of ``yinboc/few-shot-meta-baseline`` as G
 Distillation (``distill``): ``kd`` (``T²·KL``), ``dkd``, ``aug_conf`` or ``adapt_conf``
 (W2S), each weighted by ``kd_weight`` on top of the cross-entropy, plus the GDA term when
 ``gda`` (``fisher_rao_weight``, ``sinkhorn_weight``, scaled by ``kd_weight`` as GDA's
-few-shot code does). The defaults are the values that effectively run in GDA's code (its
+few-shot code does; ``sinkhorn_reduction="mean"`` averages the Sinkhorn term over the rows
+instead of summing it). The defaults are the values that effectively run in GDA's code (its
 command-line defaults override its YAML files): ``T = 1``, λ_FR 0.1, λ_SK 0.0008 in stage 1
 and 0.1 in stage 2, DKD α 1 / β 0.5; see ``docs/concepts/baseline.md`` for what is fixed.
 """
@@ -121,6 +122,10 @@ class _BaselineBase:
             theta 8).
         guard: numerical guards of the Fisher-Rao term (the original has none).
         debias: the debiased Sinkhorn term (zero when student equals teacher).
+        sinkhorn_reduction: sum (GDA's code: the Sinkhorn term summed over the batch's rows,
+            so it grows with the minibatch in stage 1 and with the queries of a step's
+            episodes in stage 2, 300 rows on miniImageNet) or mean (averaged per row: one
+            sinkhorn_weight fits every batch size).
     """
 
     dataset: str = "miniimagenet"
@@ -159,6 +164,7 @@ class _BaselineBase:
     conf_clamp: bool = True
     guard: bool = True
     debias: bool = True
+    sinkhorn_reduction: Literal["sum", "mean"] = "sum"
 
     @classmethod
     def _paper(cls, table: dict[str, dict[str, Any]], dataset: str, ways: int, shots: int,

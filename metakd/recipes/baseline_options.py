@@ -273,14 +273,50 @@ def from_original(config: Mapping[str, Any], stage: str, *, res_type: str | None
     c = dict(config)
     raw_ds = str(c.get("train_dataset", "mini-imagenet"))
     dataset = dataset_name(raw_ds)
+    f, encoder, token = _model_fields(c, res_type, root)
+    arch = f["arch"]
+    _optimizer_fields(c, f)
+    if stage == "classifier":
+        shots = _classifier_fields(c, f)
+    else:
+        shots = _meta_fields(c, f, encoder, token, out_root)
+    teacher_name = ""
+    if c.get("teacher_load"):
+        teacher_name = _teacher_fields(c, f, encoder, raw_ds, teacher_res_type,
+                                       teacher_meta_model, out_root)
+    cls = ClassifierBaselineConfig if stage == "classifier" else MetaBaselineConfig
+    names = {fd.name for fd in dataclasses.fields(cls)}
+    f.update({k: v for k, v in c.items() if k in names and k not in f})  # metakd's own keys
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    f.update(given)
+    if name is None:
+        own = token if f["arch"] == arch else f["arch"]  # the encoder, unless overridden
+        name = _run_name(stage, raw_ds, own, shots) + teacher_name
+    if tag:
+        name += f"_{tag}"
+    f.setdefault("out_dir", str(Path(out_root) / name))
+    ways = int(f.pop("ways", 5))
+    shots = int(f.pop("shots", shots))
+    return cls.paper(dataset, ways=ways, shots=shots, **f)
+
+
+def _model_fields(c: Mapping[str, Any], res_type: str | None, root: str | None
+                  ) -> tuple[dict[str, Any], str, str]:
+    """The fields of the student's encoder (``arch``, ``model_kwargs``) and ``root``; also
+    the YAML's encoder name and the run-name token of the encoder."""
     model_args = dict(c.get("model_args") or {})
     encoder = str(model_args.get("encoder", "resnet12"))
     arch, arch_kwargs, token = (encoder_arch(res_type, res_type=True) if res_type
                                 else encoder_arch(encoder))
-    opt = dict(c.get("optimizer_args") or {})
     f: dict[str, Any] = {"arch": arch, "root": root}
     if model_args.get("encoder_args") or arch_kwargs:
         f["model_kwargs"] = {**arch_kwargs, **dict(model_args.get("encoder_args") or {})}
+    return f, encoder, token
+
+
+def _optimizer_fields(c: Mapping[str, Any], f: dict[str, Any]) -> None:
+    """The epochs, batch size and SGD settings of the file into ``f`` (SGD only)."""
+    opt = dict(c.get("optimizer_args") or {})
     for key, field_ in (("max_epoch", "epochs"), ("batch_size", "batch_size")):
         if key in c:
             f[field_] = c[key]
@@ -289,61 +325,63 @@ def from_original(config: Mapping[str, Any], stage: str, *, res_type: str | None
             f[key] = opt[key]
     if c.get("optimizer", "sgd") != "sgd":
         raise ValueError(f"optimizer {c['optimizer']!r}: the recipes use SGD (as the original)")
+
+
+def _classifier_fields(c: Mapping[str, Any], f: dict[str, Any]) -> int:
+    """``train_classifier.py``'s keys into ``f``; the shots of its run name (1)."""
     train_args = dict(c.get("train_dataset_args") or {})
-    if stage == "classifier":
-        f["augment"] = train_args.get("augment")
-        if "val_dataset_args" in c:
-            f["val_split"] = dict(c["val_dataset_args"]).get("split")
-        if "eval_fs_epoch" in c:
-            f["fs_every"] = c["eval_fs_epoch"]
-        shots = 1
-    else:
-        for key, field_ in (("n_way", "ways"), ("n_shot", "shots"), ("n_query", "queries"),
-                            ("train_batches", "train_batches"),
-                            ("ep_per_batch", "meta_batch_size"), ("freeze_bn", "freeze_bn")):
-            if key in c:
-                f[field_] = c[key]
-        if c.get("load_encoder"):
-            path = _replace_arch(str(c["load_encoder"]), encoder, token)
-            f["pretrained"], f["pretrained_checkpoint"] = run_folder(path, out_root)
-        shots = int(f.get("shots", 1))
-    teacher_name = ""
-    if c.get("teacher_load"):
-        t_args = dict(c.get("teacher_model_args") or {})
-        t_encoder = str(t_args.get("encoder", encoder))
-        t_arch, _, t_token = (encoder_arch(teacher_res_type, res_type=True)
-                              if teacher_res_type else encoder_arch(t_encoder))
-        path = _replace_arch(str(c["teacher_load"]), t_encoder, t_token)
-        if teacher_meta_model:
-            path = path.replace(f"classifier_{raw_ds}_", f"meta_{raw_ds}-1shot_meta-baseline-")
-        f["teacher"], f["teacher_checkpoint"] = run_folder(path, out_root)
-        f["teacher_arch"] = t_arch
-        kd = dict(c.get("kd_loss_config") or {"loss_type": "kd"})
-        loss_type = str(kd.get("loss_type", "kd"))
-        if loss_type not in LOSS_TYPES:
-            raise ValueError(f"kd_loss_config.loss_type={loss_type!r} is unknown; use one of "
-                             f"{sorted(LOSS_TYPES)}")
-        f["distill"], f["gda"] = LOSS_TYPES[loss_type]
-        for key, field_ in _KD_KEYS.items():
-            if key in kd:
-                f[field_] = kd[key]
-        teacher_name = (f"_kd-{loss_type}-{t_token}"
-                        + ("-meta_teacher" if teacher_meta_model else ""))
-    cls = ClassifierBaselineConfig if stage == "classifier" else MetaBaselineConfig
-    names = {fd.name for fd in dataclasses.fields(cls)}
-    f.update({k: v for k, v in c.items() if k in names and k not in f})  # metakd's own keys
-    given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    f.update(given)
-    if name is None:
-        own = token if f["arch"] == arch else f["arch"]
-        name = (f"classifier_{raw_ds}_{own}" if stage == "classifier"
-                else f"meta_{raw_ds}-{shots}shot_meta-baseline-{own}") + teacher_name
-    if tag:
-        name += f"_{tag}"
-    f.setdefault("out_dir", str(Path(out_root) / name))
-    ways = int(f.pop("ways", 5))
-    shots = int(f.pop("shots", shots))
-    return cls.paper(dataset, ways=ways, shots=shots, **f)
+    f["augment"] = train_args.get("augment")
+    if "val_dataset_args" in c:
+        f["val_split"] = dict(c["val_dataset_args"]).get("split")
+    if "eval_fs_epoch" in c:
+        f["fs_every"] = c["eval_fs_epoch"]
+    return 1
+
+
+def _meta_fields(c: Mapping[str, Any], f: dict[str, Any], encoder: str, token: str,
+                 out_root: str | os.PathLike[str]) -> int:
+    """``train_meta.py``'s episode keys and ``load_encoder`` into ``f``; the shots."""
+    for key, field_ in (("n_way", "ways"), ("n_shot", "shots"), ("n_query", "queries"),
+                        ("train_batches", "train_batches"),
+                        ("ep_per_batch", "meta_batch_size"), ("freeze_bn", "freeze_bn")):
+        if key in c:
+            f[field_] = c[key]
+    if c.get("load_encoder"):
+        path = _replace_arch(str(c["load_encoder"]), encoder, token)
+        f["pretrained"], f["pretrained_checkpoint"] = run_folder(path, out_root)
+    return int(f.get("shots", 1))
+
+
+def _teacher_fields(c: Mapping[str, Any], f: dict[str, Any], encoder: str, raw_ds: str,
+                    teacher_res_type: str | None, teacher_meta_model: bool,
+                    out_root: str | os.PathLike[str]) -> str:
+    """``teacher_load`` and ``kd_loss_config`` into ``f``; the teacher's part of the run
+    name (``_kd-<loss_type>-<teacher>``)."""
+    t_args = dict(c.get("teacher_model_args") or {})
+    t_encoder = str(t_args.get("encoder", encoder))
+    t_arch, _, t_token = (encoder_arch(teacher_res_type, res_type=True)
+                          if teacher_res_type else encoder_arch(t_encoder))
+    path = _replace_arch(str(c["teacher_load"]), t_encoder, t_token)
+    if teacher_meta_model:
+        path = path.replace(f"classifier_{raw_ds}_", f"meta_{raw_ds}-1shot_meta-baseline-")
+    f["teacher"], f["teacher_checkpoint"] = run_folder(path, out_root)
+    f["teacher_arch"] = t_arch
+    kd = dict(c.get("kd_loss_config") or {"loss_type": "kd"})
+    loss_type = str(kd.get("loss_type", "kd"))
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"kd_loss_config.loss_type={loss_type!r} is unknown; use one of "
+                         f"{sorted(LOSS_TYPES)}")
+    f["distill"], f["gda"] = LOSS_TYPES[loss_type]
+    for key, field_ in _KD_KEYS.items():
+        if key in kd:
+            f[field_] = kd[key]
+    return f"_kd-{loss_type}-{t_token}" + ("-meta_teacher" if teacher_meta_model else "")
+
+
+def _run_name(stage: str, raw_ds: str, encoder: str, shots: int) -> str:
+    """The original's run-folder name of a stage, with metakd's encoder name."""
+    return (f"classifier_{raw_ds}_{encoder}" if stage == "classifier"
+            else f"meta_{raw_ds}-{shots}shot_meta-baseline-{encoder}")
 
 
 def launch_gpus(gpu: str | None, argv: Sequence[str] | None = None) -> str:

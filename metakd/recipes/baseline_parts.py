@@ -59,7 +59,8 @@ def make_loss(cfg: Any, steps_per_epoch: int | None = None) -> Any:
                                epochs=cfg.epochs, weight=w))
     if cfg.gda:
         terms.append(GDA(cfg.fisher_rao_weight, cfg.sinkhorn_weight, guard=cfg.guard,
-                         debias=cfg.debias, weight=w))
+                         debias=cfg.debias, weight=w,
+                         sinkhorn_reduction=cfg.sinkhorn_reduction))
     return DistillLoss(terms, ce_weight=1.0)
 
 

@@ -306,6 +306,7 @@ OPTION_GROUPS: dict[str, tuple[str, ...]] = {
                      "temperature", "trade_lambda", "kd_reduction", "schedule", "inner_kd",
                      "teacher_adapt", "teacher_inner_steps", "ce_weight", "kd_weight",
                      "dkd_alpha", "dkd_beta", "fisher_rao_weight", "sinkhorn_weight",
+                     "sinkhorn_reduction",
                      "threshold", "conf_clamp", "guard", "debias", "teacher_temperature"),
     "run": ("val_every", "val_tasks", "test_tasks", "test_seed", "fs_every", "fs_tasks", "seed",
             "out_dir", "max_seconds", "device", "backend", "compile", "amp", "channels_last",
