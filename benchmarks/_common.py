@@ -14,6 +14,9 @@ its ``main`` is then::
 The last line printed is the result as one JSON object; with ``--out`` (or by default, except
 with ``--quick``) the result is also written to ``benchmarks/results/NAME_cpu.json`` and every
 logged line to ``NAME_cpu.log`` beside it.
+
+A result states its training budget next to the paper's (:func:`budget`, with
+:func:`episodes_seen` for the episodic part), computed from the run's config.
 """
 
 from __future__ import annotations
@@ -127,3 +130,49 @@ def paired(name: str, d: Mapping[str, Any]) -> str:
 def paired_list(diffs: Mapping[str, Mapping[str, Any]], sep: str = ", ") -> str:
     """Every paired difference of ``diffs`` formatted by :func:`paired`."""
     return sep.join(paired(k, d) for k, d in diffs.items())
+
+
+def episodes_seen(tasks: int, ways: int, shots: int, queries: int) -> dict[str, int]:
+    """The episodic part of a training budget: ``tasks`` episodes of ``ways`` x (``shots`` +
+    ``queries``) images each.
+
+    Example:
+        >>> episodes_seen(480, 5, 1, 10)
+        {'tasks': 480, 'images_per_task': 55, 'task_images': 26400}
+    """
+    per = ways * (shots + queries)
+    return {"tasks": tasks, "images_per_task": per, "task_images": tasks * per}
+
+
+SHARED = ("tasks", "task_images", "pretraining_images", "images")
+"""The budget counts whose run-to-paper ratio :func:`budget` reports."""
+
+
+def budget(run: Mapping[str, Any], paper: Mapping[str, Any], paper_source: str
+           ) -> dict[str, Any]:
+    """A run's training budget next to the paper's, and the run's share of each count.
+
+    ``run`` and ``paper`` hold counts such as ``tasks`` (training episodes), ``task_images``
+    (their images), ``pretraining_images`` and any detail (epochs, steps). ``images`` (every
+    image seen in training, pre-training included) is added to each that counts images and
+    does not give it; ``fraction_of_paper`` divides each count of :data:`SHARED` that both
+    hold.
+
+    Example:
+        >>> b = budget({"tasks": 480, "task_images": 26400},
+        ...            {"tasks": 16000, "task_images": 1280000}, "spec")
+        >>> b["run"]["images"], b["fraction_of_paper"]["tasks"]
+        (26400, 0.03)
+    """
+    def total(counts: Mapping[str, Any]) -> dict[str, Any]:
+        out = dict(counts)
+        parts = [out[k] for k in ("task_images", "pretraining_images") if k in out]
+        if parts:
+            out.setdefault("images", int(sum(parts)))
+        return out
+
+    mine, theirs = total(run), total(paper)
+    share = {k: float(f"{mine[k] / theirs[k]:.6g}") for k in SHARED
+             if mine.get(k) is not None and theirs.get(k)}
+    return {"run": mine, "paper": {**theirs, "source": paper_source},
+            "fraction_of_paper": share}

@@ -1,6 +1,6 @@
 """Meta-LSTM (and MLAL's attention variant) against MAML on the bundled Omniglot at 28 px.
 
-Per seed and shot setting (5-way 1-shot and 5-shot), three arms train for the **same
+Per seed and shot setting (5-way 1-shot and 5-shot), four arms train for the **same
 compute time** (``train_seconds`` each, one thread) on the same learner architecture, the
 PMAML/MAML Conv-4 with 32 filters and a flattened 32-d embedding (``conv4``, ``hidden=32``,
 ``head="flatten"``: 28,485 parameters at 5 ways), through :func:`metakd.recipes.run`:
@@ -13,6 +13,8 @@ PMAML/MAML Conv-4 with 32 filters and a flattened 32-d embedding (``conv4``, ``h
   16 epochs of 25, self-attention over the LSTM states sized from the learner, the
   cross-attention front end on each image itself: no query image or label read while
   adapting);
+* ``meta_lstm_attention_softmax``: the same with ``attention_softmax=True``, the softmax over
+  the attention scores that MLAL's code defines but never applies;
 * ``maml``: :class:`metakd.recipes.MAMLConfig`, second order, one inner step of 0.4 in
   training and three at test on the mean support cross-entropy, meta-batch 4, Adam 1e-3,
   transductive batch norm (MAML's usual protocol).
@@ -32,15 +34,17 @@ on 5 query images per class. Every model is scored on its last weights (the bund
 validation split) on one fixed set of held-out episodes per shot setting (3 held-out alphabets x
 4 rotations, 15 queries per class, seeded by ``test_seed``, the same for every arm and seed):
 mean accuracy with a Student-t 95% interval over episodes per seed, the mean over seeds with a
-t-interval over seeds, and paired differences (``meta_lstm - maml``,
-``meta_lstm_attention - maml``, ``meta_lstm_attention - meta_lstm``): per seed over the shared
-episodes (:func:`metakd.engine.paired_difference`), pooled over seeds.
+t-interval over seeds, and paired differences (each attention arm minus ``meta_lstm`` and
+minus ``maml``, ``meta_lstm - maml``, and the softmax arm minus the arm without it): per seed
+over the shared episodes (:func:`metakd.engine.paired_difference`), pooled over seeds.
 
-    .venv/bin/python -m benchmarks.meta_lstm_omniglot            # the full run (~30 min)
-    .venv/bin/python -m benchmarks.meta_lstm_omniglot --quick    # a smoke run (1-2 minutes)
+    .venv/bin/python -m benchmarks.meta_lstm_omniglot            # the full run (~45 min)
+    .venv/bin/python -m benchmarks.meta_lstm_omniglot --quick    # a smoke run (2-3 minutes)
 
 The last line of output is one JSON object; without ``--quick`` it is also written to
 ``--out`` (default ``benchmarks/results/meta_lstm_omniglot_cpu.json``), the log next to it.
+The JSON states each arm's training budget (episodes and their images) next to its paper's
+(``budget``).
 """
 
 from __future__ import annotations
@@ -58,7 +62,9 @@ from typing import Any
 import torch
 
 from benchmarks._common import (
+    budget,
     configure,
+    episodes_seen,
     finish,
     log_config,
     output,
@@ -73,12 +79,28 @@ RESULTS = Path(__file__).resolve().parent / "results"
 WAYS = 5
 IMAGE_SIZE = 28
 ROTATIONS = (0, 90, 180, 270)
-ARMS = ("meta_lstm", "meta_lstm_attention", "maml")
-#: Arms that ``--arms`` may add: MLAL with the softmax its code defines but never applies.
-EXTRA_ARMS = ("meta_lstm_attention_softmax",)
+#: The arms; ``meta_lstm_attention_softmax`` is MLAL with the softmax its code defines but
+#: never applies.
+ARMS = ("meta_lstm", "meta_lstm_attention", "meta_lstm_attention_softmax", "maml")
 PAIRS = (("meta_lstm", "maml"), ("meta_lstm_attention", "maml"),
          ("meta_lstm_attention", "meta_lstm"), ("meta_lstm_attention_softmax", "maml"),
+         ("meta_lstm_attention_softmax", "meta_lstm"),
          ("meta_lstm_attention_softmax", "meta_lstm_attention"))
+#: Each arm's paper budget in training episodes per shot setting, with its query images per
+#: class (meta-learning spec: Meta-LSTM 3.5, 75,000 1-shot and 50,000 5-shot episodes; MLAL's
+#: scripts 3.9, 50,000; MAML 1.2, Omniglot 5-way: 60,000 meta-iterations of 32 tasks, whose
+#: query count the spec does not fix).
+PAPER_EPISODES: dict[str, tuple[dict[int, int], int | None, str]] = {
+    "meta_lstm": ({1: 75_000, 5: 50_000}, 15,
+                  "Meta-LSTM, miniImageNet 5-way (meta-learning spec 3.5): 75,000 1-shot / "
+                  "50,000 5-shot episodes of 5 x (K + 15) images"),
+    "meta_lstm_attention": ({1: 50_000, 5: 50_000}, 15,
+                            "MLAL's scripts, miniImageNet 5-way (meta-learning spec 3.9): 50,000 "
+                            "episodes of 5 x (K + 15) images"),
+    "maml": ({1: 60_000 * 32, 5: 60_000 * 32}, None,
+             "MAML, Omniglot 5-way (meta-learning spec 1.2): 60,000 meta-iterations of 32 tasks"),
+}
+PAPER_EPISODES["meta_lstm_attention_softmax"] = PAPER_EPISODES["meta_lstm_attention"]
 LEARNER = {"hidden": 32, "head": "flatten"}
 
 
@@ -91,7 +113,7 @@ class Config:
     seeds: tuple[int, ...] = (0, 1, 2)
     #: Seconds of meta-training per arm (one thread, on the shared 2-core CPU). Sized from a
     #: timing run: a Meta-LSTM test episode took 0.7 s (0.45 s with attention), MAML's 0.05-0.1
-    #: s, so 3 seeds x 2 shot settings x (3 x 40 s + tests of 100 episodes) is about 27 min.
+    #: s, so 3 seeds x 2 shot settings x (4 x 60 s + tests of 100 episodes) is about 45 min.
     train_seconds: float = 60.0
     #: Meta-iterations of the timing run per arm (a multiple of 10, at least 20): the
     #: iterations after the 10th are timed.
@@ -182,9 +204,9 @@ def run(cfg: Config, log: Callable[[str], None] = print,
     try:
         episodes = {k: heldout_episodes(cfg, k) for k in cfg.shots}
         arms = tuple(cfg.arms)
-        unknown = [a for a in arms if a not in ARMS + EXTRA_ARMS]
+        unknown = [a for a in arms if a not in ARMS]
         if unknown:
-            raise ValueError(f"unknown arms {unknown}; choose from {ARMS + EXTRA_ARMS}")
+            raise ValueError(f"unknown arms {unknown}; choose from {ARMS}")
         pairs = [(a, b) for a, b in PAIRS if a in arms and b in arms]
         log(f"{len(arms)} arms x {len(cfg.seeds)} seeds x shots {list(cfg.shots)}: "
             f"{cfg.train_seconds:g} s of meta-training each; test: {cfg.test_tasks} fixed "
@@ -214,7 +236,7 @@ def run(cfg: Config, log: Callable[[str], None] = print,
                         {"seed": seed, "accuracy": r.mean, "ci95": r.ci95,
                          "episodes": r.episodes, "steps": res["steps"],
                          "run_s": round(secs, 1), "test_s": round(time.perf_counter() - t1, 1)})
-                    log(f"{shots}-shot seed {seed} {arm:20s} {r} ({res['steps']} "
+                    log(f"{shots}-shot seed {seed} {arm:27s} {r} ({res['steps']} "
                         f"meta-iterations in {secs:.0f} s with set-up and a 1-task test)")
         settings: dict[str, Any] = {}
         verdict: list[str] = []
@@ -249,7 +271,9 @@ def run(cfg: Config, log: Callable[[str], None] = print,
                 f"reset per episode), Adam {cfg.meta_lstm_lr:g}, scale_grads="
                 f"{cfg.meta_lstm_scale_grads}; meta_lstm_attention: the same with "
                 "attention=True (MLAL: LSTM 4, 1-shot 16 x 25, attention sized from the learner, "
-                "front end on each image itself); maml: second order, 1 inner step of "
+                "front end on each image itself); meta_lstm_attention_softmax: the same with "
+                "attention_softmax=True (the softmax MLAL's code defines but never applies); "
+                "maml: second order, 1 inner step of "
                 f"{cfg.maml_inner_lr} (3 at test), meta-batch {cfg.maml_meta_batch}, Adam "
                 f"{cfg.maml_meta_lr:g}, transductive BN"),
             "shots": list(cfg.shots),
@@ -259,6 +283,8 @@ def run(cfg: Config, log: Callable[[str], None] = print,
             "test_episodes": cfg.test_tasks,
             "test_queries": cfg.test_queries,
             "test_seed": cfg.test_seed,
+            "budget": {f"{WAYS}way{k}shot": {a: arm_budget(cfg, a, k, steps[k][a])
+                                             for a in arms} for k in cfg.shots},
             "results": settings,
             "verdict": verdict,
             "arms": list(arms),
@@ -275,6 +301,26 @@ def run(cfg: Config, log: Callable[[str], None] = print,
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def arm_budget(cfg: Config, arm: str, shots: int, meta_iterations: int) -> dict[str, Any]:
+    """An arm's training budget for a shot setting next to its paper's (:data:`PAPER_EPISODES`):
+    ``meta_iterations`` of one episode (MAML: ``maml_meta_batch``) of 5 x (``shots`` +
+    ``queries``) images; no pre-training.
+
+    Example:
+        >>> b = arm_budget(Config(), "meta_lstm", 1, 76)
+        >>> b["run"]["tasks"], b["run"]["task_images"], b["paper"]["tasks"]
+        (76, 2280, 75000)
+    """
+    per_step = cfg.maml_meta_batch if arm == "maml" else 1
+    run = {"steps": meta_iterations, "tasks_per_step": per_step,
+           **episodes_seen(meta_iterations * per_step, WAYS, shots, cfg.queries)}
+    episodes, queries, source = PAPER_EPISODES[arm]
+    paper: dict[str, Any] = {"tasks": episodes[shots]}
+    if queries is not None:
+        paper = episodes_seen(episodes[shots], WAYS, shots, queries)
+    return budget(run, paper, source)
+
+
 def _verdict(shots: int, names: Sequence[str], arms: dict[str, Any], diffs: dict[str, Any]
              ) -> str:
     """Each arm's mean and each paired difference (points, 95% over seeds)."""
@@ -285,8 +331,8 @@ def _verdict(shots: int, names: Sequence[str], arms: dict[str, Any], diffs: dict
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = parser(__doc__, QUICK, "meta_lstm_omniglot_cpu.json")
-    p.add_argument("--arms", nargs="+", help=f"arms (default {' '.join(ARMS)}; also "
-                                             f"{' '.join(EXTRA_ARMS)})")
+    p.add_argument("--arms", nargs="+", choices=ARMS, metavar="ARM",
+                   help=f"arms (default {' '.join(ARMS)})")
     p.add_argument("--train-seconds", type=float,
                    help="meta-training seconds per arm (60), as measured meta-iterations")
     args = p.parse_args(argv)

@@ -35,7 +35,8 @@ shared episodes, pooled a t-interval over seeds.
 
 The last line of output is one JSON object; without ``--quick`` it is also written to
 ``--out`` (default ``benchmarks/results/mtl_omniglot_cpu.json``), the log next to it
-(``.log``).
+(``.log``). The JSON states the ``mtl`` arm's training budget per shot setting (pre-training
+images, tasks and their images) next to MTL's (``budget``).
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ from typing import Any
 import torch
 
 from benchmarks._common import (
+    budget,
     configure,
+    episodes_seen,
     finish,
     log_config,
     output,
@@ -71,6 +74,16 @@ ARMS = ("pretrain_finetune", "mtl", "mtl_hard", "maml")
 #: Paired differences reported: (arm, minus arm).
 PAIRS = (("mtl", "pretrain_finetune"), ("mtl", "maml"), ("mtl_hard", "mtl"),
          ("mtl_hard", "maml"), ("pretrain_finetune", "maml"))
+#: MTL's budget in its TF code, the one its author gives for the paper (meta-learning spec,
+#: section 2.5): pre-training 10,000 iterations of 64 images (the checkpoint meta-training
+#: starts from), then 20,000 meta-iterations of 2 tasks with 15 queries per class.
+PAPER_PRETRAINING_IMAGES = 10_000 * 64
+PAPER_TASKS = 20_000 * 2
+PAPER_QUERIES = 15
+PAPER_BUDGET_SOURCE = (
+    "MTL's TF code, miniImageNet 5-way (meta-learning spec 2.5): pre-training 10,000 "
+    "iterations of 64 images, meta-training 20,000 meta-iterations of 2 tasks of "
+    "5 x (K + 15) images")
 
 
 @dataclass
@@ -138,6 +151,30 @@ def maml_config(cfg: Config, shots: int, seed: int, out_dir: str) -> Any:
         meta_batch_size=cfg.meta_batch, steps=cfg.steps, val_every=10**9,
         test_tasks=cfg.meta_batch, backend=cfg.maml_backend, compile="off", seed=seed,
         test_seed=cfg.test_seed, out_dir=out_dir)
+
+
+def mtl_budget(cfg: Config, shots: int, pre_minibatches: int) -> dict[str, Any]:
+    """The training budget of the ``mtl`` arm of a shot setting next to the paper's.
+
+    Pre-training: ``pre_minibatches`` of the recipe's pre-training batch size; meta-training:
+    ``steps`` meta-iterations of ``meta_batch`` tasks of 5 x (``shots`` + ``queries``) images.
+
+    Example:
+        >>> b = mtl_budget(Config(), 1, 850)
+        >>> b["run"]["pretraining_images"], b["run"]["tasks"], b["fraction_of_paper"]["tasks"]
+        (54400, 1000, 0.025)
+    """
+    batch = pre_config(cfg, 0, "unused").pre_batch_size
+    run = {"pretraining_epochs": cfg.pre_epochs, "pretraining_steps": pre_minibatches,
+           "pretraining_batch": batch, "pretraining_images": pre_minibatches * batch,
+           "steps": cfg.steps, "tasks_per_step": cfg.meta_batch,
+           **episodes_seen(cfg.steps * cfg.meta_batch, WAYS, shots, cfg.queries)}
+    paper = {"pretraining_images": PAPER_PRETRAINING_IMAGES,
+             **episodes_seen(PAPER_TASKS, WAYS, shots, PAPER_QUERIES)}
+    out = budget(run, paper, PAPER_BUDGET_SOURCE)
+    out["note"] = ("the mtl and mtl_hard arms; pretrain_finetune had the pre-training only, "
+                   "maml the same tasks and no pre-training")
+    return out
 
 
 # --- test ------------------------------------------------------------------------------------
@@ -271,6 +308,8 @@ def run(cfg: Config, log: Callable[[str], None] = print,
                 "budget (matched to the meta phase in meta-iterations; the per-arm train_s "
                 "shows the compute each arm used; pretrain_finetune's train_s is the shared "
                 "pre-training run's)"),
+            "budget": {f"{WAYS}way{k}shot": mtl_budget(cfg, k, pre_info[0]["minibatches"])
+                       for k in cfg.shots},
             "shots": list(cfg.shots),
             "steps": cfg.steps,
             "pre_epochs": cfg.pre_epochs,
