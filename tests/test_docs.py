@@ -116,6 +116,22 @@ def test_returns_sections_render_as_prose(site: Path) -> None:
         assert "``" not in (site / "api" / page / "index.html").read_text(), page
 
 
+# reStructuredText that Markdown shows as text: a simple table's ``=====`` rules, and the ``::``
+# that introduces a literal block, left at the end of a line, paragraph, list item or cell.
+RST_TABLE_RULE = re.compile(r"={5,}")
+RST_LITERAL_MARKER = re.compile(r"::(?:\n|\s*</(?:p|li|td|dd)>)")
+
+
+@needs_mkdocs
+@pytest.mark.parametrize("package", list(API_PAGES))
+def test_no_rst_markup_in_api_pages(site: Path, package: str) -> None:
+    """Docstrings are Markdown: tables are pipe tables, literal blocks fenced or indented."""
+    html = (site / "api" / API_PAGES[package] / "index.html").read_text()
+    for pattern in (RST_TABLE_RULE, RST_LITERAL_MARKER):
+        found = [html[max(m.start() - 80, 0):m.end()] for m in pattern.finditer(html)]
+        assert not found, f"{package}: reStructuredText markup shown as text: {found}"
+
+
 def python_blocks(page: Path) -> list[str]:
     return PYTHON_BLOCK.findall(page.read_text())
 

@@ -1,8 +1,10 @@
 """Distillation terms and :class:`DistillLoss`: the losses of :mod:`metakd.distill.losses` as values.
 
-A *term* is a small ``nn.Module`` holding one loss's settings and weight::
+A *term* is a small ``nn.Module`` holding one loss's settings and weight:
 
-    term(student_logits [B, C], teacher_logits [B, C], labels [B], epoch) -> {name: 0-d tensor}
+```text
+term(student_logits [B, C], teacher_logits [B, C], labels [B], epoch) -> {name: 0-d tensor}
+```
 
 and :class:`DistillLoss` adds the student's own cross-entropy and sums nothing: it returns
 every weighted part by name (``ce``, ``kd``, ``dkd``, ``fisher_rao``, ``sinkhorn``), so the
@@ -17,25 +19,16 @@ meta-iteration (a 0-d tensor) the same way. Terms without a schedule ignore it.
 :func:`preset` builds the weightings of the published codes by name (:data:`PRESETS`), so
 that each paper's number is reproduced with its own convention:
 
-==================== ========================================================================
-preset               total loss (and the code it reproduces)
-==================== ========================================================================
-``ce``               CE only (no distillation; how teachers and baselines are trained)
-``mdistiller_kd``    0.1·CE + 0.9·T²·KL_batchmean, T = 4 (mdistiller ``KD``)
-``mdistiller_dkd``   1.0·CE + min(epoch/20, 1)·(1.0·TCKD + 8.0·NCKD), T = 4 (mdistiller ``DKD``;
-                     its per-pair β: :func:`dkd_beta`)
-``torchdistill_kd``  α·CE + (1−α)·T²·KL_batchmean, α = 0.9, T = 4 (torchdistill ``KDLoss``;
-                     ``alpha=None``: KL_batchmean alone, without T², as torchdistill does)
-``pmaml``            0.1·CE + 0.9·T²·KL_mean_elements, T = 10 (PMAML's ``nn.KLDivLoss()``:
-                     the KL divided by the classes too, an effective weight λT²/C)
-``gda_kd``           2.0·CE + 1.0·T²·KL_batchmean + 0.02·FR + 0.1·SK, T = 4 (the GDA
-                     ``train.sh`` command; λ_FR and λ_SK are *not* scaled by the KD weight)
-``gda_dkd``          2.0·CE + 1.0·DKD(α 1, β 1, T 4, no warm-up) + 0.1·SK (``train.sh`` with
-                     ``--distiller dkd``: its DKD settings are the argparse defaults, and the
-                     ``dkd`` distiller's Fisher–Rao part is commented out)
-``gda_fewshot_kd``   CE + 1.0·(T²·KL_batchmean + 0.1·FR + 0.1·SK), T = 1 (GDA's few-shot
-                     ``kd`` loss with the values that effectively run in its meta stage)
-==================== ========================================================================
+| preset | total loss (and the code it reproduces) |
+| --- | --- |
+| ``ce`` | CE only (no distillation; how teachers and baselines are trained) |
+| ``mdistiller_kd`` | 0.1·CE + 0.9·T²·KL_batchmean, T = 4 (mdistiller ``KD``) |
+| ``mdistiller_dkd`` | 1.0·CE + min(epoch/20, 1)·(1.0·TCKD + 8.0·NCKD), T = 4 (mdistiller ``DKD``; its per-pair β: :func:`dkd_beta`) |
+| ``torchdistill_kd`` | α·CE + (1−α)·T²·KL_batchmean, α = 0.9, T = 4 (torchdistill ``KDLoss``; ``alpha=None``: KL_batchmean alone, without T², as torchdistill does) |
+| ``pmaml`` | 0.1·CE + 0.9·T²·KL_mean_elements, T = 10 (PMAML's ``nn.KLDivLoss()``: the KL divided by the classes too, an effective weight λT²/C) |
+| ``gda_kd`` | 2.0·CE + 1.0·T²·KL_batchmean + 0.02·FR + 0.1·SK, T = 4 (the GDA ``train.sh`` command; λ_FR and λ_SK are *not* scaled by the KD weight) |
+| ``gda_dkd`` | 2.0·CE + 1.0·DKD(α 1, β 1, T 4, no warm-up) + 0.1·SK (``train.sh`` with ``--distiller dkd``: its DKD settings are the argparse defaults, and the ``dkd`` distiller's Fisher–Rao part is commented out) |
+| ``gda_fewshot_kd`` | CE + 1.0·(T²·KL_batchmean + 0.1·FR + 0.1·SK), T = 1 (GDA's few-shot ``kd`` loss with the values that effectively run in its meta stage) |
 
 FR is the Fisher–Rao term, SK the Sinkhorn term (:func:`metakd.distill.gda_loss`).
 The GDA presets use the library's fixes by default (``guard=True``, ``debias=True``); pass

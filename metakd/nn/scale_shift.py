@@ -197,18 +197,15 @@ def mtl_preset(model: nn.Module, preset: str) -> list[str]:
     In place, following the two official implementations (``yaoyao-liu/meta-transfer-learning``;
     spec ``meta-learning-spec.md`` §2.2-2.3):
 
-    ========================  ===============================  ==============================
-    parameter                 ``"mtl_tf"`` (paper, TF code)    ``"mtl_pytorch"`` (FEAT-style)
-    ========================  ===============================  ==============================
-    k×k convs (k > 1)         scale-shift; ``scale`` trained   scale-shift; ``scale`` trained
-    1×1 convs (shortcuts)     plain ``nn.Conv2d``, frozen      scale-shift (scale per weight)
-    conv weight / bias        frozen (buffers)                 frozen (buffers)
-    shift Φ_S2                trained where the conv has a     trained where the conv has a
-                              bias                             bias
-    batch-norm affine (γ, β)  frozen                           trained
-    ``model.head``            trained                          trained
-    anything else             frozen                           frozen
-    ========================  ===============================  ==============================
+    | parameter | ``"mtl_tf"`` (paper, TF code) | ``"mtl_pytorch"`` (FEAT-style) |
+    | --- | --- | --- |
+    | k×k convs (k > 1) | scale-shift; ``scale`` trained | scale-shift; ``scale`` trained |
+    | 1×1 convs (shortcuts) | plain ``nn.Conv2d``, frozen | scale-shift (scale per weight) |
+    | conv weight / bias | frozen (buffers) | frozen (buffers) |
+    | shift Φ_S2 | trained where the conv has a bias | trained where the conv has a bias |
+    | batch-norm affine (γ, β) | frozen | trained |
+    | ``model.head`` | trained | trained |
+    | anything else | frozen | frozen |
 
     TF replaces each conv bias by a trainable tensor initialised from the pre-trained bias;
     here the pre-trained bias stays as a frozen buffer and the trainable ``shift`` starts at 0,

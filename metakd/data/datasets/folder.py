@@ -27,12 +27,14 @@ class ImageFolderDataset(SourceDataset):
     are ignored. A class folder without images is an error naming it (``CorruptFileError``),
     never skipped silently: remove it or restore its images.
 
-    Expected layout::
+    Expected layout:
 
-        root/                      # split=None
-          <class_a>/img001.jpg
-          <class_b>/...
-        root/train/<class>/...     # split="train" (any split name)
+    ```text
+    root/                      # split=None
+      <class_a>/img001.jpg
+      <class_b>/...
+    root/train/<class>/...     # split="train" (any split name)
+    ```
 
     Takes the common arguments ``transform``, ``target_transform``, ``rotations`` and
     ``cache_dir`` of :class:`~metakd.data.ImageClassDataset`.
