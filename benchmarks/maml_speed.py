@@ -304,14 +304,17 @@ BASELINE_SRC: str | None = None
 def _subprocess(method: str, cfg: Config, repeats: int, device: str) -> dict[str, Any]:
     spec = json.dumps({"method": method, "cfg": asdict(cfg), "repeats": repeats, "device": device})
     env = dict(os.environ)
+    python = [sys.executable]
     if method.startswith("base:"):
         if BASELINE_SRC is None:
             raise ValueError(f"{method}: pass --baseline DIR")
-        # The earlier package first on the path; this file's harness stays the same.
+        # The earlier package first on the path; this file's harness stays the same. ``-P``:
+        # without it ``-m`` puts the working directory (this checkout) before PYTHONPATH.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [BASELINE_SRC, os.getcwd(),
                                                           env.get("PYTHONPATH")]))
+        python.append("-P")
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.maml_speed", "--worker", spec],
+        [*python, "-m", "benchmarks.maml_speed", "--worker", spec],
         capture_output=True,
         text=True,
         check=False,

@@ -167,6 +167,10 @@ def test_tested_concept_blocks_run(page: Path, tmp_path: Path,
         exec(compile(code, f"{page.relative_to(ROOT)}[tested block {i}]", "exec"), namespace)
 
 
+def test_the_outer_loop_example_is_tested() -> None:
+    assert DOCS / "concepts" / "meta.md" in TESTED_PAGES
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("page", SNIPPET_PAGES, ids=lambda p: str(p.relative_to(DOCS)))
 def test_snippets_run_full(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

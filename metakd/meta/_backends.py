@@ -1,7 +1,9 @@
 """The execution paths of :class:`~metakd.meta.MAMLWrapper`: their shared base and helpers.
 
-Every path computes :func:`metakd.meta.inner.run_task` for each task of a meta-batch; they
-differ only in how:
+Every path adapts each task of a meta-batch with :func:`metakd.meta.inner.run_task` (or as
+learn2learn and higher write it) and is, through :meth:`Backend.strategy`, a strategy of the
+outer loop (:mod:`metakd.meta.outer`), which owns the meta-gradient accumulation, the
+surrogate loss and the metrics. The paths differ only in how they run the tasks:
 
 ``func``
     one task after the other with ``torch.autograd.grad`` (``_func.FuncBackend``).
@@ -24,25 +26,24 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from metakd.data.batch import TaskBatch
+from metakd.data.batch import Task, TaskBatch
 from metakd.meta.inner import InnerLoop, Mode
-from metakd.meta.objectives import total
+from metakd.meta.outer import MetaParams, OuterResult, PerTask, Strategy, Terms
 
 __all__ = [
     "BACKENDS",
     "Backend",
+    "MAMLClone",
     "MAMLLearner",
-    "Terms",
-    "accuracy",
+    "Path",
     "buffer_writers",
-    "class_accuracy",
     "task_extras",
     "vmap_unsafe",
+    "zero_filled",
 ]
 
 BACKENDS = ("func", "vmap", "learn2learn", "higher")
 # "auto" (the default) picks func or vmap for each meta-batch: see _func.AutoBackend.
-Terms = dict[str, Tensor]
 
 
 class MAMLLearner:
@@ -75,52 +76,91 @@ class MAMLLearner:
         return f"MAMLLearner(adapted={sorted(self.params)})"
 
 
+class MAMLClone(MAMLLearner):
+    """learn2learn's ``clone()``: a learner at the meta-parameters that :meth:`adapt` moves
+    one step of the update rule per loss. Made by :meth:`metakd.meta.MAMLWrapper.clone`.
+
+    Attributes:
+        params: the adapted parameters (graph-connected to the meta-parameters).
+        first_order: the gradients of :meth:`adapt` are constants.
+
+    Example:
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from metakd.meta import MAMLWrapper
+        >>> maml = MAMLWrapper(torch.nn.Linear(4, 3), inner_lr=0.1)
+        >>> x, y = torch.randn(6, 4), torch.arange(3).repeat(2)
+        >>> learner = maml.clone()  # as in learn2learn
+        >>> for _ in range(2):
+        ...     learner.adapt(F.cross_entropy(learner(x), y))
+        >>> F.cross_entropy(learner(x), y).backward()  # second order, into maml's .grad
+        >>> maml.model.weight.grad.shape
+        torch.Size([3, 4])
+    """
+
+    def __init__(self, loop: InnerLoop, first_order: bool) -> None:
+        if loop.per_step_bn:
+            raise ValueError("clone() does not follow MAML++ per-step batch norm; use "
+                             "maml.adapt(support_x, support_y)")
+        self._loop = loop
+        self.first_order = first_order
+        meta = dict(loop.model.named_parameters())
+        params: dict[str, Tensor] = {n: meta[n] for n in loop.adapted}
+        self._state = loop.init_state(params)
+        self._step = 0
+        super().__init__(self._logits, params)
+
+    def _logits(self, x: Tensor) -> Tensor:
+        loop = self._loop
+        return loop.decode(loop.model, self.params, loop.encode(loop.model, x, None), None)
+
+    def adapt(self, loss: Tensor, first_order: bool | None = None) -> None:
+        """One step of the update rule on ``loss`` (a scalar computed with this learner)."""
+        if not isinstance(loss, Tensor) or not loss.requires_grad:
+            raise ValueError("learner.adapt(loss) takes a loss computed with learner(x) with "
+                             "gradients enabled; or adapt on a support set: "
+                             "maml.adapt(support_x, support_y)")
+        loop = self._loop
+        constant = (self.first_order if first_order is None else first_order) or \
+            loop.constant_grads
+        grads = torch.autograd.grad(loss, list(self.params.values()), create_graph=not constant,
+                                    allow_unused=True)
+        g = {n: torch.zeros_like(p) if gi is None else gi
+             for (n, p), gi in zip(self.params.items(), grads)}
+        if constant:
+            g, loss = {n: t.detach() for n, t in g.items()}, loss.detach()
+        self.params, self._state = loop.rule(g, self.params, self._state, self._step, loss)
+        self._step += 1
+
+
 def task_extras(batch: TaskBatch, i: int | slice) -> dict[str, Tensor]:
     """Task ``i``'s (or a slice's) extras of ``batch``."""
     return {k: v[i] for k, v in batch.extras.items()}
 
 
-def accuracy(logits: Tensor, y: Tensor) -> Tensor:
-    """Fraction of correct predictions along the last example axis (``[..., M]`` -> ``[...]``)."""
-    return (logits.argmax(-1) == y).to(logits.dtype).mean(-1)
-
-
-def class_accuracy(logits: Tensor, y: Tensor, ways: int) -> Tensor:
-    """Per-class query accuracy ``[T, N]`` from ``logits [T, M, N]`` and ``y [T, M]``.
-
-    A class without a query example gets NaN.
-    """
-    correct = (logits.argmax(-1) == y).to(torch.float64)
-    onehot = torch.nn.functional.one_hot(y, ways).to(torch.float64)  # [T, M, N]
-    hits = (onehot * correct.unsqueeze(-1)).sum(1)
-    count = onehot.sum(1)
-    return hits / count  # 0/0 -> NaN for absent classes
-
-
-def query_metrics(loss: Tensor, terms: dict[str, Tensor], logits: Tensor, y: Tensor
-                  ) -> dict[str, Any]:
-    """A meta-learner's metrics of a meta-batch: ``loss``, the mean of each term over tasks,
-    and the query ``accuracy``, ``task_accuracy [T]`` and ``class_accuracy [T, N]`` from
-    ``logits [T, M, N]`` and ``y [T, M]`` (NaN for regression targets)."""
-    metrics: dict[str, Any] = {"loss": float(loss.detach()),
-                               "terms": {k: float(v.mean()) for k, v in terms.items()}}
-    if y.dtype.is_floating_point or y.dim() != 2:  # regression: no accuracy
-        nan = torch.full((y.shape[0],), float("nan"), dtype=torch.float64)
-        metrics.update(accuracy=float("nan"), task_accuracy=nan, class_accuracy=nan[:, None])
-    else:
-        accs = accuracy(logits, y)
-        metrics.update(accuracy=float(accs.mean()), task_accuracy=accs,
-                       class_accuracy=class_accuracy(logits, y, logits.shape[-1]))
-    return metrics
+def zero_filled(result: OuterResult, params: Sequence[Tensor]) -> OuterResult:
+    """``result`` with a zero gradient for every meta-parameter no task reached (MAML's
+    meta-parameters always get a ``.grad``)."""
+    grads: list[Tensor | None] = [
+        torch.zeros_like(p) if g is None else g for p, g in zip(params, result.grads)]
+    return result._replace(grads=grads)
 
 
 class Backend:
-    """Base of the paths: one task at a time through :meth:`adapt` (learn2learn, higher)."""
+    """Base of the paths: one task at a time through :meth:`adapt` (learn2learn, higher).
+
+    :meth:`strategy` is what :func:`metakd.meta.outer.outer_step` runs: this path with a
+    number of inner steps and an order.
+    """
 
     name = "base"
 
     def __init__(self, loop: InnerLoop) -> None:
         self.loop = loop
+
+    def strategy(self, steps: int, first_order: bool) -> Strategy:
+        """This path as the :class:`~metakd.meta.outer.Strategy` of ``steps`` inner steps."""
+        return Path(self, steps, first_order)
 
     def adapt(
         self, sx: Tensor, sy: Tensor, extras: Mapping[str, Tensor], steps: int, mode: Mode
@@ -133,56 +173,45 @@ class Backend:
         batch: TaskBatch,
         steps: int,
         first_order: bool,
-        inputs: Any,
+        inputs: MetaParams,
         meta_step: Tensor,
-    ) -> tuple[Terms, Tensor, list[Tensor]]:
+    ) -> OuterResult:
         """Per-task query terms ``{name: [T]}``, query logits ``[T, N*Q, N]`` and
-        ``d mean_t(sum of terms) / d inputs`` (``inputs``: a ``_func.MetaInputs``)."""
+        ``d mean_t(sum of terms) / d inputs``."""
         mode: Mode = "first" if first_order else "second"
-        n = len(batch)
-        inputs = list(inputs.flat)
-        grads = [torch.zeros_like(t) for t in inputs]
-        terms: list[Terms] = []
-        logits_all = []
-        for i in range(n):
-            extras = task_extras(batch, i)
-            learner = self.adapt(batch.support_x[i], batch.support_y[i], extras, steps, mode)
-            logits = learner(batch.query_x[i])
-            task_terms = self.loop.objective(logits, batch.query_y[i], extras, meta_step)
-            task_grads = torch.autograd.grad(
-                total(task_terms) / n, list(inputs), allow_unused=True
-            )
-            for acc, g in zip(grads, task_grads):
-                if g is not None:
-                    acc.add_(g)
-            terms.append({k: v.detach() for k, v in task_terms.items()})
-            logits_all.append(logits.detach())
-        return stack_terms(terms), torch.stack(logits_all), grads
+
+        def objective(task: Task, step: Tensor) -> tuple[Terms, Tensor]:
+            learner = self.adapt(task.support_x, task.support_y, task.extras, steps, mode)
+            logits = learner(task.query_x)
+            return self.loop.objective(logits, task.query_y, task.extras, step), logits
+
+        return zero_filled(PerTask(objective).meta_gradients(batch, inputs, meta_step),
+                           inputs.flat)
 
     def predict(self, batch: TaskBatch, steps: int, meta_step: Tensor) -> tuple[Terms, Tensor]:
         """Query terms and logits after ``steps`` steps, without a meta-graph."""
-        terms: list[Terms] = []
-        logits_all = []
-        for i in range(len(batch)):
-            extras = task_extras(batch, i)
-            learner = self.adapt(batch.support_x[i], batch.support_y[i], extras, steps, "none")
+
+        def evaluate(task: Task, step: Tensor) -> tuple[Terms, Tensor]:
+            learner = self.adapt(task.support_x, task.support_y, task.extras, steps, "none")
             with torch.no_grad():
-                logits = learner(batch.query_x[i])
-                terms.append(self.loop.objective(logits, batch.query_y[i], extras, meta_step))
-            logits_all.append(logits)
-        return stack_terms(terms), torch.stack(logits_all)
+                logits = learner(task.query_x)
+                return self.loop.objective(logits, task.query_y, task.extras, step), logits
+
+        return PerTask(evaluate).evaluate(batch, meta_step)
 
 
-def stack_terms(per_task: Sequence[Terms]) -> Terms:
-    """``[{name: 0-d}] * T`` -> ``{name: [T]}``."""
-    names = list(per_task[0])
-    return {k: torch.stack([t[k].detach() for t in per_task]) for k in names}
+class Path(Strategy):
+    """A backend with a number of inner steps and an order, as an outer-loop strategy."""
 
+    def __init__(self, backend: Backend, steps: int, first_order: bool) -> None:
+        self.backend, self.steps, self.first_order = backend, steps, first_order
+        self.name = backend.name
 
-def cat_terms(parts: Sequence[Terms]) -> Terms:
-    """``[{name: [t_i]}]`` -> ``{name: [sum t_i]}``."""
-    names = list(parts[0])
-    return {k: torch.cat([p[k].detach().reshape(-1) for p in parts]) for k in names}
+    def meta_gradients(self, batch: TaskBatch, params: MetaParams, step: Any) -> OuterResult:
+        return self.backend.meta_gradients(batch, self.steps, self.first_order, params, step)
+
+    def evaluate(self, batch: TaskBatch, step: Any) -> tuple[Terms, Tensor]:
+        return self.backend.predict(batch, self.steps, step)
 
 
 def _is_metakd_bn(module: nn.Module) -> bool:

@@ -2,8 +2,11 @@
 
 Both split a meta-batch into *units* (one task for ``func``, ``chunk`` tasks for ``vmap``),
 compute each unit's query terms and meta-gradient with :func:`metakd.meta.inner.run_task`,
-free its graph, and accumulate. Units run one after the other; ``workers > 1`` (opt-in) and
-``compile=True`` (opt-in) are the accelerations of :mod:`metakd.meta.accel`.
+and hand them to the outer loop (:func:`metakd.meta.outer.accumulate`), which frees each
+unit's graph and accumulates. Units run one after the other, eagerly. An
+:class:`Accelerator` set on a backend (``backend.accel``, by
+:func:`metakd.meta.accel.accelerate`) may run them in threads on model replicas or replace
+the eager unit by a compiled one; this module does not import it.
 
 Internal module: use :class:`~metakd.meta.MAMLWrapper`.
 """
@@ -11,33 +14,27 @@ Internal module: use :class:`~metakd.meta.MAMLWrapper`.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
 from metakd.data.batch import TaskBatch
-from metakd.meta import accel
-from metakd.meta._backends import (
-    Backend,
-    MAMLLearner,
-    Terms,
-    buffer_writers,
-    cat_terms,
-    task_extras,
-    vmap_unsafe,
-)
+from metakd.meta._backends import Backend, MAMLLearner, task_extras, vmap_unsafe, zero_filled
 from metakd.meta.inner import InnerLoop, Mode, autograd_grad, func_grad, run_task
 from metakd.meta.objectives import total
+from metakd.meta.outer import MetaParams, OuterResult, Terms, accumulate, cat_terms
 
 __all__ = [
     "AUTO_MIN_CHUNK",
     "CHUNK_ELEMENTS",
+    "Accelerator",
     "AutoBackend",
     "FuncBackend",
-    "MetaInputs",
     "Unit",
     "VmapBackend",
     "auto_chunk",
+    "even_chunk",
 ]
 
 # unit(model, batch of the unit's tasks, meta_step) -> (terms {name: [t]}, logits [t, NQ, N],
@@ -45,44 +42,44 @@ __all__ = [
 Unit = Callable[[nn.Module, TaskBatch, Tensor], tuple[Terms, Tensor, Sequence[Tensor | None]]]
 
 
-class MetaInputs:
-    """The meta-parameters a meta-gradient is taken with respect to, grouped by the module
-    they belong to (``model``, ``rule``, ``support``, ``objective``), each tensor once."""
+class Accelerator(Protocol):
+    """What a func or vmap backend asks of its opt-in acceleration (``backend.accel``)."""
 
-    def __init__(self, groups: Mapping[str, Mapping[str, Tensor]]) -> None:
-        seen: set[int] = set()
-        self.groups: dict[str, dict[str, Tensor]] = {}
-        for g, named in groups.items():
-            kept = {}
-            for n, t in named.items():
-                if id(t) not in seen:
-                    seen.add(id(t))
-                    kept[n] = t
-            self.groups[g] = kept
-        self.flat: list[Tensor] = [t for named in self.groups.values() for t in named.values()]
+    def workers(self, backend: FuncBackend, units: int) -> int:
+        """Threads for ``units`` units."""
 
-    def __len__(self) -> int:
-        return len(self.flat)
+    def unit_size(self, backend: FuncBackend, batch: TaskBatch) -> int | None:
+        """Tasks per unit, or ``None`` for the backend's own choice."""
+
+    def replicas(self, backend: FuncBackend, workers: int) -> list[nn.Module]:
+        """One model per worker thread."""
+
+    def unit(self, backend: FuncBackend, steps: int, first_order: bool,
+             inputs: MetaParams) -> Unit | None:
+        """A unit to run instead of the eager one, or ``None``."""
+
+    def parallel(self, work: Callable[[int], None], workers: int) -> None:
+        """Run ``work(0..workers-1)`` concurrently."""
+
+    def after_batch(self) -> None:
+        """Called after each meta-batch."""
+
+
+def even_chunk(tasks: int, most: int) -> int:
+    """Tasks per chunk when ``tasks`` are spread evenly over chunks of at most ``most``."""
+    most = max(1, min(tasks, most))
+    chunks = -(-tasks // most)
+    return -(-tasks // chunks)
 
 
 class FuncBackend(Backend):
-    """``torch.autograd.grad`` task after task (or in ``workers`` threads, opt-in)."""
+    """``torch.autograd.grad`` task after task."""
 
     name = "func"
 
-    def __init__(self, loop: InnerLoop, workers: int | None = None, compile: bool = False) -> None:
+    def __init__(self, loop: InnerLoop) -> None:
         super().__init__(loop)
-        self.workers = workers
-        self.compile = compile
-        self.threads = accel.TaskThreads(loop.model)
-        self.compiled = accel.CompiledUnits()
-
-    def __getstate__(self) -> dict[str, object]:
-        # copy.deepcopy / pickle: replicas and compiled functions are rebuilt on demand.
-        state = dict(self.__dict__)
-        state["threads"] = accel.TaskThreads(self.loop.model)
-        state["compiled"] = accel.CompiledUnits()
-        return state
+        self.accel: Accelerator | None = None  # set by metakd.meta.accel.accelerate
 
     # ------------------------------------------------------------------------------- adapt
     def adapt(
@@ -106,7 +103,7 @@ class FuncBackend(Backend):
         """Tasks per unit for ``batch`` (``kept_steps``: see :func:`auto_chunk`)."""
         return 1
 
-    def eager_unit(self, steps: int, first_order: bool, inputs: MetaInputs) -> Unit:
+    def eager_unit(self, steps: int, first_order: bool, inputs: MetaParams) -> Unit:
         mode: Mode = "first" if first_order else "second"
         loop = self.loop
         grad = autograd_grad(create_graph=mode == "second" and not loop.constant_grads)
@@ -127,57 +124,31 @@ class FuncBackend(Backend):
         batch: TaskBatch,
         steps: int,
         first_order: bool,
-        inputs: MetaInputs,
+        inputs: MetaParams,
         meta_step: Tensor,
-    ) -> tuple[Terms, Tensor, list[Tensor]]:
+    ) -> OuterResult:
         n = len(batch)
         units = batch.slice_tasks_by(self.unit_size(batch, 1 if first_order else steps))
         workers = self._resolve_workers(len(units))
-        models = self.threads.replicas(workers) if workers > 1 else [self.loop.model]
-        if self.compile:
-            unit = self.compiled.unit(self, steps, first_order, inputs)
-        else:
-            unit = self.eager_unit(steps, first_order, inputs)
-        results: list[tuple[Terms, Tensor] | None] = [None] * len(units)
-        partial = [[torch.zeros_like(t) for t in inputs.flat] for _ in range(workers)]
+        acc = self.accel
+        models = acc.replicas(self, workers) if acc is not None and workers > 1 else [
+            self.loop.model]
+        unit = None if acc is None else acc.unit(self, steps, first_order, inputs)
+        fn = self.eager_unit(steps, first_order, inputs) if unit is None else unit
 
-        def work(w: int) -> None:
-            for u in range(w, len(units), workers):
-                terms, logits, grads = unit(models[w], units[u], meta_step)
-                for acc, g in zip(partial[w], grads):
-                    if g is not None:
-                        acc.add_(g, alpha=1.0 / n)
-                results[u] = ({k: v.detach() for k, v in terms.items()}, logits.detach())
+        def run(w: int, b: TaskBatch) -> tuple[Terms, Tensor, Sequence[Tensor | None]]:
+            return fn(models[w], b, meta_step)
 
-        if workers > 1:
-            accel.run_threads(work, workers)
-        else:
-            work(0)
-        if self.compile:
-            self.compiled.after_first_batch()
-        grads = partial[0] if workers == 1 else [torch.stack(g).sum(0) for g in zip(*partial)]
-        done = [r for r in results if r is not None]
-        return cat_terms([r[0] for r in done]), torch.cat([r[1] for r in done]), grads
+        result = accumulate(units, run, inputs.flat, weight=1.0 / n, workers=workers,
+                            parallel=None if acc is None else acc.parallel)
+        if acc is not None:
+            acc.after_batch()
+        return zero_filled(result, inputs.flat)
 
     def _resolve_workers(self, units: int) -> int:
-        """Threads for ``units`` units: ``workers`` when given; else 1 eager (the default path
-        starts no threads of its own) and :data:`accel.COMPILED_WORKERS` compiled on CPU."""
-        workers = self.workers
-        if workers is None:
-            model = self.loop.model
-            on_cpu = all(p.device.type == "cpu" for p in model.parameters())
-            workers = 1
-            if self.compile and on_cpu and torch.get_num_threads() >= 2 and not buffer_writers(model):
-                workers = accel.COMPILED_WORKERS
-        if workers > 1:
-            writers = buffer_writers(self.loop.model)
-            if writers:
-                raise ValueError(
-                    f"workers={workers}: {writers} update running BatchNorm statistics in "
-                    "train() mode, which concurrent tasks would race on; use workers=1, "
-                    "bn_mode='transductive' or model.eval()"
-                )
-        return max(1, min(workers, units))
+        """Threads for ``units`` units: 1 unless an accelerator says otherwise (the default
+        path starts no threads of its own)."""
+        return 1 if self.accel is None else self.accel.workers(self, units)
 
 
 # Input elements (images x channels x pixels) per vmap chunk when ``chunk=None``: 320 Omniglot
@@ -202,7 +173,7 @@ def auto_chunk(batch: TaskBatch, kept_steps: int = 1) -> int:
     are then spread evenly: 32 tasks with room for 10 a chunk run as 4 chunks of 8.
     """
     per_task = batch.support_x[0].numel() * max(kept_steps, 1) + batch.query_x[0].numel()
-    return accel.even_chunk(len(batch), CHUNK_ELEMENTS // max(per_task, 1))
+    return even_chunk(len(batch), CHUNK_ELEMENTS // max(per_task, 1))
 
 
 class VmapBackend(FuncBackend):
@@ -211,26 +182,15 @@ class VmapBackend(FuncBackend):
 
     name = "vmap"
 
-    def __init__(
-        self, loop: InnerLoop, chunk: int | None = None, workers: int | None = None,
-        compile: bool = False,
-    ) -> None:
-        super().__init__(loop, workers, compile=compile)
+    def __init__(self, loop: InnerLoop, chunk: int | None = None) -> None:
+        super().__init__(loop)
         self.chunk = chunk
 
     def unit_size(self, batch: TaskBatch, kept_steps: int = 1) -> int:
         if self.chunk is not None:
             return self.chunk
-        if self.compile:  # compiled: the per-op overhead is gone, small chunks are as fast
-            return accel.even_chunk(len(batch), accel.COMPILED_CHUNK)
-        return auto_chunk(batch, kept_steps)
-
-    def _resolve_workers(self, units: int) -> int:
-        # A chunk is already a batch of tasks: by default one chunk at a time, compiled too
-        # (see accel.COMPILED_CHUNK), which keeps memory at one chunk's graph.
-        if self.workers is None:
-            return 1
-        return super()._resolve_workers(units)
+        size = None if self.accel is None else self.accel.unit_size(self, batch)
+        return auto_chunk(batch, kept_steps) if size is None else size
 
     def task_fn(self, model: nn.Module, steps: int, mode: Mode) -> Callable[..., tuple[Terms, Tensor]]:
         """``vmap`` of one task's ``(query terms, query logits)`` over the tasks of a chunk."""
@@ -249,7 +209,7 @@ class VmapBackend(FuncBackend):
 
         return torch.func.vmap(task, in_dims=(0, 0, 0, 0, 0, None), randomness="different")
 
-    def eager_unit(self, steps: int, first_order: bool, inputs: MetaInputs) -> Unit:
+    def eager_unit(self, steps: int, first_order: bool, inputs: MetaParams) -> Unit:
         fns: dict[int, Callable[..., tuple[Terms, Tensor]]] = {}
         mode: Mode = "first" if first_order else "second"
 
@@ -296,10 +256,10 @@ class AutoBackend(Backend):
 
     name = "auto"
 
-    def __init__(self, loop: InnerLoop, workers: int | None = None, compile: bool = False) -> None:
+    def __init__(self, loop: InnerLoop) -> None:
         super().__init__(loop)
-        self.func = FuncBackend(loop, workers=workers, compile=compile)
-        self.vmap = VmapBackend(loop, chunk=None, workers=None, compile=compile)
+        self.func = FuncBackend(loop)
+        self.vmap = VmapBackend(loop, chunk=None)
 
     def pick(self, batch: TaskBatch, kept_steps: int = 1) -> FuncBackend:
         """The backend that runs ``batch`` (``kept_steps``: see :func:`auto_chunk`)."""
@@ -316,9 +276,9 @@ class AutoBackend(Backend):
         return self.func.adapt(sx, sy, extras, steps, mode)
 
     def meta_gradients(
-        self, batch: TaskBatch, steps: int, first_order: bool, inputs: MetaInputs,
+        self, batch: TaskBatch, steps: int, first_order: bool, inputs: MetaParams,
         meta_step: Tensor,
-    ) -> tuple[Terms, Tensor, list[Tensor]]:
+    ) -> OuterResult:
         backend = self.pick(batch, 1 if first_order else steps)
         return backend.meta_gradients(batch, steps, first_order, inputs, meta_step)
 

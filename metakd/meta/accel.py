@@ -1,5 +1,7 @@
-"""Opt-in accelerations of the meta-gradient, all in one place: compilation, worker threads,
-and handing memory back to the OS. The default (eager, one thread) uses none of it.
+"""Opt-in accelerations of MAML's meta-gradient, all in one place: compilation, worker
+threads, and handing memory back to the OS. The default (eager, one thread) uses none of it,
+and no module of the core imports this one: :func:`accelerate` applies it to a built
+meta-learner, from outside.
 
 ``compile=True``
     Each unit (one task, or one vmap chunk of tasks) becomes one ``torch.compile``d pure
@@ -11,11 +13,10 @@ and handing memory back to the OS. The default (eager, one thread) uses none of 
     later processes skip most of the first compile. A run compiled from step 0 stays compiled:
     its numbers never change mid-run.
 ``workers=N``
-    ``N`` threads run units concurrently (compiled func units: 2 by default on CPU), each on a replica of the model that shares its
-    tensors (``functional_call`` swaps tensors into the module it is given, so two threads
-    must not share one), splitting the intra-op threads between them.
-
-Internal module: use ``MAMLWrapper(..., compile=True)`` or ``workers=N``.
+    ``N`` threads run units concurrently (compiled func units: 2 by default on CPU), each on
+    a replica of the model that shares its tensors (``functional_call`` swaps tensors into
+    the module it is given, so two threads must not share one), splitting the intra-op
+    threads between them.
 """
 
 from __future__ import annotations
@@ -29,32 +30,35 @@ import threading
 import types
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from metakd._quiet import drop_cuda_home_warning
 from metakd.data.batch import TaskBatch
-from metakd.meta._backends import Terms, buffer_writers, vmap_unsafe
+from metakd.meta._backends import buffer_writers, vmap_unsafe
+from metakd.meta._checks import check_acceleration
+from metakd.meta._func import AutoBackend, FuncBackend, Unit, even_chunk
 from metakd.meta.inner import Mode, func_grad, run_task
+from metakd.meta.maml import MAMLWrapper
 from metakd.meta.objectives import total
-
-if TYPE_CHECKING:
-    from metakd.meta._func import FuncBackend, MetaInputs, Unit
+from metakd.meta.outer import MetaParams, Terms
 
 __all__ = [
     "CHANNELS_LAST",
     "COMPILED_CHUNK",
     "COMPILED_WORKERS",
     "COMPILE_OPTIONS",
-    "CompiledUnits",
-    "TaskThreads",
-    "even_chunk",
+    "Acceleration",
+    "accelerate",
     "intra_op_threads",
     "release_free_memory",
     "run_threads",
 ]
+
+M = TypeVar("M", bound=nn.Module)
+
 
 # Run the compiled graph's 4-d weights and per-task images in channels_last (NHWC) order. On
 # the 2-core CPU (maml_omniglot, 15 queries, one task per call) this made a compiled task 1.5x
@@ -79,16 +83,8 @@ COMPILED_CHUNK = 8
 # Worker threads of compiled per-task (func) units on a CPU with at least 2 intra-op threads
 # when the user gives no ``workers``: Inductor's C++ wrapper releases the GIL, so two threads
 # overlap their fused kernels. Measured side by side (2-core CPU, maml_omniglot, 15 queries,
-# second order, meta-batch 32): 5 steps, one thread 18.8 tasks/s, two 21.2 (the code before
-# issue 9, whose compiled default used two).
+# second order, meta-batch 32): 5 steps, one thread 18.8 tasks/s, two 21.2.
 COMPILED_WORKERS = 2
-
-
-def even_chunk(tasks: int, most: int) -> int:
-    """Tasks per chunk when ``tasks`` are spread evenly over chunks of at most ``most``."""
-    most = max(1, min(tasks, most))
-    chunks = -(-tasks // most)
-    return -(-tasks // chunks)
 
 
 # ------------------------------------------------------------------------------- threads
@@ -134,25 +130,6 @@ def replicate(model: nn.Module) -> nn.Module:
     memo: dict[int, object] = {id(t): t for t in model.parameters()}
     memo.update({id(t): t for t in model.buffers()})
     return copy.deepcopy(model, memo)
-
-
-class TaskThreads:
-    """Replicas of a model for worker threads, rebuilt when the model's tensors change."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self._replicas: list[nn.Module] = []
-        self._key: tuple[int, ...] = ()
-
-    def replicas(self, workers: int) -> list[nn.Module]:
-        model = self.model
-        key = tuple(id(t) for t in (*model.parameters(), *model.buffers()))
-        if key != self._key or len(self._replicas) < workers:
-            self._replicas = [replicate(model) for _ in range(workers)]
-            self._key = key
-        for r in self._replicas:
-            r.train(model.training)
-        return self._replicas[:workers]
 
 
 # ------------------------------------------------------------------------ memory release
@@ -251,16 +228,74 @@ def _own_code(fn: Callable[..., Any]) -> Callable[..., Any]:
                               fn.__closure__)
 
 
-class CompiledUnits:
-    """The compiled counterparts of a backend's eager units, one per model replica and
-    (inner steps, order); shapes are specialised by Dynamo (``dynamic=False``)."""
+# ---------------------------------------------------------------------------- applying it
+class Acceleration:
+    """The opt-in accelerations of one func or vmap backend (its ``accel``): worker threads
+    on model replicas, and compiled units, one per model replica and (inner steps, order),
+    their shapes specialised by Dynamo (``dynamic=False``).
 
-    def __init__(self) -> None:
+    Args:
+        compile: run compiled units instead of the eager ones.
+        workers: threads; ``None``: 1, or :data:`COMPILED_WORKERS` for compiled per-task
+            units on a CPU with at least 2 intra-op threads (vmap chunks: 1).
+    """
+
+    def __init__(self, compile: bool = False, workers: int | None = None) -> None:
+        self.compile = bool(compile)
+        self.requested_workers = workers
         self.fns: dict[Hashable, Callable[..., Any]] = {}
         self.released = False
+        self._replicas: list[nn.Module] = []
+        self._key: tuple[int, ...] = ()
 
-    def unit(self, backend: FuncBackend, steps: int, first_order: bool, inputs: MetaInputs) -> Unit:
-        """A unit with the contract of ``FuncBackend.eager_unit``."""
+    def __getstate__(self) -> dict[str, object]:
+        # copy.deepcopy / pickle: replicas and compiled functions are rebuilt on demand.
+        return {**self.__dict__, "fns": {}, "released": False, "_replicas": [], "_key": ()}
+
+    def workers(self, backend: FuncBackend, units: int) -> int:
+        """Threads for ``units`` units of ``backend`` (refused with running statistics)."""
+        workers = self.requested_workers
+        model = backend.loop.model
+        if workers is None:
+            if backend.name == "vmap":  # a chunk is already a batch of tasks: one at a time
+                return 1
+            on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+            workers = 1
+            if self.compile and on_cpu and torch.get_num_threads() >= 2 and not buffer_writers(model):
+                workers = COMPILED_WORKERS
+        if workers > 1:
+            writers = buffer_writers(model)
+            if writers:
+                raise ValueError(
+                    f"workers={workers}: {writers} update running BatchNorm statistics in "
+                    "train() mode, which concurrent tasks would race on; use workers=1, "
+                    "bn_mode='transductive' or model.eval()"
+                )
+        return max(1, min(workers, units))
+
+    def unit_size(self, backend: FuncBackend, batch: TaskBatch) -> int | None:
+        """Compiled vmap chunks of at most :data:`COMPILED_CHUNK` tasks (the per-op overhead
+        is gone, small chunks are as fast); otherwise the backend's own choice."""
+        if self.compile and backend.name == "vmap":
+            return even_chunk(len(batch), COMPILED_CHUNK)
+        return None
+
+    def replicas(self, backend: FuncBackend, workers: int) -> list[nn.Module]:
+        """Replicas of the model sharing its tensors, rebuilt when its tensors change."""
+        model = backend.loop.model
+        key = tuple(id(t) for t in (*model.parameters(), *model.buffers()))
+        if key != self._key or len(self._replicas) < workers:
+            self._replicas = [replicate(model) for _ in range(workers)]
+            self._key = key
+        for r in self._replicas:
+            r.train(model.training)
+        return self._replicas[:workers]
+
+    def unit(self, backend: FuncBackend, steps: int, first_order: bool,
+             inputs: MetaParams) -> Unit | None:
+        """The compiled unit (the contract of ``FuncBackend.eager_unit``), or ``None``."""
+        if not self.compile:
+            return None
         loop = backend.loop
         if loop.per_step_bn:
             raise ValueError("compile=True does not support per-step BatchNorm; use compile=False")
@@ -290,8 +325,58 @@ class CompiledUnits:
 
         return unit
 
-    def after_first_batch(self) -> None:
-        """Hand the compiler's freed memory back to the OS, once."""
-        if not self.released:
+    def parallel(self, work: Callable[[int], None], workers: int) -> None:
+        """Run ``work(0..workers-1)`` in threads (:func:`run_threads`)."""
+        run_threads(work, workers)
+
+    def after_batch(self) -> None:
+        """Once compiled, hand the compiler's freed memory back to the OS, once."""
+        if self.compile and not self.released:
             self.released = True
             release_free_memory()
+
+
+def accelerate(learner: M, *, compile: bool = False, workers: int | None = None) -> M:
+    """Turn the opt-in accelerations of every :class:`~metakd.meta.MAMLWrapper` in
+    ``learner`` on (or, with the defaults, off); returns ``learner``.
+
+    Applies to the ``func``, ``vmap`` and ``auto`` backends (under ``auto``, ``workers``
+    applies to the per-task path; vmap chunks run one at a time), including a
+    :class:`~metakd.distill.PMAML`'s student. ``MAMLWrapper(..., compile=, workers=)``
+    calls it.
+
+    Args:
+        learner: a :class:`~metakd.meta.MAMLWrapper`, or a module that holds some.
+        compile: ``torch.compile`` each unit's whole meta-gradient, compiled at the first
+            meta-batch (one to three minutes the first time, seconds later from Inductor's
+            disk cache). Not with per-step batch norm or running statistics in ``train()``.
+            Evaluation stays eager.
+        workers: threads running units concurrently on model replicas (see
+            :class:`Acceleration`).
+
+    Example:
+        >>> import torch
+        >>> from metakd.meta import MAMLWrapper
+        >>> maml = accelerate(MAMLWrapper(torch.nn.Linear(4, 3), inner_lr=0.1), compile=True)
+        >>> maml.compile_mode
+        True
+    """
+    wrappers = [m for m in learner.modules() if isinstance(m, MAMLWrapper)]
+    if not wrappers:
+        raise ValueError(f"accelerate applies to MAMLWrapper and modules holding one, not "
+                         f"{type(learner).__name__}")
+    for maml in wrappers:
+        backend = maml._backend
+        check_acceleration(backend.name, compile, workers)
+        if isinstance(backend, AutoBackend):
+            targets: list[tuple[FuncBackend, int | None]] = [(backend.func, workers),
+                                                               (backend.vmap, None)]
+        elif isinstance(backend, FuncBackend):
+            targets = [(backend, workers)]
+        else:
+            raise ValueError(f"accelerate applies to the 'func', 'vmap' and 'auto' backends, "
+                             f"not {backend.name!r}")
+        for b, w in targets:
+            b.accel = Acceleration(compile, w) if compile or w is not None else None
+        maml.compile_mode = bool(compile)
+    return learner

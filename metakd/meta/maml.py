@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -11,14 +10,16 @@ import torch
 from torch import Tensor, nn
 
 from metakd.data.batch import TaskBatch
-from metakd.meta._backends import BACKENDS, Backend, MAMLLearner, query_metrics
+from metakd.meta._backends import Backend, MAMLClone, MAMLLearner
+from metakd.meta._checks import check_maml_arguments, check_steps
 from metakd.meta._params import AdaptSpec, select_adapted
 from metakd.meta.functional import ParamLayout
 from metakd.meta.inner import InnerLoop, Mode
-from metakd.meta.objectives import REDUCTIONS, CrossEntropy, LossObjective, total
+from metakd.meta.objectives import CrossEntropy, LossObjective
+from metakd.meta.outer import MetaParams, check_batch, outer_step
 from metakd.meta.rules import SGD, MetaSGD
 
-__all__ = ["MAMLLearner", "MAMLWrapper", "default_backend"]
+__all__ = ["MAMLClone", "MAMLLearner", "MAMLWrapper", "default_backend"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,13 +76,15 @@ class MAMLWrapper(nn.Module):
     - ``inner_loss_reduction="sum_over_k"``: the TF reference's support loss (sum / K), so
       ``inner_lr`` has the meaning it has in the paper's tables.
 
-    :meth:`meta_loss` computes the meta-gradient of each task (or chunk of tasks) as soon as
-    its query terms are known and frees that task's graph, so memory does not grow with the
+    :meth:`meta_loss` is :func:`metakd.meta.outer.outer_step` with the backend as its
+    strategy: it computes the meta-gradient of each task (or chunk of tasks) as soon as its
+    query terms are known and frees that task's graph, so memory does not grow with the
     meta-batch. The loss it returns is therefore a *surrogate*: its value is the mean query
     loss, and ``loss.backward()`` puts exactly the meta-gradient into the ``.grad`` of every
     trainable meta-parameter (the model's, and the rule's and objectives' learnable tensors).
     It can be scaled and added to other losses, but it is only differentiable once and only
-    with respect to those parameters; use :meth:`adapt` for a full graph.
+    with respect to those parameters; use :meth:`adapt` for a full graph, or :meth:`clone`
+    and ``learner.adapt(loss)`` as in learn2learn.
 
     Args:
         model: the network; its forward must depend only on its parameters and buffers
@@ -113,14 +116,16 @@ class MAMLWrapper(nn.Module):
             hold about 320 Omniglot-sized images (support + query, the support counted once
             per inner step in second order), spread evenly (see ``_func.CHUNK_ELEMENTS``).
         workers: opt-in: threads that run tasks (func) or chunks (vmap) concurrently, each
-            on a replica of the model (:mod:`metakd.meta.accel`). Default: 1 (no threads)
-            eager; with ``compile=True`` on a CPU, 2 for per-task units (Inductor's C++
-            wrapper releases the GIL, so they overlap), 1 for vmap chunks.
+            on a replica of the model. Default: 1 (no threads) eager; with ``compile=True``
+            on a CPU, 2 for per-task units (Inductor's C++ wrapper releases the GIL, so they
+            overlap), 1 for vmap chunks.
         compile: opt-in: ``torch.compile`` each task's (func) or chunk's (vmap) whole
             meta-gradient, compiled at the first meta-batch and cached on disk by Inductor
             (one to three minutes the first time, seconds later); on CPU 1.15-1.7x faster
             than eager once compiled. Evaluation stays eager. Not with the learn2learn and
             higher backends, per-step batch norm or running statistics in ``train()``.
+            ``workers`` and ``compile`` are a shorthand for
+            :func:`metakd.meta.accel.accelerate` on the built wrapper.
 
     Shapes:
         ``meta_loss`` takes a :class:`metakd.data.TaskBatch` (``support_x [T, N*K, C, H, W]``,
@@ -170,49 +175,9 @@ class MAMLWrapper(nn.Module):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        if not isinstance(model, nn.Module):
-            raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
-        _check_steps("inner_steps", inner_steps)
-        if test_inner_steps is not None:
-            _check_steps("test_inner_steps", test_inner_steps)
-        if backend not in ("auto", *BACKENDS):
-            raise ValueError(f"backend={backend!r} is unknown; use one of {('auto', *BACKENDS)}")
-        if inner_loss_reduction not in REDUCTIONS:
-            raise ValueError(
-                f"inner_loss_reduction={inner_loss_reduction!r} is unknown; use 'mean' "
-                "(mean over the support set) or 'sum_over_k' (TF reference: sum / K)"
-            )
-        if inner_loss is not None and not callable(inner_loss):
-            raise ValueError("inner_loss must be a callable loss(logits, labels) -> scalar")
-        for what, value in (("rule", rule), ("support", support), ("objective", objective)):
-            if value is not None and not callable(value):
-                raise ValueError(f"{what} must be callable, got {type(value).__name__}")
-        if rule is not None and (inner_lr is not None or learn_inner_lr):
-            raise ValueError("pass either rule= or inner_lr/learn_inner_lr (the default rule)")
-        if rule is None and inner_lr is None:
-            raise ValueError("inner_lr is required with the default update rule (SGD)")
-        if inner_lr is not None and (
-            isinstance(inner_lr, bool) or not isinstance(inner_lr, (int, float))
-            or not math.isfinite(inner_lr) or inner_lr <= 0
-        ):
-            raise ValueError(f"inner_lr must be a positive finite float, got {inner_lr!r}")
-        if vmap_chunk is not None and (isinstance(vmap_chunk, bool) or vmap_chunk < 1):
-            raise ValueError(f"vmap_chunk must be a positive int or None, got {vmap_chunk!r}")
-        if vmap_chunk is not None and backend not in ("vmap", "auto"):
-            raise ValueError(f"vmap_chunk applies to backend='vmap' only, not {backend!r}")
-        if workers is not None and (isinstance(workers, bool) or workers < 1):
-            raise ValueError(f"workers must be a positive int or None, got {workers!r}")
-        if compile == "auto":
-            raise ValueError(
-                "compile='auto' (a background compile at a wall-clock moment) was removed: a "
-                "run's numbers must not change mid-run. Use compile=True (compiled from the "
-                "first meta-batch) or False"
-            )
-        if compile not in (True, False):
-            raise ValueError(f"compile must be True or False, got {compile!r}")
-        if compile and backend not in ("func", "vmap", "auto"):
-            raise ValueError(f"compile=True needs backend 'func', 'vmap' or 'auto', not {backend!r}")
-
+        check_maml_arguments(model, inner_lr, inner_steps, backend, test_inner_steps,
+                             learn_inner_lr, inner_loss, inner_loss_reduction, rule, support,
+                             objective, vmap_chunk, workers, compile)
         self.model = model
         self.inner_steps = int(inner_steps)
         self.test_inner_steps = int(inner_steps if test_inner_steps is None else test_inner_steps)
@@ -245,12 +210,14 @@ class MAMLWrapper(nn.Module):
         if backend == "auto":
             backend = default_backend(next(iter(params.values())).device)
         self.backend_name = backend
-        self.compile_mode = bool(compile)
+        self.compile_mode = False  # metakd.meta.accel.accelerate turns it on
         self._loop = InnerLoop(model, self.adapted_names, rule, support, objective)
-        self._backend: Backend = _make_backend(
-            backend, self._loop, first_order=self.first_order, vmap_chunk=vmap_chunk,
-            workers=workers, compile=self.compile_mode,
-        )
+        self._backend: Backend = _make_backend(backend, self._loop, self.first_order, vmap_chunk)
+        if backend in ("func", "vmap", "auto") and (compile or workers not in (None, 1)):
+            # The accelerations live outside the core; these arguments are a shorthand.
+            from metakd.meta.accel import accelerate
+
+            accelerate(self, compile=compile, workers=workers)
         logger.debug("MAMLWrapper: backend %s, compile=%s", self.backend_name, self.compile_mode)
 
     # ------------------------------------------------------------------------------ helpers
@@ -261,18 +228,16 @@ class MAMLWrapper(nn.Module):
             raise AttributeError("inner_lrs exists with learn_inner_lr=True (Meta-SGD) only")
         return self.rule.lrs
 
-    def _meta_inputs(self) -> Any:
-        from metakd.meta._func import MetaInputs
-
+    def _meta_params(self) -> MetaParams:
+        """The meta-parameters: the model's trainable ones, then the learnable tensors of
+        the rule and the objectives (modules), grouped by part."""
         params = dict(self.model.named_parameters())
-        groups: dict[str, dict[str, Tensor]] = {"model": {n: params[n] for n in self._layout.names}}
-        for g in ("rule", "support", "objective"):
-            part = getattr(self, g)
-            groups[g] = (
-                {n: p for n, p in part.named_parameters() if p.requires_grad}
-                if isinstance(part, nn.Module) else {}
-            )
-        return MetaInputs(groups)
+        return MetaParams({
+            "model": {n: params[n] for n in self._layout.names},
+            **{g: part if isinstance(part, nn.Module) else None
+               for g, part in (("rule", self.rule), ("support", self.support),
+                               ("objective", self.objective))},
+        })
 
     @staticmethod
     def _step_tensor(step: int | Tensor | None, device: torch.device) -> Tensor:
@@ -310,7 +275,7 @@ class MAMLWrapper(nn.Module):
         grad = torch.is_grad_enabled()
         if steps is None:
             steps = self.inner_steps if grad else self.test_inner_steps
-        _check_steps("steps", steps)
+        check_steps("steps", steps)
         if support_x.shape[0] != support_y.shape[0]:
             raise ValueError(
                 f"support_x has {support_x.shape[0]} examples but support_y has "
@@ -339,29 +304,35 @@ class MAMLWrapper(nn.Module):
             a ``[T]`` tensor and ``metrics["class_accuracy"]`` a ``[T, N]`` tensor of per-class
             query accuracy (NaN for a class without queries).
         """
-        if not isinstance(task_batch, TaskBatch):
-            raise ValueError(
-                f"meta_loss takes a metakd.data.TaskBatch, got {type(task_batch).__name__}; "
-                "for one task use adapt(support_x, support_y)"
-            )
-        if len(task_batch) == 0:
-            raise ValueError("meta_loss got an empty TaskBatch")
+        check_batch(task_batch)
         meta_step = self._step_tensor(step, task_batch.support_x.device)
-        if training:
-            inputs = self._meta_inputs()
-            with torch.enable_grad():
-                terms, logits, grads = self._backend.meta_gradients(
-                    task_batch, self.inner_steps, self.first_order, inputs, meta_step
-                )
-                loss = total(terms).mean()
-                # Surrogate: value = mean query loss, d/dθ = the meta-gradient just computed.
-                dot = torch.stack([(t * g).sum() for t, g in zip(inputs.flat, grads)]).sum()
-                loss = loss + (dot - dot.detach())
-        else:
-            # The paths build no meta-graph; the inner steps still need their gradients.
-            terms, logits = self._backend.predict(task_batch, self.test_inner_steps, meta_step)
-            loss = total(terms).mean().detach()
-        return loss, query_metrics(loss, terms, logits, task_batch.query_y)
+        steps = self.inner_steps if training else self.test_inner_steps
+        return outer_step(self._backend.strategy(steps, self.first_order), task_batch,
+                          self._meta_params(), training=training, step=meta_step)
+
+    def clone(self, first_order: bool | None = None) -> MAMLClone:
+        """learn2learn's ``clone()``: a learner at the meta-parameters, adapted by losses.
+
+        ``learner.adapt(loss)`` takes one step of the update rule on ``loss`` (computed with
+        ``learner(x)``), to second order unless ``first_order`` (default: the wrapper's);
+        the learner stays graph-connected to the meta-parameters, so a query loss computed
+        with it can be back-propagated. The same steps as :meth:`adapt` on a support set
+        (``maml.adapt(support_x, support_y)`` is the metakd call, and :meth:`meta_loss` the
+        batched one).
+
+        Example:
+            >>> import torch
+            >>> import torch.nn.functional as F
+            >>> maml = MAMLWrapper(torch.nn.Linear(4, 3), inner_lr=0.1)
+            >>> x, y = torch.randn(6, 4), torch.arange(3).repeat(2)
+            >>> learner = maml.clone()
+            >>> learner.adapt(F.cross_entropy(learner(x), y))
+            >>> F.cross_entropy(learner(x), y).backward()
+            >>> torch.allclose(learner.params["weight"], maml.adapt(x, y, steps=1).params["weight"])
+            True
+        """
+        fo = self.first_order if first_order is None else bool(first_order)
+        return MAMLClone(self._loop, fo)
 
     def predict(
         self, task_batch: TaskBatch, steps: int | None = None, step: int | Tensor | None = None
@@ -375,7 +346,7 @@ class MAMLWrapper(nn.Module):
         if not isinstance(task_batch, TaskBatch):
             raise ValueError(f"predict takes a metakd.data.TaskBatch, got {type(task_batch).__name__}")
         steps = self.test_inner_steps if steps is None else steps
-        _check_steps("steps", steps)
+        check_steps("steps", steps)
         meta_step = self._step_tensor(step, task_batch.support_x.device)
         _, logits = self._backend.predict(task_batch, steps, meta_step)
         return logits.detach()
@@ -388,26 +359,18 @@ class MAMLWrapper(nn.Module):
         )
 
 
-def _make_backend(
-    name: str, loop: InnerLoop, *, first_order: bool, vmap_chunk: int | None,
-    workers: int | None, compile: bool,
-) -> Backend:
-    """Build the path called ``name`` (``"auto"`` or one of :data:`BACKENDS`)."""
+def _make_backend(name: str, loop: InnerLoop, first_order: bool, vmap_chunk: int | None
+                  ) -> Backend:
+    """Build the path called ``name`` (``"auto"`` or one of ``"func"``, ``"vmap"``,
+    ``"learn2learn"``, ``"higher"``), eager and without threads."""
     if name in ("func", "vmap", "auto"):
         from metakd.meta._func import AutoBackend, FuncBackend, VmapBackend
 
         if name == "auto":
-            return AutoBackend(loop, workers=workers, compile=compile)
-        if name == "func":
-            return FuncBackend(loop, workers=workers, compile=compile)
-        return VmapBackend(loop, chunk=vmap_chunk, workers=workers, compile=compile)
+            return AutoBackend(loop)
+        return FuncBackend(loop) if name == "func" else VmapBackend(loop, chunk=vmap_chunk)
     from metakd.meta._external import HigherBackend, Learn2LearnBackend
 
     if name == "learn2learn":
         return Learn2LearnBackend(loop, first_order)
     return HigherBackend(loop)
-
-
-def _check_steps(what: str, steps: object) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"{what} must be an int >= 0, got {steps!r}")

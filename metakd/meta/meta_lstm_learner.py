@@ -19,12 +19,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from metakd.data.batch import TaskBatch
-from metakd.meta._backends import query_metrics
+from metakd.data.batch import Task, TaskBatch
 from metakd.meta.functional import ParamLayout
 from metakd.meta.inner import InnerLoop, autograd_grad, run_task
 from metakd.meta.meta_lstm import MetaLSTMOptimizer
-from metakd.meta.objectives import CrossEntropy, total
+from metakd.meta.objectives import CrossEntropy
+from metakd.meta.outer import PerTask, Terms, outer_step
 from metakd.meta.rules import UpdateRule
 
 __all__ = ["MetaLSTM", "reset_batch_norm"]
@@ -213,51 +213,29 @@ class MetaLSTM(nn.Module):
     def meta_loss(
         self, task_batch: TaskBatch, training: bool = True, step: int | Tensor | None = None
     ) -> tuple[Tensor, dict[str, Any]]:
-        """Mean over the episodes of the query objective after adaptation.
+        """Mean over the episodes of the query objective after adaptation
+        (:func:`metakd.meta.outer.outer_step`, one episode after the other).
 
         Returns ``(loss, metrics)`` as :meth:`metakd.meta.MAMLWrapper.meta_loss` does
         (``loss``, ``accuracy``, ``terms``, ``task_accuracy [T]``, ``class_accuracy [T, N]``).
         """
-        if not isinstance(task_batch, TaskBatch):
-            raise ValueError(f"meta_loss takes a metakd.data.TaskBatch, got "
-                             f"{type(task_batch).__name__}")
-        num = len(task_batch)
-        if num == 0:
-            raise ValueError("meta_loss got an empty TaskBatch")
-        meta_step = 0 if step is None else step
-        inputs = [p for p in self.parameters() if p.requires_grad] if training else []
-        sums: list[Tensor | None] = [None] * len(inputs)
-        all_terms: list[dict[str, Tensor]] = []
-        all_logits: list[Tensor] = []
-        for t in range(num):
-            extras = {k: v[t] for k, v in task_batch.extras.items()}
-            sx, sy = task_batch.support_x[t], task_batch.support_y[t]
-            qx, qy = task_batch.query_x[t], task_batch.query_y[t]
-            if training:
-                with torch.enable_grad():
-                    params = self.adapt_params(sx, sy, training=True, extras=extras)
-                    logits = self.query_logits(params, qx, training=True)
-                    terms = self.objective(logits, qy, extras, meta_step)
-                    grads = torch.autograd.grad(total(terms) / num, inputs, allow_unused=True)
-                for j, g in enumerate(grads):
-                    if g is not None:
-                        sums[j] = g if sums[j] is None else sums[j] + g  # type: ignore[operator]
-            else:
-                params = self.adapt_params(sx, sy, training=False, extras=extras)
-                with torch.no_grad():
-                    logits = self.query_logits(params, qx, training=False)
-                    terms = self.objective(logits, qy, extras, meta_step)
-            all_terms.append({k: v.detach() for k, v in terms.items()})
-            all_logits.append(logits.detach())
-        stacked = {k: torch.stack([tm[k] for tm in all_terms]) for k in all_terms[0]}
-        loss = total(stacked).mean()
-        if training:
-            pairs = [(p, g) for p, g in zip(inputs, sums) if g is not None]
-            if pairs:
-                dot = torch.stack([(p * g).sum() for p, g in pairs]).sum()
-                loss = loss + (dot - dot.detach())
-        logits = torch.stack(all_logits)
-        return loss, query_metrics(loss, stacked, logits, task_batch.query_y)
+        return outer_step(PerTask(self._task_objective, self._task_evaluation), task_batch,
+                          self, training=training, step=0 if step is None else step)
+
+    def _task_objective(self, task: Task, step: int | Tensor) -> tuple[Terms, Tensor]:
+        """One episode's query terms and logits, graph-connected to the meta-parameters."""
+        with torch.enable_grad():
+            params = self.adapt_params(task.support_x, task.support_y, training=True,
+                                       extras=task.extras)
+            logits = self.query_logits(params, task.query_x, training=True)
+            return self.objective(logits, task.query_y, task.extras, step), logits
+
+    def _task_evaluation(self, task: Task, step: int | Tensor) -> tuple[Terms, Tensor]:
+        params = self.adapt_params(task.support_x, task.support_y, training=False,
+                                   extras=task.extras)
+        with torch.no_grad():
+            logits = self.query_logits(params, task.query_x, training=False)
+            return self.objective(logits, task.query_y, task.extras, step), logits
 
     def predict(self, task_batch: TaskBatch) -> Tensor:
         """The query logits ``[T, N*Q, N]`` after meta-test adaptation, without a graph.
