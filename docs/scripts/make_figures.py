@@ -7,7 +7,7 @@
   on the bundled Omniglot, with the same settings as the tutorial, drawn with
   :func:`metakd.engine.plot_learning_curve` and :func:`metakd.cli.episode_picture`;
 - ``maml_speed_cpu.png`` (the Benchmarks page): the speed table of
-  ``benchmarks/results/maml_speed_cpu_s5_issue9.json`` as a bar chart.
+  ``benchmarks/results/maml_speed_cpu_s5_2026-11-29.json`` as a bar chart.
 
 ``tests/test_docs.py`` calls these functions with a tiny budget, so the code that drew the
 committed pictures keeps working.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "docs" / "images"
-SPEED_JSON = ROOT / "benchmarks" / "results" / "maml_speed_cpu_s5_issue9.json"
+SPEED_JSON = ROOT / "benchmarks" / "results" / "maml_speed_cpu_s5_2026-11-29.json"
 
 # (JSON method key, label) in the order of the Benchmarks page's table
 SPEED_METHODS = (
