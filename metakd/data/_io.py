@@ -134,7 +134,7 @@ def _copy_with_progress(src: BinaryIO, dst: BinaryIO, total: int, name: str,
                         progress: bool | None) -> None:
     from tqdm.auto import tqdm
 
-    from metakd.engine.progress import show_progress
+    from metakd._progress import show_progress
 
     with tqdm(total=total or None, unit="B", unit_scale=True, desc=name,
               disable=not show_progress(progress)) as bar:

@@ -96,7 +96,7 @@ def _decode_all(
 ) -> np.ndarray:
     from tqdm.auto import tqdm
 
-    from metakd.engine.progress import show_progress
+    from metakd._progress import show_progress
 
     if count == 0:
         raise ValueError(f"{name}: no images to cache")

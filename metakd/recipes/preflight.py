@@ -59,10 +59,10 @@ def versions() -> dict[str, Any]:
         >>> sorted(versions())
         ['git_commit', 'metakd', 'python', 'torch']
     """
-    import metakd
+    from metakd._version import __version__
 
     commit = None
-    source = Path(metakd.__file__).resolve().parent.parent
+    source = Path(__file__).resolve().parents[2]  # the checkout holding metakd/
     if (source / ".git").exists():
         try:
             out = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"],
@@ -76,7 +76,7 @@ def versions() -> dict[str, Any]:
                     commit += " (with uncommitted changes)"
         except (OSError, subprocess.SubprocessError):
             commit = None
-    return {"metakd": getattr(metakd, "__version__", "unknown"), "torch": torch.__version__,
+    return {"metakd": __version__, "torch": torch.__version__,
             "python": platform.python_version(), "git_commit": commit}
 
 
