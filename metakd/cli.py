@@ -1,4 +1,4 @@
-"""The ``metakd`` command: ``train``, ``eval``, ``convert``, ``methods`` and ``demo``.
+"""The ``metakd`` command: ``train``, ``eval``, ``convert``, ``methods``, ``models`` and ``demo``.
 
 * ``metakd train METHOD --dataset omniglot [--root DIR] --ways 5 --shots 1 ...``: train a
   registered method (``metakd methods`` lists them) with the paper's settings for that data
@@ -11,6 +11,8 @@
   :mod:`metakd.interop`) as a metakd state dict (``DEST`` ending in ``.pt``/``.pth``) or as a
   run folder that ``metakd eval DEST`` tests (MAML-Pytorch checkpoints).
 * ``metakd methods``: the registered methods, one line each.
+* ``metakd models [PATTERN] [--family F]``: the model zoo (:func:`metakd.nn.describe_models`),
+  one line each: name, family and description; ``PATTERN`` is a glob (``"resnet*"``).
 * ``metakd demo``: a few minutes of MAML on the bundled Omniglot, then held-out accuracy,
   the checkpoint, a learning curve and a picture of an episode.
 """
@@ -186,7 +188,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from metakd.interop._convert import convert_file
+    from metakd.recipes.convert import convert_file
 
     res = convert_file(args.src, args.to, args.arch, format=args.format, part=args.part)
     options = ", ".join(f"{k}={v}" for k, v in res["model_kwargs"].items())
@@ -206,6 +208,23 @@ def _methods(args: argparse.Namespace) -> int:
     width = max((len(m.name) for m in found), default=0)
     for m in found:
         print(f"{m.name:<{width}}  {m.describe}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from metakd.engine.errors import UsageError
+    from metakd.nn import describe_models
+    from metakd.recipes.fields import plain
+
+    found = describe_models(args.pattern, family=args.family)
+    if not found:
+        which = f"{args.family} model" if args.family else "model"
+        raise UsageError(f"no {which} matches {args.pattern or '*'!r} "
+                         "(`metakd models` lists them all)")
+    name_w = max(len(m.name) for m in found)
+    family_w = max(len(m.family) for m in found)
+    for m in found:
+        print(f"{m.name:<{name_w}}  {m.family:<{family_w}}  {plain(m.description)}".rstrip())
     return 0
 
 
@@ -347,6 +366,28 @@ def _add_convert_parser(sub: Any) -> None:
     c.set_defaults(func=_convert)
 
 
+def _add_methods_parser(sub: Any) -> None:
+    """``metakd methods``: no options."""
+    m = sub.add_parser("methods", help="list the registered methods")
+    m.set_defaults(func=_methods)
+
+
+def _add_models_parser(sub: Any) -> None:
+    """``metakd models [PATTERN]``: a glob of the names and a family to keep."""
+    from metakd.nn.registry import FAMILIES
+
+    m = sub.add_parser("models", help="list the model zoo (name, family, description)",
+                       description="List the registered models (the names that "
+                                   "metakd.nn.create and the --arch options take): name, "
+                                   "family and description, one line each.")
+    m.add_argument("pattern", nargs="?", metavar="PATTERN",
+                   help="a glob the names match, e.g. 'resnet*' (default: every model)")
+    m.add_argument("--family", choices=FAMILIES,
+                   help="only the models of this family (default: all)")
+    _add_debug(m)
+    m.set_defaults(func=_models)
+
+
 def _build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     p = _Parser(prog="metakd", description="Few-shot meta-learning and distillation. Exit "
                 "status: 0 done, 2 usage, 3 data or input file, 4 training diverged, 5 disk or "
@@ -358,8 +399,8 @@ def _build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     _add_train_parsers(sub, argv)
     _add_eval_parser(sub)
     _add_convert_parser(sub)
-    m = sub.add_parser("methods", help="list the registered methods")
-    m.set_defaults(func=_methods)
+    _add_methods_parser(sub)
+    _add_models_parser(sub)
     return p
 
 

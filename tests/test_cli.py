@@ -206,3 +206,38 @@ def test_help_shows_the_values_that_run_for_the_data_set(
                                                   get_method(method).config_cls().ways,
                                                   get_method(method).config_cls().shots)
         assert _shown_default(text, "--seed") == str(cfg.seed)
+
+
+# ------------------------------------------------------------------- metakd models
+
+
+def test_models_lists_the_zoo_in_columns(capsys: pytest.CaptureFixture[str]) -> None:
+    """Name, family and description (docstring markup out) of every model, aligned."""
+    from metakd.nn import describe_models
+    from metakd.recipes.fields import plain
+
+    zoo = describe_models()
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[:2] for ln in lines] == [[m.name, m.family] for m in zoo]
+    column = max(len(m.name) for m in zoo) + 2 + max(len(m.family) for m in zoo) + 2
+    assert all(ln[column:] == plain(m.description) for ln, m in zip(lines, zoo, strict=True))
+    assert any(m.description for m in zoo) and "``" not in "".join(lines)
+
+
+def test_models_filters_by_family_and_pattern(capsys: pytest.CaptureFixture[str]) -> None:
+    from metakd.nn import describe_models
+
+    assert main(["models", "--family", "cifar"]) == 0
+    names = [ln.split()[0] for ln in capsys.readouterr().out.splitlines()]
+    assert names == [m.name for m in describe_models(family="cifar")]
+    assert "vgg8" in names and "conv4" not in names
+    assert main(["models", "resnet*", "--family", "few-shot"]) == 0
+    rows = [ln.split()[:2] for ln in capsys.readouterr().out.splitlines()]
+    assert rows and all(n.startswith("resnet") and f == "few-shot" for n, f in rows)
+    assert "no cifar model matches 'conv*'" in _one_line_in_process(
+        capsys, "models", "conv*", "--family", "cifar")
+
+
+def test_models_unknown_family_is_one_line() -> None:
+    assert "invalid choice: 'imagenet'" in _one_line_error("models", "--family", "imagenet")

@@ -19,6 +19,7 @@ import doctest
 import importlib
 import importlib.util
 import inspect
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -36,7 +37,7 @@ from metakd.recipes import (
     get_method,
     methods,
 )
-from metakd.recipes.fields import compose_doc, field_docs
+from metakd.recipes.fields import alias_table, compose_doc, field_docs, option_table
 from metakd.recipes.options import Alias, add_aliases, add_config_arguments, option_values
 from metakd.recipes.originals import (
     GDA_FEWSHOT,
@@ -170,6 +171,32 @@ def test_the_help_of_every_option_is_the_fields() -> None:
         assert action.help is not None and action.help.startswith(text.rstrip(".")), action.help
 
 
+def _listed_flags(table: str) -> list[list[str]]:
+    """The options of each row of a generated Markdown table (its first column)."""
+    return [re.findall(r"`(--[^`]+)`", row.split(" | ")[0]) for row in table.splitlines()[2:]]
+
+
+def test_the_parsers_and_the_tables_spell_and_group_options_alike() -> None:
+    """A field's option and an original's option have the same spellings in the parsers as
+    in the docs' tables."""
+    for m in methods():
+        p = argparse.ArgumentParser(add_help=False)
+        added = add_config_arguments(p, m.config_cls, aliases=m.aliases)
+        rows = {flags[0]: flags for flags in _listed_flags(option_table(m.config_cls,
+                                                                          aliases=m.aliases))}
+        for action in p._actions:
+            if action.dest in added:  # less the --no-x of a bool's --x
+                flags = [f for f in action.option_strings
+                         if "--" + f.removeprefix("--no-") not in action.option_strings]
+                assert rows[flags[0]] == flags, m.name
+    for cls, table in ((MAMLConfig, maml_pytorch("omniglot")), (PMAMLConfig, PMAML),
+                       (MTLConfig, MTL_PYTORCH), (MetaLSTMConfig, META_LSTM),
+                       (MetaBaselineConfig, GDA_FEWSHOT)):
+        p = argparse.ArgumentParser(add_help=False)
+        add_aliases(p, cls, table)
+        assert _listed_flags(alias_table(cls, table)) == [a.option_strings for a in p._actions]
+
+
 def test_aliases_set_their_fields_and_the_fields_own_option_wins() -> None:
     p = argparse.ArgumentParser()
     add_config_arguments(p, MetaLSTMConfig, aliases=META_LSTM)
@@ -184,13 +211,16 @@ def test_aliases_set_their_fields_and_the_fields_own_option_wins() -> None:
 
 def _example(folder: str, name: str) -> ModuleType:
     path = ROOT / "examples" / folder
+    names = ("_args", "_common", "main", "train_teacher", "train_student")
     sys.path.insert(0, str(path))
     try:
-        for mod in ("_args", "_common", "main", "train_teacher", "train_student"):
+        for mod in names:
             sys.modules.pop(mod, None)
         return importlib.import_module(name)
-    finally:
+    finally:  # another folder's test imports its own "main"
         sys.path.remove(str(path))
+        for mod in names:
+            sys.modules.pop(mod, None)
 
 
 def test_example_parsers_are_generated_from_the_tables() -> None:

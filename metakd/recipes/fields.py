@@ -6,7 +6,10 @@ several methods share. :func:`compose_doc` completes a config's ``Attributes:`` 
 the entries of the parts it is made of, so ``help(MAMLConfig)``, the API pages,
 ``metakd train METHOD --help`` (:func:`metakd.recipes.options.add_config_arguments`), the
 examples' original-name options (:class:`metakd.recipes.options.Alias`) and the docs' option
-tables (:func:`option_table`, :func:`alias_table`) all show that one text.
+tables (:func:`option_table`, :func:`alias_table`) all show that one text. The parsers and the
+tables also spell and group the options alike: :func:`option_flags` (with
+:func:`alias_spellings`) gives a field's flags, :func:`alias_groups` the aliases that are one
+option, :func:`alias_help` and :func:`alias_default` an alias's help and default.
 """
 
 from __future__ import annotations
@@ -15,13 +18,14 @@ import dataclasses
 import inspect
 import re
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from metakd.recipes.options import Alias
 
-__all__ = ["alias_table", "compose_doc", "field_docs", "flag", "option_table", "plain", "shown"]
+__all__ = ["alias_default", "alias_groups", "alias_help", "alias_spellings", "alias_table",
+           "compose_doc", "field_docs", "flag", "option_flags", "option_table", "plain", "shown"]
 
 T = TypeVar("T")
 
@@ -195,13 +199,90 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def alias_spellings(aliases: Iterable[Alias]) -> dict[str, list[str]]:
+    """``{field: [flag, ...]}``: the aliases that only rename a field (:attr:`Alias.plain`),
+    which are other spellings of the field's own option.
+
+    Example:
+        >>> from metakd.recipes.originals import META_LSTM
+        >>> alias_spellings(META_LSTM)["shots"]
+        ['--n-shot']
+    """
+    out: dict[str, list[str]] = {}
+    for a in aliases:
+        if a.plain:
+            out.setdefault(a.fields[0], []).append(a.flag)
+    return out
+
+
+def option_flags(name: str, spellings: Mapping[str, Sequence[str]], *,
+                 key_value: bool = False) -> list[str]:
+    """Every spelling of a field's option: its :func:`flag`, ``--x-arg`` for a ``x_kwargs``
+    field of ``KEY=VALUE`` pairs (``key_value``), then its ``spellings``
+    (:func:`alias_spellings`).
+
+    Example:
+        >>> option_flags("model_kwargs", {"model_kwargs": ["--net"]}, key_value=True)
+        ['--model-kwargs', '--model-arg', '--net']
+    """
+    flags = [flag(name)]
+    if key_value and name.endswith("_kwargs"):
+        flags.append(flag(name.removesuffix("_kwargs")) + "-arg")
+    return [*flags, *spellings.get(name, [])]
+
+
+def alias_groups(aliases: Iterable[Alias]) -> list[list[Alias]]:
+    """The aliases grouped by what they do (the same fields, default, note and choices): each
+    group is one option, spelled as each of its aliases, in the order of ``aliases``.
+
+    Example:
+        >>> from metakd.recipes.originals import GDA_FEWSHOT
+        >>> [[a.flag for a in same] for same in alias_groups(GDA_FEWSHOT) if len(same) > 1]
+        [['--temperature', '--T']]
+    """
+    groups: dict[tuple[Any, ...], list[Alias]] = {}
+    for a in aliases:
+        groups.setdefault((a.fields, repr(a.default), a.note, a.choices), []).append(a)
+    return list(groups.values())
+
+
+def alias_default(alias: Alias, reference: Any = None) -> Any:
+    """The default an alias's option shows: its own, else ``reference``'s value of its first
+    field (a ``paper`` config; a text: that text), else "the paper's".
+
+    Example:
+        >>> from metakd.recipes import MAMLConfig
+        >>> from metakd.recipes.options import Alias
+        >>> a = Alias("--update_lr", "inner_lr")
+        >>> alias_default(a), alias_default(a, MAMLConfig.paper("omniglot"))
+        ("the paper's", 0.4)
+    """
+    if alias.default is not None:
+        return alias.default
+    if isinstance(reference, str):
+        return reference
+    return getattr(reference, alias.fields[0]) if reference is not None else "the paper's"
+
+
+def alias_help(docs: Mapping[str, str], alias: Alias) -> str:
+    """An alias's help in plain text: that of its first field (from ``docs``,
+    :func:`field_docs`), then the alias's note.
+
+    Example:
+        >>> from metakd.recipes.options import Alias
+        >>> alias_help({"lr": "the ``lr``."}, Alias("--lr_x10", "lr", note="(times 10)"))
+        'the lr (times 10)'
+    """
+    text = plain(docs.get(alias.fields[0], alias.fields[0]))
+    return f"{text.rstrip('.')} {plain(alias.note)}" if alias.note else text
+
+
 def _cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
-def _text(docs: dict[str, str], alias: Alias) -> str:
-    text = plain(docs.get(alias.fields[0], ""))
-    return f"{text.rstrip('.')} {alias.note}" if alias.note else text
+def _codes(names: Iterable[str]) -> str:
+    return ", ".join(f"`{n}`" for n in names)
 
 
 def option_table(config_cls: type[Any], reference: Any = None, *,
@@ -220,23 +301,17 @@ def option_table(config_cls: type[Any], reference: Any = None, *,
     """
     docs = field_docs(config_cls)
     ref = reference if reference is not None else config_cls()
-    spellings: dict[str, list[str]] = {}
-    for a in aliases:
-        if a.plain:
-            spellings.setdefault(a.fields[0], []).append(a.flag)
+    spellings = alias_spellings(aliases)
     rows = ["| option | default | meaning |", "|---|---|---|"]
     for f in dataclasses.fields(config_cls):
-        names = [flag(f.name), *spellings.get(f.name, [])]
-        if f.name.endswith("_kwargs") and isinstance(getattr(ref, f.name), dict):
-            names.insert(1, flag(f.name.removesuffix("_kwargs")) + "-arg")
-        flags = ", ".join(f"`{x}`" for x in names)
-        rows.append(f"| {flags} | `{_cell(shown(getattr(ref, f.name)))}` | "
+        value = getattr(ref, f.name)
+        names = option_flags(f.name, spellings, key_value=isinstance(value, dict))
+        rows.append(f"| {_codes(names)} | `{_cell(shown(value))}` | "
                     f"{_cell(plain(docs.get(f.name, '')))} |")
     for a in aliases:
         if not a.plain:
-            default = a.default if a.default is not None else getattr(ref, a.fields[0])
-            rows.append(f"| `{a.flag}` | `{_cell(shown(default))}` | sets "
-                        f"{', '.join(f'`{n}`' for n in a.fields)}: {_cell(_text(docs, a))} |")
+            rows.append(f"| `{a.flag}` | `{_cell(shown(alias_default(a, ref)))}` | sets "
+                        f"{_codes(a.fields)}: {_cell(alias_help(docs, a))} |")
     return "\n".join(rows)
 
 
@@ -257,14 +332,9 @@ def alias_table(config_cls: type[Any], aliases: Sequence[Alias], reference: Any 
     """
     docs = field_docs(config_cls)
     ref = reference if reference is not None else config_cls()
-    groups: dict[tuple[Any, ...], list[Alias]] = {}
-    for a in aliases:  # spellings of the same option: one row
-        groups.setdefault((a.fields, repr(a.default), a.note, a.choices), []).append(a)
     rows = ["| option | sets | default | meaning |", "|---|---|---|---|"]
-    for same in groups.values():
+    for same in alias_groups(aliases):  # spellings of the same option: one row
         a = same[0]
-        default = a.default if a.default is not None else getattr(ref, a.fields[0])
-        rows.append(f"| {', '.join(f'`{b.flag}`' for b in same)} | "
-                    f"{', '.join(f'`{n}`' for n in a.fields)} | "
-                    f"`{_cell(shown(default))}` | {_cell(_text(docs, a))} |")
+        rows.append(f"| {_codes(b.flag for b in same)} | {_codes(a.fields)} | "
+                    f"`{_cell(shown(alias_default(a, ref)))}` | {_cell(alias_help(docs, a))} |")
     return "\n".join(rows)

@@ -21,7 +21,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from metakd.recipes.fields import field_docs, plain, shown
+from metakd.recipes.fields import (
+    alias_default,
+    alias_groups,
+    alias_help,
+    alias_spellings,
+    field_docs,
+    option_flags,
+    plain,
+    shown,
+)
 
 __all__ = ["OPTION_GROUPS", "Alias", "KeyValueAction", "add_aliases", "add_config_arguments",
            "field_docs", "finish_help", "option_values", "parse_value", "plain"]
@@ -182,10 +191,7 @@ def add_config_arguments(parser: argparse.ArgumentParser | Any, config_cls: type
     hints = typing.get_type_hints(config_cls)
     docs = field_docs(config_cls)
     aliases = list(aliases)
-    spellings: dict[str, list[str]] = {}
-    for a in aliases:
-        if a.plain:
-            spellings.setdefault(a.fields[0], []).append(a.flag)
+    spellings = alias_spellings(aliases)
     added: list[str] = []
     for f in dataclasses.fields(config_cls):
         if f.name in skip or (only is not None and f.name not in only):
@@ -193,10 +199,7 @@ def add_config_arguments(parser: argparse.ArgumentParser | Any, config_cls: type
         kw = _kind(hints.get(f.name, str))
         if kw is None:
             continue  # not expressible on the command line
-        flags = ["--" + f.name.replace("_", "-")]
-        if f.name.endswith("_kwargs") and kw.get("action") is KeyValueAction:
-            flags.append("--" + f.name.removesuffix("_kwargs").replace("_", "-") + "-arg")
-        flags += spellings.get(f.name, [])
+        flags = option_flags(f.name, spellings, key_value=kw.get("action") is KeyValueAction)
         text = plain(docs.get(f.name, f.name.replace("_", " ")))
         parser.add_argument(*flags, dest=f.name, default=None, help=_help(text, _default(f)),
                             **kw)
@@ -232,31 +235,17 @@ def add_aliases(parser: argparse.ArgumentParser | Any, config_cls: type[Any],
     """
     hints = typing.get_type_hints(config_cls)
     docs = field_docs(config_cls)
-    groups: dict[tuple[Any, ...], list[Alias]] = {}
-    for a in aliases:  # spellings of the same thing share one option (the first one's dest)
-        key = (a.fields, repr(a.default), a.note, a.choices)
-        groups.setdefault(key, []).append(a)
-    for same in groups.values():
+    for same in alias_groups(aliases):  # one option (the first one's dest) for each group
         a = same[0]
-        field = a.fields[0]
-        kw = _kind(hints[field], store_true=True)
+        kw = _kind(hints[a.fields[0]], store_true=True)
         if kw is None:
-            raise TypeError(f"alias {a.flag}: field {field} has no command-line form")
+            raise TypeError(f"alias {a.flag}: field {a.fields[0]} has no command-line form")
         if a.choices is not None:
             kw["choices"] = list(a.choices)
-        text = " ".join(t for t in (docs.get(field, field).rstrip("."), a.note) if t)
-        if a.default is not None:
-            default: Any = a.default
-        elif isinstance(reference, str):
-            default = reference
-        elif reference is not None:
-            default = getattr(reference, field)
-        else:
-            default = "the paper's"
         flags = [b.flag for b in same]
         flags += [f.replace("_", "-") for f in flags if dashed and "_" in f]
         parser.add_argument(*flags, dest=a.dest, default=a.default,
-                            help=_help(plain(text), default), **kw)
+                            help=_help(alias_help(docs, a), alias_default(a, reference)), **kw)
 
 
 def option_values(args: argparse.Namespace, config_cls: type[Any] | None = None,

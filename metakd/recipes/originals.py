@@ -21,6 +21,12 @@ __all__ = ["GDA_FEWSHOT", "META_LSTM", "MTL_PYTORCH", "PMAML", "PMAML_DATASETS",
            "PMAML_STUDENT", "maml_pytorch"]
 
 
+def _underscored(*fields: str) -> tuple[Alias, ...]:
+    """metakd's own options of ``fields``, spelled as the original scripts spell theirs
+    (``--max_seconds``)."""
+    return tuple(Alias(f"--{name}", name) for name in fields)
+
+
 def maml_pytorch(dataset: str) -> tuple[Alias, ...]:
     """``dragen1860/MAML-Pytorch``'s options (``omniglot_train.py``, ``miniimagenet_train.py``)
     with the defaults of that data set's script (:class:`metakd.recipes.MAMLConfig` fields).
@@ -49,7 +55,7 @@ def maml_pytorch(dataset: str) -> tuple[Alias, ...]:
               note="(the support loss --update_lr acts on: mean is MAML-Pytorch's)"),
         Alias("--test_tasks", "test_tasks", default=600),
         Alias("--out", "out_dir", default=f"runs/maml-{dataset}"),
-        Alias("--max_seconds", "max_seconds"),
+        *_underscored("max_seconds"),
     )
 
 
@@ -121,12 +127,8 @@ MTL_PYTORCH: tuple[Alias, ...] = (
     Alias("--pre_step_size", "pre_lr_step"),
     Alias("--pre_custom_weight_decay", "pre_weight_decay"),
     Alias("--seed", "seed", default=0),
-    Alias("--test_update_step", "test_update_step"),
-    Alias("--val_tasks", "val_tasks"),
-    Alias("--test_tasks", "test_tasks"),
-    Alias("--max_seconds", "max_seconds"),
-    Alias("--out_dir", "out_dir"),
-    Alias("--device", "device"),
+    *_underscored("test_update_step", "val_tasks", "test_tasks", "max_seconds", "out_dir",
+                  "device"),
 )
 """``yaoyao-liu/meta-transfer-learning : pytorch/main.py``'s options that are one
 :class:`metakd.recipes.MTLConfig` field each, then metakd's (from ``--test_update_step``,
@@ -143,8 +145,7 @@ GDA_FEWSHOT: tuple[Alias, ...] = (
     Alias("--dkd_alpha", "dkd_alpha"),
     Alias("--dkd_beta", "dkd_beta"),
     Alias("--seed", "seed"),
-    Alias("--max_seconds", "max_seconds"),
-    Alias("--test_tasks", "test_tasks"),
+    *_underscored("max_seconds", "test_tasks"),
 )
 """The KD options of GDA's and W2S's few-shot ``train_classifier.py`` / ``train_meta.py``
 (:class:`metakd.recipes.ClassifierBaselineConfig` and :class:`metakd.recipes.MetaBaselineConfig`
