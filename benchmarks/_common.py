@@ -1,4 +1,4 @@
-"""What every accuracy benchmark shares: options, the log file, the JSON line, paired verdicts.
+"""What the benchmarks share: options, the log file, the JSON line, the run record, verdicts.
 
 A benchmark module defines a frozen ``Config`` dataclass (with ``seeds``, ``threads`` and its
 own budget fields), a ``QUICK`` dict of smoke-run values and ``run(cfg, log, workdir=...)``;
@@ -8,8 +8,12 @@ its ``main`` is then::
     p.add_argument(...)                       # its own budget options
     args = p.parse_args(argv)
     cfg = configure(Config(threads=args.threads), args, QUICK, ("steps", ...))
-    with result_log(output(args, "NAME_cpu.json")) as (log, out):
-        finish(run(cfg, log, workdir=args.workdir), out, log)
+    run_logged(run, cfg, output(args, "NAME_cpu.json"), workdir=args.workdir)
+
+and its ``run`` starts a :class:`Clock`, trains in :func:`work_folder` and ends its result
+with ``**clock.record()`` (load average, torch, platform, wall time). A timing benchmark with
+options of its own adds just ``--out`` (:func:`out_option`) and goes through the same
+:func:`result_log` and :func:`finish`.
 
 The last line printed is the result as one JSON object; with ``--out`` (or by default, except
 with ``--quick``) the result is also written to ``benchmarks/results/NAME_cpu.json`` and every
@@ -17,6 +21,9 @@ logged line to ``NAME_cpu.log`` beside it.
 
 A result states its training budget next to the paper's (:func:`budget`, with
 :func:`episodes_seen` for the episodic part), computed from the run's config.
+
+Importing this module loads no part of metakd (only torch and the standard library): a timing
+benchmark's worker processes measure the memory of what they import themselves.
 """
 
 from __future__ import annotations
@@ -24,12 +31,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from metakd.recipes.runs import write_json
+import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -37,52 +49,106 @@ Log = Callable[[str], None]
 
 
 def parser(doc: str | None, quick: Mapping[str, Any], default_out: str | None,
-           shots: bool = True) -> argparse.ArgumentParser:
-    """The options every benchmark takes: --quick, --seeds, [--shots,] --test-tasks,
-    --threads, --workdir and --out."""
+           shots: bool = True, test_tasks: bool = True, workdir: bool = True
+           ) -> argparse.ArgumentParser:
+    """The options every benchmark takes: --quick, --seeds, [--shots,] [--test-tasks,]
+    --threads, [--workdir] and --out."""
     p = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
     p.add_argument("--quick", action="store_true",
                    help=f"a smoke run of a few minutes, no result file written: {dict(quick)}")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds (default 0 1 2)")
     if shots:
         p.add_argument("--shots", type=int, nargs="+", help="shot settings (default 1 5)")
-    p.add_argument("--test-tasks", type=int, help="fixed held-out test episodes")
+    if test_tasks:
+        p.add_argument("--test-tasks", type=int, help="fixed held-out test episodes")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    p.add_argument("--workdir", help="keep the run folders here (default: a temporary folder, "
-                                     "removed at the end)")
-    where = f"benchmarks/results/{default_out}" if default_out else "none"
-    p.add_argument("--out", type=Path, help=f"JSON result file (default {where}; not written "
-                                            "with --quick); the log goes next to it as .log")
+    if workdir:
+        p.add_argument("--workdir", help="keep the run folders here (default: a temporary "
+                                         "folder, removed at the end)")
+    out_option(p, default_out, "not written with --quick")
     return p
+
+
+def out_option(p: argparse.ArgumentParser, default_out: str | None = None,
+               note: str = "") -> None:
+    """Add ``--out``, the JSON result file (``default_out`` in benchmarks/results, or none:
+    then the result is only printed); the log goes next to it."""
+    where = f"benchmarks/results/{default_out}" if default_out else "none, printed only"
+    p.add_argument("--out", type=Path, help=f"JSON result file (default {where}"
+                                            f"{'; ' + note if note else ''}); the log goes "
+                                            "next to it as .log")
 
 
 def configure(cfg: Any, args: argparse.Namespace, quick: Mapping[str, Any],
               fields: Iterable[str] = ()) -> Any:
     """``cfg`` with ``QUICK`` applied under --quick, then every given option of ``fields``
-    (and ``--test-tasks``, ``--seeds``, ``--shots`` where the config has them)."""
+    (and ``--test-tasks``, ``--seeds``, ``--shots`` where the config has them); the values of
+    an option that takes several (a list) as a tuple."""
     if args.quick:
         cfg = dataclasses.replace(cfg, **quick)
     names = {f.name for f in dataclasses.fields(cfg)}
-    for name in (*fields, "test_tasks"):
+    for name in (*fields, "test_tasks", "seeds", "shots"):
         value = getattr(args, name, None)
         if value is not None and name in names:
+            value = tuple(value) if isinstance(value, list) else value
             cfg = dataclasses.replace(cfg, **{name: value})
-    for name in ("seeds", "shots"):
-        value = getattr(args, name, None)
-        if value and name in names:
-            cfg = dataclasses.replace(cfg, **{name: tuple(value)})
     return cfg
 
 
-def output(args: argparse.Namespace, default_out: str, quick_out: str | None = None
+def output(args: argparse.Namespace, default_out: str | None, quick_out: str | None = None
            ) -> Path | None:
     """The result file: ``--out``, else ``default_out`` in benchmarks/results (``quick_out``
-    or nothing with --quick)."""
+    or nothing with --quick; nothing without ``default_out``)."""
     if args.out is not None:
         return Path(args.out)
-    if args.quick:
+    if getattr(args, "quick", False):
         return RESULTS / quick_out if quick_out else None
-    return RESULTS / default_out
+    return RESULTS / default_out if default_out else None
+
+
+class Clock:
+    """A run's wall time and the machine's load average, from the moment it is made.
+
+    Example:
+        >>> record = Clock().record()
+        >>> sorted(record), len(record["load_average"]["start"])
+        (['load_average', 'platform', 'torch', 'wall_s'], 3)
+    """
+
+    def __init__(self) -> None:
+        self.t_start = time.perf_counter()
+        self.load_start = os.getloadavg()
+
+    def seconds(self) -> float:
+        """Seconds since the start."""
+        return time.perf_counter() - self.t_start
+
+    def record(self) -> dict[str, Any]:
+        """What every result states about its run: the load average at the start and now,
+        the torch version, the platform and the wall time in seconds."""
+        return {"load_average": {"start": _rounded(self.load_start),
+                                 "end": _rounded(os.getloadavg())},
+                "torch": torch.__version__,
+                "platform": platform.platform(),
+                "wall_s": round(self.seconds(), 1)}
+
+
+def _rounded(values: Sequence[float]) -> list[float]:
+    return [round(v, 2) for v in values]
+
+
+@contextmanager
+def work_folder(path: str | os.PathLike[str] | None, prefix: str) -> Iterator[Path]:
+    """``path`` (kept), or a new temporary folder named ``prefix...`` that is removed at the
+    end, also when the run fails."""
+    if path is not None:
+        yield Path(path)
+        return
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    try:
+        yield Path(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager
@@ -111,11 +177,42 @@ def log_config(cfg: Any, log: Log) -> None:
 
 def finish(result: dict[str, Any], out: Path | None, log: Log) -> None:
     """Write the result (atomically) when ``out`` is set and print it as the last line."""
+    from metakd.recipes.runs import write_json
+
     if out is not None:
         write_json(out, result)
         if "wall_s" in result:
             log(f"wall time {result['wall_s']:.0f} s; results in {out}")
     print(json.dumps(result))
+
+
+def over_seeds(rows: list[dict[str, Any]], key: str = "mean") -> dict[str, Any]:
+    """The mean of ``key`` over the per-seed ``rows`` with its t-interval over seeds
+    (``mean_confidence_interval(...).summary()``), and the rows as ``per_seed``.
+
+    Example:
+        >>> s = over_seeds([{"seed": 0, "accuracy": 0.5}], "accuracy")
+        >>> s["mean"], s["ci95"], s["per_seed"][0]["seed"]
+        (0.5, None, 0)
+    """
+    from metakd.engine import mean_confidence_interval
+
+    return {**mean_confidence_interval([r[key] for r in rows]).summary(), "per_seed": rows}
+
+
+def run_logged(run: Callable[..., dict[str, Any]], cfg: Any, out: Path | None,
+               summary: Callable[[dict[str, Any]], str] | None = None, **kwargs: Any
+               ) -> dict[str, Any]:
+    """A benchmark's run from its command line: the config logged (:func:`log_config`),
+    ``run(cfg, log, **kwargs)``, ``summary(result)`` logged where given, and the result
+    written to ``out`` and printed (:func:`finish`), with the log in :func:`result_log`."""
+    with result_log(out) as (log, out):
+        log_config(cfg, log)
+        result = run(cfg, log, **kwargs)
+        if summary is not None:
+            log(summary(result))
+        finish(result, out, log)
+    return result
 
 
 def paired(name: str, d: Mapping[str, Any]) -> str:

@@ -50,9 +50,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -62,19 +59,21 @@ from typing import Any
 import torch
 
 from benchmarks._common import (
+    RESULTS,
+    Clock,
     budget,
     configure,
     episodes_seen,
     finish,
-    log_config,
+    over_seeds,
     paired_list,
     parser,
-    result_log,
+    run_logged,
+    work_folder,
 )
 from metakd.data import Omniglot, TaskBatch, few_shot
-from metakd.engine import evaluate, mean_confidence_interval, paired_difference
+from metakd.engine import evaluate, paired_difference
 
-RESULTS = Path(__file__).resolve().parent / "results"
 WAYS = 5
 STAGES = ("classifier", "meta")
 #: The arms of each stage: ``plain``, ``kd_<teacher>``, ``kdgda_<teacher>`` (the Sinkhorn
@@ -234,18 +233,12 @@ def run(cfg: Config, log: Callable[[str], None] = print,
     from metakd.recipes import run as run_recipe
 
     torch.set_num_threads(cfg.threads)
-    t_start = time.perf_counter()
-    load_start = os.getloadavg()
+    clock = Clock()
     arms = select_arms(cfg.arms)
     stage_arms = {s: [a for a in STAGE_ARMS[s] if a in arms] for s in STAGES}
     needed = {arm_settings(a)[0] for a in arms}
     teachers = [t for t in TEACHERS if t.split("_")[1] in needed]
-    tmp = None
-    if workdir is None:
-        tmp = tempfile.mkdtemp(prefix="baseline_omniglot_")
-        workdir = tmp
-    root = Path(workdir)
-    try:
+    with work_folder(workdir, "baseline_omniglot_") as root:
         episodes = {k: heldout_episodes(cfg, k) for k in cfg.shots}
         log(f"{len(cfg.seeds)} seeds; stage 1: {cfg.cb_epochs} epochs; stage 2: {cfg.mb_steps} "
             f"steps of {cfg.meta_batch} 1-shot episodes; test: {cfg.test_tasks} fixed episodes "
@@ -339,15 +332,8 @@ def run(cfg: Config, log: Callable[[str], None] = print,
             "verdict": verdict,
             "config": {**asdict(cfg), "seeds": list(cfg.seeds), "shots": list(cfg.shots),
                        "arms": list(arms)},
-            "load_average": {"start": [round(v, 2) for v in load_start],
-                             "end": [round(v, 2) for v in os.getloadavg()]},
-            "torch": torch.__version__,
-            "platform": platform.platform(),
-            "wall_s": round(time.perf_counter() - t_start, 1),
+            **clock.record(),
         }
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def student_budget(cfg: Config, cb_steps: int) -> dict[str, Any]:
@@ -394,10 +380,8 @@ def summarise(shots: Sequence[int], per_seed: dict[tuple[int, str, str], list[di
         block: dict[str, Any] = {}
         for stage in ("teachers", *STAGES):
             arms = [a for kk, s, a in per_seed if kk == k and s == stage]
-            block[stage] = {a: {**mean_confidence_interval([r["mean"] for r in per_seed[(k, stage, a)]]).summary(),
-                                "per_seed": per_seed[(k, stage, a)]} for a in arms}
-        diffs = {name: {**mean_confidence_interval([r["mean"] for r in rows]).summary(), "per_seed": rows}
-                 for (kk, name), rows in diff_rows.items() if kk == k}
+            block[stage] = {a: over_seeds(per_seed[(k, stage, a)]) for a in arms}
+        diffs = {name: over_seeds(rows) for (kk, name), rows in diff_rows.items() if kk == k}
         block["paired_differences"] = diffs
         settings[f"{WAYS}way{k}shot"] = block
         verdict.append(_verdict(k, diffs))
@@ -519,11 +503,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             out_path = RESULTS / default_out(cfg.arms)
         except ValueError as e:
             p.error(str(e))
-    with result_log(out_path) as (log, out):
-        log_config(cfg, log)
-        result = run(cfg, log, workdir=args.workdir, reuse=args.reuse)
-        log(table(result))
-        finish(result, out, log)
+    run_logged(run, cfg, out_path, summary=table, workdir=args.workdir, reuse=args.reuse)
 
 
 if __name__ == "__main__":

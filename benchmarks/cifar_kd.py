@@ -23,29 +23,28 @@ cifar_kd`` runs it:
 
 The data set is tiny and synthetic: the accuracies show that the pipeline learns, not how
 the methods rank on CIFAR-100. The last line of output is one JSON object, also written to
-``benchmarks/results/``.
+``--out`` (default ``benchmarks/results/cifar_kd_{quick,full}_DEVICE.json``), the log next to
+it (``.log``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pickle
 import platform
-import shutil
-import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from benchmarks._common import Clock, finish, out_option, output, result_log, work_folder
 from metakd.data.datasets.cifar import CIFAR100_SUPERCLASSES
 from metakd.recipes import CifarKDConfig, load_run, run
 
-RESULTS = Path(__file__).parent / "results"
 FINE = sorted(c for cs in CIFAR100_SUPERCLASSES.values() for c in cs)
 COARSE = sorted(CIFAR100_SUPERCLASSES)
 SUPER_OF = {c: s for s, cs in CIFAR100_SUPERCLASSES.items() for c in cs}
@@ -96,7 +95,7 @@ def _weights_equal(a: Path, b: Path) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     """Run the benchmark; print progress, then the JSON object as the last line."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true",
@@ -113,7 +112,17 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, help="(default: 32 quick, 64 else)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", help="folder for the data and the runs (default: a temporary one)")
-    args = p.parse_args()
+    out_option(p, "cifar_kd_{quick,full}_DEVICE.json")
+    args = p.parse_args(argv)
+    device = args.device.split(":")[0]
+    out = output(args, f"cifar_kd_full_{device}.json", quick_out=f"cifar_kd_quick_{device}.json")
+    with result_log(out) as (log, out), work_folder(args.work, "cifar_kd_bench_") as work:
+        finish(pipeline(args, work, log), out, log)
+
+
+def pipeline(args: argparse.Namespace, work: Path, log: Callable[[str], None] = print
+             ) -> dict[str, Any]:
+    """Generate the data in ``work``, train and test every run there; the JSON-ready result."""
     q = args.quick
     classes = args.classes or (10 if q else 100)
     train_pc = args.train_per_class or (48 if q else 500)
@@ -125,8 +134,7 @@ def main() -> None:
     batch = args.batch_size or (32 if q else 64)
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="cifar_kd_bench_"))
-    t_all = time.perf_counter()
+    clock = Clock()
     root = work / "data"
     if not (root / "cifar-100-python" / "meta").is_file():
         write_cifar100(root, classes, train_pc, test_pc, seed=args.seed)
@@ -148,14 +156,12 @@ def main() -> None:
         t0 = time.perf_counter()
         res = run(cfg, progress=False, resume=True)
         timings[name] = round(time.perf_counter() - t0, 1)
-        print(f"{name:>9}: {res['test_str']} ({res['steps']} steps, {timings[name]} s)",
-              flush=True)
+        log(f"{name:>9}: {res['test_str']} ({res['steps']} steps, {timings[name]} s)")
         return res
 
-    print(f"data: {classes} classes, {train_pc}/{test_pc} train/test images per class, "
-          f"batch {batch}, {epochs} epochs ({per_epoch} steps each; the teacher "
-          f"{teacher_epochs}); teacher {teacher_arch}, "
-          f"student {student_arch}; {work}", flush=True)
+    log(f"data: {classes} classes, {train_pc}/{test_pc} train/test images per class, "
+        f"batch {batch}, {epochs} epochs ({per_epoch} steps each; the teacher "
+        f"{teacher_epochs}); teacher {teacher_arch}, student {student_arch}; {work}")
     train("teacher", arch=teacher_arch, epochs=teacher_epochs,
           milestones=milestones(teacher_epochs))
     teacher = str(work / "teacher")
@@ -177,7 +183,7 @@ def main() -> None:
     train("resume_2", "resume", steps=total, **kd)
     identical = _weights_equal(work / "kd" / "last.pt", work / "resume" / "last.pt")
 
-    result = {
+    return {
         "benchmark": "cifar_kd",
         "quick": q,
         "device": args.device,
@@ -188,16 +194,11 @@ def main() -> None:
                    "batch_size": batch, "milestones": milestones(epochs), "steps": total},
         "accuracy": accuracy,
         "resume_identical": identical,
-        "timings_s": {**timings, "total": round(time.perf_counter() - t_all, 1)},
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "timings_s": {**timings, "total": round(clock.seconds(), 1)},
+        "threads": torch.get_num_threads(),
         "machine": platform.machine(), "cpus": os.cpu_count(),
+        **clock.record(),
     }
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"cifar_kd_{'quick' if q else 'full'}_{args.device.split(':')[0]}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    if not args.work:
-        shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(result))
 
 
 if __name__ == "__main__":

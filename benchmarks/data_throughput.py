@@ -9,20 +9,22 @@ MAML consumes episodes). The reported ratio is the meta-batch-32 rate over learn
 
     .venv/bin/python -m benchmarks.data_throughput [--seconds 3]
 
-The last line of output is one JSON object.
+The last line of output is one JSON object; with ``--out`` it is also written there, the log
+next to it (``.log``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
+from benchmarks._common import Clock, finish, out_option, output, result_log
 from metakd.data import Omniglot, few_shot
 
 WAYS, SHOTS, QUERIES = 5, 1, 15
@@ -73,11 +75,18 @@ def learn2learn_sampler(images: torch.Tensor, targets: list[int]) -> Callable[[]
     return one
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
-    args = p.parse_args()
+    out_option(p)
+    args = p.parse_args(argv)
+    with result_log(output(args, None)) as (log, out):
+        finish(measure(args.seconds, log), out, log)
 
+
+def measure(seconds: float, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Episodes per second of each sampler, ``seconds`` each; the JSON-ready result."""
+    clock = Clock()
     train = Omniglot(split="train", rotations=(0, 90, 180, 270))
     arr = train.arrays(28)
     # learn2learn sees exactly the images metakd samples from (rotation blocks included).
@@ -90,11 +99,11 @@ def main() -> None:
     for mb in (1, 32):
         sampler = iter(few_shot(train, WAYS, SHOTS, QUERIES, meta_batch_size=mb, seed=0))
         results[f"metakd_meta_batch_{mb}"] = rate(lambda s=sampler, m=mb: len(next(s)) or m,
-                                                  args.seconds)
-    results["learn2learn"] = rate(learn2learn_sampler(arr.images, flat_targets), args.seconds)
+                                                  seconds)
+    results["learn2learn"] = rate(learn2learn_sampler(arr.images, flat_targets), seconds)
     for k, v in results.items():
-        print(f"{k:>24}: {v:10.1f} episodes/s")
-    out = {
+        log(f"{k:>24}: {v:10.1f} episodes/s")
+    return {
         "benchmark": "data_throughput",
         "task": f"{WAYS}-way {SHOTS}-shot {QUERIES}-query, 28x28 Omniglot (bundled train, rotations)",
         "episodes_per_s": {k: round(v, 1) for k, v in results.items()},
@@ -103,9 +112,9 @@ def main() -> None:
             results["metakd_meta_batch_1"] / results["learn2learn"], 1),
         "torch_threads": torch.get_num_threads(),
         "machine": platform.machine(),
-        "seconds_per_measurement": args.seconds,
+        "seconds_per_measurement": seconds,
+        **clock.record(),
     }
-    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -37,21 +37,26 @@ given) with the log next to it (``.log``).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import math
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks._common import (
+    Clock,
+    configure,
+    finish,
+    log_config,
+    output,
+    parser,
+    result_log,
+)
 from metakd.data import ImageArray, Omniglot, batches
 from metakd.engine import (
     BudgetCosine,
@@ -80,7 +85,6 @@ TRAIN_PER_CLASS, TEST_PER_CLASS = 15, 5
 SPLIT_SEED = 20240611
 #: Seed of the teacher's initial weights and minibatch stream (trained once overall).
 TEACHER_SEED = 1000
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @dataclass
@@ -278,7 +282,7 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
         if arm not in ARMS:
             raise ValueError(f"unknown arm {arm!r}; choose from {ARMS}")
     torch.set_num_threads(cfg.threads)
-    t_start = time.perf_counter()
+    clock = Clock()
     train, test = split_arrays(cfg.characters, cfg.image_size)
     k = cfg.characters
     per_epoch = (k * TRAIN_PER_CLASS) // cfg.batch_size
@@ -368,9 +372,7 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
         "verdict": verdict,
         "config": {**asdict(cfg), "seeds": list(cfg.seeds), "arms": list(cfg.arms)},
         "threads": cfg.threads,
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "wall_s": round(time.perf_counter() - t_start, 1),
+        **clock.record(),
     }
 
 
@@ -442,53 +444,30 @@ def steps_for_budget(cfg: Config, seconds: float) -> tuple[int, int]:
 
 # --- command line --------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true",
-                   help=f"a smoke run of a few minutes: {QUICK}")
+    p = parser(__doc__, QUICK, "distill_omniglot_cpu.json", shots=False, test_tasks=False,
+               workdir=False)
     p.add_argument("--characters", type=int, help="first K characters (default 100)")
     p.add_argument("--steps", type=int, help="SGD steps of every student arm (default 800)")
     p.add_argument("--teacher-steps", type=int, help="SGD steps of the teacher (default 500)")
     p.add_argument("--seconds", type=float,
                    help="size the steps (teacher and students, same ratio) to about this many "
                         "seconds of training in total, from a timing of one step of each model")
-    p.add_argument("--seeds", type=int, nargs="+", help="student seeds (default 0 1 2)")
     p.add_argument("--arms", nargs="+", choices=ARMS, help="arms to run (default all)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--live-teacher", action="store_true",
                    help="run the teacher at every step instead of looking up its logits of the "
                         "training images, computed once (same logits, slower)")
-    p.add_argument("--out", type=Path,
-                   help="JSON result file (default benchmarks/results/distill_omniglot_cpu.json; "
-                        "with --quick none unless given); the log goes next to it as .log")
     args = p.parse_args(argv)
 
-    cfg = Config(threads=args.threads, cache_teacher=not args.live_teacher)
-    if args.quick:
-        cfg = replace(cfg, **QUICK)
-    for name in ("characters", "steps", "teacher_steps"):
-        if getattr(args, name) is not None:
-            cfg = replace(cfg, **{name: getattr(args, name)})
-    if args.seeds:
-        cfg = replace(cfg, seeds=tuple(args.seeds))
-    if args.arms:
-        cfg = replace(cfg, arms=tuple(args.arms))
-    lines: list[str] = []
-
-    def log(msg: str) -> None:
-        lines.append(msg)
-        print(msg, flush=True)
-
-    if args.seconds is not None:
-        teacher_steps, steps = steps_for_budget(cfg, args.seconds)
-        cfg = replace(cfg, teacher_steps=teacher_steps, steps=steps)
-        log(f"--seconds {args.seconds:g}: teacher {teacher_steps} steps, students {steps} steps")
-    out = args.out or (None if args.quick else RESULTS / "distill_omniglot_cpu.json")
-    result = run(cfg, log)
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2) + "\n")
-        out.with_suffix(".log").write_text("\n".join(lines) + "\n")
-    print(json.dumps(result))
+    cfg = configure(Config(threads=args.threads, cache_teacher=not args.live_teacher), args,
+                    QUICK, ("characters", "steps", "teacher_steps", "arms"))
+    with result_log(output(args, "distill_omniglot_cpu.json")) as (log, out):
+        if args.seconds is not None:
+            teacher_steps, steps = steps_for_budget(cfg, args.seconds)
+            cfg = replace(cfg, teacher_steps=teacher_steps, steps=steps)
+            log(f"--seconds {args.seconds:g}: teacher {teacher_steps} steps, students {steps} "
+                "steps")
+        log_config(cfg, log)
+        finish(run(cfg, log), out, log)
 
 
 if __name__ == "__main__":

@@ -14,20 +14,23 @@ learn2learn is used as its documentation shows: ``MAML(model, lr)``, then per ta
 
     .venv/bin/python -m benchmarks.maml_omniglot [--seconds 120]
 
-The last line of output is one JSON object.
+The last line of output is one JSON object; with ``--out`` it is also written there, the log
+next to it (``.log``).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from benchmarks._common import Clock, finish, out_option, output, result_log
 from metakd.data import Omniglot, TaskBatch, few_shot
 from metakd.engine import evaluate, fit, mean_confidence_interval
 from metakd.meta import MAMLWrapper
@@ -84,13 +87,21 @@ def test_learn2learn(maml, tasks):  # type: ignore[no-untyped-def]
     return mean_confidence_interval(accs)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=120.0, help="meta-training budget of each")
     p.add_argument("--test-tasks", type=int, default=600)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--queries", type=int, default=1, help="query images per class in training")
-    args = p.parse_args()
+    out_option(p)
+    args = p.parse_args(argv)
+    with result_log(output(args, None)) as (log, out):
+        finish(compare(args, log), out, log)
+
+
+def compare(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train and test both on the same tasks and budget; the JSON-ready result."""
+    clock = Clock()
 
     train = Omniglot(split="train", rotations=(0, 90, 180, 270))
     test = Omniglot(split="test", rotations=(0, 90, 180, 270))
@@ -119,9 +130,9 @@ def main() -> None:
     l2l_model, l2l_steps, l2l_rate = train_learn2learn(copy.deepcopy(init), stream(), args.seconds)
     l2l_test = test_learn2learn(l2l_model, test_tasks)
 
-    print(f"metakd      : {res.step:5d} meta-iterations, {ours_rate:6.1f} tasks/s, test {ours_test}")
-    print(f"learn2learn : {l2l_steps:5d} meta-iterations, {l2l_rate:6.1f} tasks/s, test {l2l_test}")
-    out = {
+    log(f"metakd      : {res.step:5d} meta-iterations, {ours_rate:6.1f} tasks/s, test {ours_test}")
+    log(f"learn2learn : {l2l_steps:5d} meta-iterations, {l2l_rate:6.1f} tasks/s, test {l2l_test}")
+    return {
         "benchmark": "maml_omniglot",
         "setting": f"bundled Omniglot, 5-way 1-shot, {args.queries} training queries per class, "
                    f"meta-batch {META_BATCH}, 2nd order, 1 inner step ({TEST_STEPS} at test, 15 test "
@@ -135,8 +146,8 @@ def main() -> None:
                         "meta_iterations": l2l_steps, "tasks_per_s": round(l2l_rate, 1)},
         "accuracy_difference": ours_test.mean - l2l_test.mean,
         "test_episodes": args.test_tasks,
+        **clock.record(),
     }
-    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ checkout of an earlier commit, for example ``git worktree add /tmp/base e9936d3`
 ``base:METHOD``, interleaved with the others in the same rounds: a side-by-side regression
 check on the same machine. ``base:metakd:auto`` is then that commit's default.
 
-The last line of output is one JSON object.
+The last line of output is one JSON object; with ``--out`` it is also written there, the log
+next to it (``.log``).
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from benchmarks._common import Clock, finish, out_option, output, result_log
 
 DEFAULT_METHODS = (
     "metakd:auto",
@@ -327,7 +330,8 @@ def _subprocess(method: str, cfg: Config, repeats: int, device: str) -> dict[str
 
 
 def run_all(
-    configs: list[Config], methods: list[str], rounds: int, repeats: int, device: str
+    configs: list[Config], methods: list[str], rounds: int, repeats: int, device: str,
+    log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Measure every method on every config, interleaved over ``rounds`` rounds."""
     results: dict[str, dict[str, Any]] = {}
@@ -347,7 +351,7 @@ def run_all(
                                 "peak_cuda_mb", "warmup_s"):
                         if key in res:
                             prev[key] = max(prev[key], res[key])
-                print(f"{cfg.name:24s} {method:34s} {res['tasks_per_s']:7.1f} tasks/s", flush=True)
+                log(f"{cfg.name:24s} {method:34s} {res['tasks_per_s']:7.1f} tasks/s")
         ref = best.get("learn2learn")
         for res in best.values():
             res["tasks_per_s"] = round(res["tasks_per_s"], 2)
@@ -377,6 +381,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", default=None, metavar="DIR",
                         help="also run the metakd methods with the package in DIR (base:...)")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    out_option(parser)
     args = parser.parse_args(argv)
 
     if args.worker:
@@ -401,22 +406,22 @@ def main(argv: list[str] | None = None) -> None:
         global BASELINE_SRC
         BASELINE_SRC = os.path.abspath(args.baseline)
         methods += [f"base:{m}" for m in methods if m.startswith("metakd")]
-    t0 = time.perf_counter()
-    results = run_all(configs, methods, rounds, repeats, args.device)
-    summary = {
-        "benchmark": "maml_speed",
-        "device": args.device,
-        "default_backend": default_backend(args.device),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "load_avg_1m_end": round(os.getloadavg()[0], 2),
-        "rounds": rounds,
-        "repeats": repeats,
-        "wall_s": round(time.perf_counter() - t0, 1),
-        "results": results,
-    }
-    print(json.dumps(summary))
+    with result_log(output(args, None)) as (log, out):
+        clock = Clock()
+        results = run_all(configs, methods, rounds, repeats, args.device, log)
+        summary = {
+            "benchmark": "maml_speed",
+            "device": args.device,
+            "default_backend": default_backend(args.device),
+            "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(),
+            "load_avg_1m_end": round(os.getloadavg()[0], 2),
+            "rounds": rounds,
+            "repeats": repeats,
+            **clock.record(),
+            "results": results,
+        }
+        finish(summary, out, log)
 
 
 if __name__ == "__main__":

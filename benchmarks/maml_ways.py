@@ -19,10 +19,6 @@ The last line of output is one JSON object; it is also written to ``--out`` (def
 
 from __future__ import annotations
 
-import os
-import platform
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -30,9 +26,17 @@ from typing import Any
 
 import torch
 
-from benchmarks._common import configure, finish, log_config, output, parser, result_log
+from benchmarks._common import (
+    Clock,
+    configure,
+    output,
+    over_seeds,
+    parser,
+    run_logged,
+    work_folder,
+)
 from metakd.data import Omniglot, few_shot
-from metakd.engine import evaluate, mean_confidence_interval
+from metakd.engine import evaluate
 
 ROTATIONS = (0, 90, 180, 270)
 #: The paper's figures (Finn et al. 2017, Table 1; Omniglot's full evaluation split).
@@ -63,11 +67,10 @@ def run(cfg: Config, log: Callable[[str], None] = print, workdir: str | None = N
     from metakd.recipes import run as run_recipe
 
     torch.set_num_threads(cfg.threads)
-    t_start, load_start = time.perf_counter(), os.getloadavg()
+    clock = Clock()
     keep = workdir is not None
-    root = workdir or tempfile.mkdtemp(prefix="maml_ways_")
     results: dict[str, Any] = {}
-    try:
+    with work_folder(workdir, "maml_ways_") as root:
         test = Omniglot(split="test", rotations=ROTATIONS)
         for ways in cfg.ways:
             paper = MAMLConfig.paper("omniglot", ways, 1)
@@ -77,7 +80,7 @@ def run(cfg: Config, log: Callable[[str], None] = print, workdir: str | None = N
                                      progress=False))
             rows = []
             for seed in cfg.seeds:
-                out = os.path.join(root, f"maml_{ways}way_s{seed}")
+                out = str(root / f"maml_{ways}way_s{seed}")
                 t0 = time.perf_counter()
                 run_recipe(MAMLConfig.paper("omniglot", ways, 1, steps=steps, seed=seed,
                                             test_tasks=8, out_dir=out),
@@ -88,29 +91,23 @@ def run(cfg: Config, log: Callable[[str], None] = print, workdir: str | None = N
                              "episodes": res.episodes, "train_s": round(secs, 1)})
                 log(f"{ways}-way 1-shot seed {seed}: {steps} meta-iterations "
                     f"({steps * paper.meta_batch_size} tasks) in {secs:.0f} s, held-out {res}")
-            summary = mean_confidence_interval([r["accuracy"] for r in rows]).summary()
+            summary = over_seeds(rows, "accuracy")
             results[f"{ways}way1shot"] = {
                 "meta_iterations": steps, "meta_batch": paper.meta_batch_size,
                 "tasks": steps * paper.meta_batch_size,
                 "paper_tasks": 60_000 * paper.meta_batch_size,
                 "inner": f"{paper.inner_steps} x {paper.inner_lr} (test {paper.test_inner_steps})",
-                **summary, "paper": PAPER[ways], "per_seed": rows}
+                **summary, "paper": PAPER[ways]}
             log(f"{ways}-way 1-shot: {100 * summary['mean']:.2f} % over seeds "
                 f"(paper {100 * PAPER[ways]:.1f} % after {60_000 * paper.meta_batch_size} "
                 "tasks on the full evaluation split)")
-    finally:
-        if not keep:
-            shutil.rmtree(root, ignore_errors=True)
     return {"benchmark": "maml_ways",
             "setting": ("bundled Omniglot (5 background alphabets train, 3 held-out test, x4 "
                         "rotations), 1-shot, MAMLConfig.paper of each shape, second order, "
                         "1 training query per class; every run tested on its last weights "
                         "on the same held-out episodes"),
-            "results": results, "config": asdict(cfg), "torch": torch.__version__,
-            "platform": platform.platform(), "threads": cfg.threads,
-            "load_average": {"start": [round(v, 2) for v in load_start],
-                             "end": [round(v, 2) for v in os.getloadavg()]},
-            "wall_s": round(time.perf_counter() - t_start, 1)}
+            "results": results, "config": asdict(cfg), "threads": cfg.threads,
+            **clock.record()}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -118,14 +115,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--tasks", type=int, help="training tasks per run (default 2,000)")
     p.add_argument("--ways", type=int, nargs="+", help="episode shapes (default 5 20)")
     args = p.parse_args(argv)
-    cfg = configure(Config(threads=args.threads), args, QUICK, ("tasks",))
-    if args.ways:
-        from dataclasses import replace
-
-        cfg = replace(cfg, ways=tuple(args.ways))
-    with result_log(output(args, "maml_ways_cpu.json")) as (log, out):
-        log_config(cfg, log)
-        finish(run(cfg, log, workdir=args.workdir), out, log)
+    cfg = configure(Config(threads=args.threads), args, QUICK, ("tasks", "ways"))
+    run_logged(run, cfg, output(args, "maml_ways_cpu.json"), workdir=args.workdir)
 
 
 if __name__ == "__main__":

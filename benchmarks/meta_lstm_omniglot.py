@@ -50,32 +50,30 @@ The JSON states each arm's training budget (episodes and their images) next to i
 from __future__ import annotations
 
 import os
-import platform
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from benchmarks._common import (
+    Clock,
     budget,
     configure,
     episodes_seen,
-    finish,
-    log_config,
     output,
+    over_seeds,
     paired_list,
     parser,
-    result_log,
+    run_logged,
+    work_folder,
 )
 from metakd.data import Omniglot, TaskBatch, few_shot
-from metakd.engine import evaluate, mean_confidence_interval, paired_difference
+from metakd.engine import evaluate, paired_difference
 
-RESULTS = Path(__file__).resolve().parent / "results"
 WAYS = 5
 IMAGE_SIZE = 28
 ROTATIONS = (0, 90, 180, 270)
@@ -194,14 +192,8 @@ def run(cfg: Config, log: Callable[[str], None] = print,
     from metakd.recipes import run as run_recipe
 
     torch.set_num_threads(cfg.threads)
-    t_start = time.perf_counter()
-    load_start = os.getloadavg()
-    tmp = None
-    if workdir is None:
-        tmp = tempfile.mkdtemp(prefix="meta_lstm_omniglot_")
-        workdir = tmp
-    root = Path(workdir)
-    try:
+    clock = Clock()
+    with work_folder(workdir, "meta_lstm_omniglot_") as root:
         episodes = {k: heldout_episodes(cfg, k) for k in cfg.shots}
         arms = tuple(cfg.arms)
         unknown = [a for a in arms if a not in ARMS]
@@ -241,16 +233,15 @@ def run(cfg: Config, log: Callable[[str], None] = print,
         settings: dict[str, Any] = {}
         verdict: list[str] = []
         for shots in cfg.shots:
-            arms_out = {a: {**mean_confidence_interval([x["accuracy"] for x in per_seed[shots][a]]).summary(),
+            arms_out = {a: {**over_seeds(per_seed[shots][a], "accuracy"),
                             "seconds_per_iteration": cost[shots][a],
-                            "meta_iterations": steps[shots][a],
-                            "per_seed": per_seed[shots][a]} for a in arms}
+                            "meta_iterations": steps[shots][a]} for a in arms}
             diffs_out: dict[str, Any] = {}
             for a, b in pairs:
                 per = [{"seed": s, **paired_difference(results[(shots, a, s)],
                                                        results[(shots, b, s)]).summary()}
                        for s in cfg.seeds]
-                diffs_out[f"{a}-{b}"] = {**mean_confidence_interval([d["mean"] for d in per]).summary(), "per_seed": per}
+                diffs_out[f"{a}-{b}"] = over_seeds(per)
             settings[f"{WAYS}way{shots}shot"] = {"arms": arms_out,
                                                  "paired_differences": diffs_out}
             verdict.append(_verdict(shots, arms, arms_out, diffs_out))
@@ -290,15 +281,8 @@ def run(cfg: Config, log: Callable[[str], None] = print,
             "arms": list(arms),
             "config": {**asdict(cfg), "seeds": list(cfg.seeds), "shots": list(cfg.shots),
                        "arms": list(arms)},
-            "load_average": {"start": [round(v, 2) for v in load_start],
-                             "end": [round(v, 2) for v in os.getloadavg()]},
-            "torch": torch.__version__,
-            "platform": platform.platform(),
-            "wall_s": round(time.perf_counter() - t_start, 1),
+            **clock.record(),
         }
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def arm_budget(cfg: Config, arm: str, shots: int, meta_iterations: int) -> dict[str, Any]:
@@ -336,12 +320,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--train-seconds", type=float,
                    help="meta-training seconds per arm (60), as measured meta-iterations")
     args = p.parse_args(argv)
-    cfg = configure(Config(threads=args.threads), args, QUICK, ("train_seconds",))
-    if args.arms:
-        cfg = replace(cfg, arms=tuple(args.arms))
-    with result_log(output(args, "meta_lstm_omniglot_cpu.json")) as (log, out):
-        log_config(cfg, log)
-        finish(run(cfg, log, workdir=args.workdir), out, log)
+    cfg = configure(Config(threads=args.threads), args, QUICK, ("train_seconds", "arms"))
+    run_logged(run, cfg, output(args, "meta_lstm_omniglot_cpu.json"), workdir=args.workdir)
 
 
 if __name__ == "__main__":

@@ -42,30 +42,27 @@ images, tasks and their images) next to MTL's (``budget``).
 from __future__ import annotations
 
 import os
-import platform
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from benchmarks._common import (
+    Clock,
     budget,
     configure,
     episodes_seen,
-    finish,
-    log_config,
     output,
+    over_seeds,
     paired_list,
     parser,
-    result_log,
+    run_logged,
+    work_folder,
 )
 from metakd.data import Omniglot, TaskBatch, few_shot
-from metakd.engine import evaluate, mean_confidence_interval, paired_difference
+from metakd.engine import evaluate, paired_difference
 
 WAYS = 5
 IMAGE_SIZE = 28
@@ -216,14 +213,8 @@ def run(cfg: Config, log: Callable[[str], None] = print,
     from metakd.recipes import run as run_recipe
 
     torch.set_num_threads(cfg.threads)
-    t_start = time.perf_counter()
-    load_start = os.getloadavg()
-    tmp = None
-    if workdir is None:
-        tmp = tempfile.mkdtemp(prefix="mtl_omniglot_")
-        workdir = tmp
-    root = Path(workdir)
-    try:
+    clock = Clock()
+    with work_folder(workdir, "mtl_omniglot_") as root:
         episodes = {k: heldout_episodes(cfg, k) for k in cfg.shots}
         log(f"{len(ARMS)} arms x {len(cfg.seeds)} seeds x shots {list(cfg.shots)}: "
             f"{cfg.pre_epochs} pre-training epochs, {cfg.steps} meta-iterations of "
@@ -270,9 +261,8 @@ def run(cfg: Config, log: Callable[[str], None] = print,
         settings: dict[str, Any] = {}
         verdict: list[str] = []
         for shots in cfg.shots:
-            arms_out: dict[str, Any] = {
-                a: {**mean_confidence_interval([r["accuracy"] for r in per_seed[shots][a]]).summary(),
-                    "per_seed": per_seed[shots][a]} for a in ARMS}
+            arms_out: dict[str, Any] = {a: over_seeds(per_seed[shots][a], "accuracy")
+                                        for a in ARMS}
             diffs_out: dict[str, Any] = {}
             for a, b in PAIRS:
                 diffs = []
@@ -280,7 +270,7 @@ def run(cfg: Config, log: Callable[[str], None] = print,
                     d = paired_difference(per_episode[(shots, a, seed)],
                                           per_episode[(shots, b, seed)])
                     diffs.append({"seed": seed, **d.summary()})
-                diffs_out[f"{a}-{b}"] = {**mean_confidence_interval([d["mean"] for d in diffs]).summary(), "per_seed": diffs}
+                diffs_out[f"{a}-{b}"] = over_seeds(diffs)
             settings[f"{WAYS}way{shots}shot"] = {"arms": arms_out, "paired_differences": diffs_out}
             verdict.append(_verdict(shots, arms_out, diffs_out))
         for line in verdict:
@@ -324,15 +314,8 @@ def run(cfg: Config, log: Callable[[str], None] = print,
             "verdict": verdict,
             "config": {**asdict(cfg), "seeds": list(cfg.seeds), "shots": list(cfg.shots)},
             "threads": cfg.threads,
-            "load_average": {"start": [round(v, 2) for v in load_start],
-                             "end": [round(v, 2) for v in os.getloadavg()]},
-            "torch": torch.__version__,
-            "platform": platform.platform(),
-            "wall_s": round(time.perf_counter() - t_start, 1),
+            **clock.record(),
         }
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _verdict(shots: int, arms: dict[str, Any], diffs: dict[str, Any]) -> str:
@@ -349,9 +332,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--pre-epochs", type=int, help="pre-training epochs (default 5)")
     args = p.parse_args(argv)
     cfg = configure(Config(threads=args.threads), args, QUICK, ("steps", "pre_epochs"))
-    with result_log(output(args, "mtl_omniglot_cpu.json")) as (log, out):
-        log_config(cfg, log)
-        finish(run(cfg, log, workdir=args.workdir), out, log)
+    run_logged(run, cfg, output(args, "mtl_omniglot_cpu.json"), workdir=args.workdir)
 
 
 if __name__ == "__main__":

@@ -48,8 +48,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -60,18 +58,20 @@ from typing import Any
 import torch
 
 from benchmarks._common import (
+    RESULTS,
+    Clock,
     configure,
     finish,
-    log_config,
     output,
+    over_seeds,
     paired_list,
     parser,
-    result_log,
+    run_logged,
+    work_folder,
 )
 from metakd.data import Omniglot, TaskBatch, few_shot
-from metakd.engine import evaluate, mean_confidence_interval, paired_difference
+from metakd.engine import evaluate, paired_difference
 
-RESULTS = Path(__file__).resolve().parent / "results"
 WAYS = 5
 ROTATIONS = (0, 90, 180, 270)
 #: The student arms: the PMAMLConfig fields each one sets.
@@ -237,15 +237,9 @@ def run(cfg: Config, log: Callable[[str], None] = print,
 
     torch.set_num_threads(cfg.threads)
     arms = arms_of(cfg)
-    t_start = time.perf_counter()
-    load_start = os.getloadavg()
-    tmp = None
+    clock = Clock()
     keep = workdir is not None
-    if workdir is None:
-        tmp = tempfile.mkdtemp(prefix="pmaml_omniglot_")
-        workdir = tmp
-    root = Path(workdir)
-    try:
+    with work_folder(workdir, "pmaml_omniglot_") as root:
         episodes = heldout_episodes(cfg)
         log(f"{len(arms)} arms x {len(cfg.seeds)} seeds, {cfg.steps} meta-iterations of "
             f"{cfg.meta_batch} tasks ({cfg.queries} queries/class); teachers "
@@ -276,7 +270,7 @@ def run(cfg: Config, log: Callable[[str], None] = print,
         if teachers_only:
             return {"benchmark": "pmaml_omniglot_teachers", "teachers": teachers,
                     "config": {**asdict(cfg), "seeds": list(cfg.seeds)},
-                    "wall_s": round(time.perf_counter() - t_start, 1)}
+                    **clock.record()}
 
         per_seed: dict[str, list[dict[str, Any]]] = {a.name: [] for a in arms}
         per_episode: dict[tuple[str, int], list[float]] = {}
@@ -304,7 +298,7 @@ def run(cfg: Config, log: Callable[[str], None] = print,
                 "student": arm.student, "teacher": arm.teacher, "mode": arm.mode,
                 "schedule": MODES[arm.mode]["schedule"] or "[] (never)",
                 "teacher_adapt": MODES[arm.mode]["teacher_adapt"],
-                **mean_confidence_interval([r["accuracy"] for r in runs]).summary(), "per_seed": runs,
+                **over_seeds(runs, "accuracy"),
             }
             base = f"{arm.student}/no_kd"
             if arm.mode != "no_kd" and base in per_seed:
@@ -313,7 +307,7 @@ def run(cfg: Config, log: Callable[[str], None] = print,
                     d = paired_difference(per_episode[(arm.name, seed)],
                                           per_episode[(base, seed)])
                     diffs.append({"seed": seed, **d.summary()})
-                entry["minus_no_kd"] = {**mean_confidence_interval([d["mean"] for d in diffs]).summary(), "per_seed": diffs}
+                entry["minus_no_kd"] = over_seeds(diffs)
             arms_out[arm.name] = entry
         verdict = _verdict(arms_out, cfg.students + cfg.resnet_students)
         for line in verdict:
@@ -355,15 +349,8 @@ def run(cfg: Config, log: Callable[[str], None] = print,
             "verdict": verdict,
             "config": {**asdict(cfg), "seeds": list(cfg.seeds)},
             "threads": cfg.threads,
-            "load_average": {"start": [round(v, 2) for v in load_start],
-                             "end": [round(v, 2) for v in os.getloadavg()]},
-            "torch": torch.__version__,
-            "platform": platform.platform(),
-            "wall_s": round(time.perf_counter() - t_start, 1),
+            **clock.record(),
         }
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def merge(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -380,13 +367,10 @@ def merge(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     arms: dict[str, Any] = {}
     for name, entry in first["arms"].items():
         rows = [r for p in parts for r in p["arms"][name]["per_seed"]]
-        merged = {**entry, **mean_confidence_interval([r["accuracy"] for r in rows]).summary(),
-                  "per_seed": rows}
+        merged = {**entry, **over_seeds(rows, "accuracy")}
         if "minus_no_kd" in entry:
             diffs = [d for p in parts for d in p["arms"][name]["minus_no_kd"]["per_seed"]]
-            merged["minus_no_kd"] = {
-                **mean_confidence_interval([d["mean"] for d in diffs]).summary(),
-                "per_seed": diffs}
+            merged["minus_no_kd"] = over_seeds(diffs)
         arms[name] = merged
     verdict = _verdict(arms, [*first["config"]["students"], *first["config"]["resnet_students"]])
     return {**first, "seeds": seeds, "arms": arms, "verdict": verdict,
@@ -519,10 +503,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     name = "pmaml_omniglot_cpu" + ("_paper" if args.paper else "")
     out = output(args, f"{name}.json", quick_out="pmaml_omniglot_cpu_quick.json")
-    with result_log(out) as (log, out):
-        log_config(cfg, log)
-        finish(run(cfg, log, workdir=args.workdir, teachers_only=args.stage == "teachers"),
-               out, log)
+    run_logged(run, cfg, out, workdir=args.workdir, teachers_only=args.stage == "teachers")
 
 
 if __name__ == "__main__":

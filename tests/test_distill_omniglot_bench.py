@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,3 +61,19 @@ def test_cached_teacher_serves_the_live_teachers_logits() -> None:
     with torch.no_grad():
         cached(torch.rand(2, 1, 28, 28))  # an unseen image: the live teacher answers
     assert cached.misses == 1
+
+
+def test_command_line_writes_the_result_and_its_log(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("metakd.distill")
+    out = tmp_path / "distill.json"
+    bench.main(["--characters", "5", "--steps", "2", "--teacher-steps", "2", "--seeds", "0",
+                "--arms", "ce", "kd", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
+    assert result["config"]["arms"] == ["ce", "kd"] and result["seeds"] == [0]
+    assert result["steps"] == 2 and result["teacher"]["steps"] == 2
+    for key in ("torch", "platform", "load_average", "wall_s"):
+        assert key in result
+    log = out.with_suffix(".log").read_text()
+    assert log.startswith("config: ") and result["verdict"] in log
