@@ -37,6 +37,34 @@ checkout of an earlier commit, for example ``git worktree add /tmp/base e9936d3`
 ``base:METHOD``, interleaved with the others in the same rounds: a side-by-side regression
 check on the same machine. ``base:metakd:auto`` is then that commit's default.
 
+``--roofline`` adds, per config, a ``"roofline"`` entry next to the methods:
+
+- ``flops_per_task``: the arithmetic of one task's meta-gradient, counted with forward hooks
+  on the model's ``Conv2d`` and ``Linear`` layers (2 x multiply-accumulates; biases,
+  BatchNorm, ReLU, pooling and the loss left out). With ``F`` the forward FLOPs of one image,
+  ``S`` support and ``Q`` query images per task and ``K`` inner steps: each inner step is a
+  forward and a backward of the support, ``3*F*S`` (a backward = 2 forwards: the input and
+  the weight gradients); the query's forward and backward are ``3*F*Q``; second order adds
+  the backward through each inner step's forward and backward, at twice their cost,
+  ``6*F*S`` a step. So ``K*3*F*S + 3*F*Q``, plus ``K*6*F*S`` in second order (the JSON
+  repeats this as ``accounting`` and gives the terms).
+- ``achievable``: this machine's rate on the same shapes: ``F.conv2d`` / ``F.linear``
+  forward + backward (input, weight and bias gradients) of every layer, best of a few
+  repeats each, at a task's support and query batch and at those of a vmap chunk of tasks
+  (``metakd.meta``'s auto chunk, through shared weights), with one thread and with torch's
+  thread count, the faster kept; the second-order terms are counted at the same rate. The
+  bound (``gflop_per_s``, and ``tasks_per_s_bound``: the tasks/s the arithmetic would
+  allow) takes a task's support FLOPs at the support batch's rate and its query FLOPs at the
+  query batch's, one task at a time or in chunks, whichever is faster.
+- ``methods``: each method's ``tasks_per_s x flops_per_task`` (``achieved_gflop_per_s``) and
+  its ``roofline_share`` of the achievable rate.
+- ``profiles``: for ``metakd:auto`` and ``metakd:auto:compile=1`` (if measured), in a fresh
+  process, ``torch.profiler`` over 2 meta-batches after 2 unprofiled ones: the 10 ops with
+  the most self CPU time and their share of the profile's total (profiling adds overhead to
+  every op, more to small ones; with worker threads the total can exceed the wall time; a
+  compiled graph's own kernels are not listed op by op, so its total falls short of the wall
+  time, ``self_cpu_vs_wall``).
+
 The last line of output is one JSON object; with ``--out`` it is also written there, the log
 next to it (``.log``).
 """
@@ -370,6 +398,298 @@ def run_all(
     return results
 
 
+# ------------------------------------------------------------------------------- roofline
+# The arithmetic of one task's meta-gradient, this machine's rate on the same shapes, and a
+# profile of where the rest of the time goes (``--roofline``; accounting in the docstring).
+
+ROOFLINE_ACCOUNTING = (
+    "F = 2 x MACs of the Conv2d and Linear layers for one image's forward pass (biases, "
+    "BatchNorm, ReLU, pooling and the loss not counted); S support and Q query images per "
+    "task, K inner steps. Each inner step: forward + backward of the support = 3*F*S "
+    "(backward = 2x forward: input and weight gradients). Query: forward + backward = 3*F*Q. "
+    "Second order adds the backward through every inner step's forward + backward, at 2x "
+    "their cost: 6*F*S per step. FLOPs/task = K*3*F*S + 3*F*Q (+ K*6*F*S in second order)."
+)
+
+
+#: One Conv2d or Linear call: the module, its input's shape and the call's forward FLOPs.
+LayerCall = tuple[nn.Module, tuple[int, ...], int]
+
+
+def trace_layers(model: nn.Module, x: torch.Tensor) -> list[LayerCall]:
+    """The Conv2d and Linear calls of ``model(x)``, in order: ``(module, input shape, FLOPs)``.
+
+    FLOPs are 2 x multiply-accumulates of the call (bias additions left out): a convolution
+    does ``in_channels / groups * kh * kw`` of them per output element, a linear layer
+    ``in_features``.
+    """
+    calls: list[LayerCall] = []
+
+    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            macs = output.numel() * (module.in_channels // module.groups) * kh * kw
+        else:
+            assert isinstance(module, nn.Linear)
+            macs = output.numel() * module.in_features
+        calls.append((module, tuple(inputs[0].shape), 2 * macs))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+def count_flops(model: nn.Module, x: torch.Tensor) -> int:
+    """Forward FLOPs (2 x MACs) of the Conv2d and Linear layers of ``model(x)``."""
+    return sum(flops for _, _, flops in trace_layers(model, x))
+
+
+def _per_image_layers(cfg: Config) -> tuple[nn.Module, list[LayerCall]]:
+    """``cfg``'s model and its layer calls for one image (traced on two: BatchNorm in the
+    model normalises over the batch)."""
+    from metakd.nn import create
+
+    torch.manual_seed(0)
+    model = create(cfg.model, num_classes=cfg.ways, **cfg.model_kwargs)
+    x = torch.rand(2, cfg.channels, cfg.image_size, cfg.image_size)
+    calls = [(m, (1, *shape[1:]), flops // 2) for m, shape, flops in trace_layers(model, x)]
+    return model, calls
+
+
+def task_flops(cfg: Config) -> dict[str, Any]:
+    """The FLOPs of one task's meta-gradient under :data:`ROOFLINE_ACCOUNTING`."""
+    _, calls = _per_image_layers(cfg)
+    f = sum(flops for _, _, flops in calls)
+    s, q, k = cfg.ways * cfg.shots, cfg.ways * cfg.queries, cfg.steps
+    terms = {
+        "inner_steps": k * 3 * f * s,
+        "query": 3 * f * q,
+        "second_order": 0 if cfg.first_order else k * 6 * f * s,
+    }
+    return {
+        "forward_flops_per_image": f,
+        "support_images": s,
+        "query_images": q,
+        "steps": k,
+        "terms": terms,
+        "support_flops": terms["inner_steps"] + terms["second_order"],
+        "query_flops": terms["query"],
+        "flops_per_task": sum(terms.values()),
+    }
+
+
+def _layer_seconds(
+    module: nn.Module, shape: tuple[int, ...], images: int, dev: torch.device, repeats: int
+) -> float:
+    """The fastest, in seconds, of at least ``repeats`` single calls (up to ``10 * repeats``
+    within ``0.2 * repeats`` s) of the forward + backward (input, weight and bias gradients)
+    of ``module``'s operation on a batch of ``images`` inputs of ``shape[1:]``."""
+    w = module.weight.detach().to(dev).requires_grad_()
+    b = None if module.bias is None else module.bias.detach().to(dev).requires_grad_()
+    x = torch.randn(images, *shape[1:], device=dev, requires_grad=True)
+    wrt = [t for t in (x, w, b) if t is not None]
+
+    def fwd() -> torch.Tensor:
+        if isinstance(module, nn.Conv2d):
+            return F.conv2d(x, w, b, module.stride, module.padding, module.dilation,
+                            module.groups)
+        return F.linear(x, w, b)
+
+    with torch.no_grad():
+        grad_out = torch.randn_like(fwd())
+
+    def timed() -> float:
+        t0 = time.perf_counter()
+        torch.autograd.grad(fwd(), wrt, grad_out)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return time.perf_counter() - t0
+
+    timed()
+    timed()
+    # Single calls, the fastest kept: on a shared machine an average over many calls mostly
+    # measures the other jobs (a descheduled or throttled intra-op thread stalls a whole
+    # call, here for up to ~100 ms).
+    best, start, samples = float("inf"), time.perf_counter(), 0
+    budget = 0.2 * repeats
+    while samples < repeats or (samples < 10 * repeats and time.perf_counter() - start < budget):
+        best = min(best, timed())
+        samples += 1
+    return best
+
+
+def _time_layers(
+    calls: list[LayerCall], images: int, dev: torch.device,
+    repeats: int,
+) -> float:
+    """Seconds for forward + backward of every layer in ``calls`` at a batch of ``images``:
+    the sum over layers of each one's best of ``repeats``."""
+    return sum(_layer_seconds(m, shape, images, dev, repeats) for m, shape, _ in calls)
+
+
+def achievable_rate(cfg: Config, device: str = "cpu", repeats: int = 5) -> dict[str, Any]:
+    """This machine's rate (GFLOP/s) on the forward + backward of ``cfg``'s Conv2d and Linear
+    layers, at the batches the paths use: one task's support and query images (``func``,
+    learn2learn, higher) and those of a vmap chunk of tasks (``metakd.meta``'s auto chunk,
+    timed as one batch through shared weights).
+
+    On CPU each batch is timed with one thread and with torch's thread count, and the faster
+    is kept: on a shared machine an op split over two threads often waits ~100 ms for a
+    descheduled peer, which one thread never does.
+    """
+    from metakd.meta._func import auto_chunk
+
+    dev = torch.device(device)
+    _, calls = _per_image_layers(cfg)
+    f = sum(flops for _, _, flops in calls)
+    _, batch = make_model_and_batch(cfg, torch.device("cpu"))
+    chunk = auto_chunk(batch, 1 if cfg.first_order else cfg.steps)
+    s, q = cfg.ways * cfg.shots, cfg.ways * cfg.queries
+    sizes = {"support": s, "query": q, "chunk_support": chunk * s, "chunk_query": chunk * q}
+    threads = torch.get_num_threads()
+    rates: dict[str, Any] = {}
+    try:
+        for name, images in sizes.items():
+            by_threads = {}
+            for n in sorted({1, threads}) if dev.type == "cpu" else [threads]:
+                torch.set_num_threads(n)
+                by_threads[n] = _time_layers(calls, images, dev, repeats)
+            n, seconds = min(by_threads.items(), key=lambda item: item[1])
+            rates[name] = {
+                "images": images, "ms": round(seconds * 1e3, 4), "threads": n,
+                "gflop_per_s": round(3 * f * images / seconds / 1e9, 3),
+                "gflop_per_s_by_threads": {str(k): round(3 * f * images / v / 1e9, 3)
+                                           for k, v in by_threads.items()},
+            }
+    finally:
+        torch.set_num_threads(threads)
+    return {"chunk_tasks": chunk, "batches": rates}
+
+
+def profile_ops(
+    method: str, cfg: Config, device: str = "cpu", batches: int = 2, top: int = 10
+) -> dict[str, Any]:
+    """``torch.profiler`` over ``batches`` meta-batches of ``method`` (after two unprofiled
+    ones: compilation and caches): the ``top`` ops by self CPU time and their share of the
+    profile's total self CPU time. ``self_cpu_vs_wall`` is that total over the wall time:
+    well under 1 where the work runs outside profiled ops (a compiled graph's own kernels,
+    which the profiler does not list one by one)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    dev = torch.device(device)
+    model, batch = make_model_and_batch(cfg, dev)
+    step = make_step(method, cfg, model, batch)
+    for _ in range(2):
+        step()
+    activities = [ProfilerActivity.CPU]
+    if dev.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(batches):
+            step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+    wall = time.perf_counter() - t0
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total_us = sum(e.self_cpu_time_total for e in events) or 1.0
+    ops = [{"op": e.key, "self_cpu_ms": round(e.self_cpu_time_total / 1e3, 2),
+            "share": round(e.self_cpu_time_total / total_us, 4)} for e in events[:top]]
+    return {
+        "batches": batches,
+        "wall_ms": round(wall * 1e3, 1),
+        "total_self_cpu_ms": round(total_us / 1e3, 1),
+        "self_cpu_vs_wall": round(total_us / 1e6 / wall, 3),
+        "top_share": round(sum(o["share"] for o in ops), 4),
+        "ops": ops,
+    }
+
+
+def _profile_subprocess(method: str, cfg: Config, device: str) -> dict[str, Any]:
+    spec = json.dumps({"method": method, "cfg": asdict(cfg), "device": device, "profile": True})
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.maml_speed", "--worker", spec],
+        capture_output=True, text=True, check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"profile of {method} on {cfg.name} failed:\n{proc.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+PROFILED_METHODS = ("metakd:auto", "metakd:auto:compile=1")
+
+
+def roofline(
+    cfg: Config, measured: dict[str, dict[str, Any]], device: str = "cpu", repeats: int = 5,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """The roofline of ``cfg``: FLOPs per task, the achievable rate, each measured method's
+    share of it, and a profile of the metakd default (and its compiled path, if measured).
+
+    The bound: a task's support FLOPs at the support batch's rate plus its query FLOPs at the
+    query batch's rate, one task at a time or in vmap chunks, whichever is faster.
+    """
+    flops = task_flops(cfg)
+    rate = achievable_rate(cfg, device, repeats)
+    r = rate["batches"]
+
+    def seconds(support: str, query: str) -> float:
+        return (flops["support_flops"] / (r[support]["gflop_per_s"] * 1e9)
+                + flops["query_flops"] / (r[query]["gflop_per_s"] * 1e9))
+
+    per_task, chunked = seconds("support", "query"), seconds("chunk_support", "chunk_query")
+    bound_s = min(per_task, chunked)
+    achievable = flops["flops_per_task"] / bound_s / 1e9
+    methods = {}
+    for method, res in measured.items():
+        gflops = res["tasks_per_s"] * flops["flops_per_task"] / 1e9
+        methods[method] = {"tasks_per_s": res["tasks_per_s"], "achieved_gflop_per_s":
+                           round(gflops, 3), "roofline_share": round(gflops / achievable, 4)}
+    profiles = {m: _profile_subprocess(m, cfg, device) for m in PROFILED_METHODS if m in measured}
+    out = {
+        "accounting": ROOFLINE_ACCOUNTING,
+        **flops,
+        "achievable": {
+            **rate,
+            "per_task_gflop_per_s": round(flops["flops_per_task"] / per_task / 1e9, 3),
+            "chunked_gflop_per_s": round(flops["flops_per_task"] / chunked / 1e9, 3),
+            "gflop_per_s": round(achievable, 3),
+            "tasks_per_s_bound": round(1 / bound_s, 2),
+        },
+        "methods": methods,
+        "profiles": profiles,
+    }
+    log_roofline(cfg.name, out, log)
+    return out
+
+
+def log_roofline(name: str, rf: dict[str, Any], log: Callable[[str], None] = print) -> None:
+    """A short human table of one config's roofline."""
+    a = rf["achievable"]
+    rates = ", ".join(f"{k} ({v['images']} img) {v['gflop_per_s']:.1f}"
+                      for k, v in a["batches"].items())
+    log(f"roofline {name}: {rf['flops_per_task'] / 1e6:.2f} MFLOP/task "
+        f"({rf['forward_flops_per_image'] / 1e6:.3f} MFLOP forward/image); achievable GFLOP/s: "
+        f"{rates}; bound {a['gflop_per_s']:.1f} GFLOP/s = {a['tasks_per_s_bound']:.0f} tasks/s")
+    log(f"  {'method':34s} {'tasks/s':>8s} {'GFLOP/s':>8s} {'share':>6s}")
+    for method, m in rf["methods"].items():
+        log(f"  {method:34s} {m['tasks_per_s']:8.1f} {m['achieved_gflop_per_s']:8.2f} "
+            f"{m['roofline_share']:6.1%}")
+    for method, p in rf["profiles"].items():
+        log(f"  profile {method}: {p['batches']} meta-batches, {p['wall_ms']:.0f} ms wall, "
+            f"{p['total_self_cpu_ms']:.0f} ms self CPU in profiled ops "
+            f"({p['self_cpu_vs_wall']:.0%} of wall); top ops:")
+        for o in p["ops"]:
+            log(f"    {o['share']:6.1%} {o['self_cpu_ms']:9.1f} ms  {o['op']}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one round, one repeat, 3 configs")
@@ -380,12 +700,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--configs", default="", help="comma-separated config names")
     parser.add_argument("--baseline", default=None, metavar="DIR",
                         help="also run the metakd methods with the package in DIR (base:...)")
+    parser.add_argument("--roofline", action="store_true",
+                        help="also count each config's FLOPs per task, time the machine's "
+                             "conv/linear rate on its shapes and profile metakd:auto")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     out_option(parser)
     args = parser.parse_args(argv)
 
     if args.worker:
         spec = json.loads(args.worker)
+        if spec.get("profile"):
+            print(json.dumps(profile_ops(spec["method"], Config(**spec["cfg"]), spec["device"])))
+            return
         result = measure(spec["method"], Config(**spec["cfg"]), spec["repeats"], spec["device"])
         print(json.dumps(result))
         return
@@ -409,6 +735,10 @@ def main(argv: list[str] | None = None) -> None:
     with result_log(output(args, None)) as (log, out):
         clock = Clock()
         results = run_all(configs, methods, rounds, repeats, args.device, log)
+        if args.roofline:
+            for cfg in configs:
+                results[cfg.name]["roofline"] = roofline(
+                    cfg, results[cfg.name], args.device, 2 if args.quick else 5, log)
         summary = {
             "benchmark": "maml_speed",
             "device": args.device,
