@@ -1,0 +1,317 @@
+"""Training-step speed and memory of metakd's methods against plain loops as the originals write them.
+
+For each method other than plain MAML (``benchmarks.maml_speed`` has MAML), the same training
+step is run two ways on the same seeded network weights and inputs:
+
+- ``metakd``: the library's meta-learner, built as its recipe builds it;
+- ``reference``: a plain loop in the style of the original project's code.
+
+Methods (sizes in ``benchmarks._method_steps.Config``; the step builders there say what each
+reference keeps of its original):
+
+- ``pmaml``: PMAML's meta-training step, 5-way 1-shot Omniglot-sized (28 px) episodes with
+  15 queries, meta-batch 4, a Conv-4/32 student with one second-order inner step and a frozen
+  Conv-4/64 teacher; metakd ``PMAML`` vs the official code's per-task MAML-Pytorch loop;
+- ``mtl``: MTL's meta phase, scale-shift Conv-4/64 body, head-only inner loop of 10 first-order
+  steps, 5 queries; metakd ``MAMLWrapper(adapt="head")`` vs the PyTorch MTL project's
+  ``meta_forward`` per episode;
+- ``meta_lstm``: Meta-LSTM, Conv-4/32 learner, 12 epochs over the 1-shot support set, 15
+  queries; metakd ``MetaLSTM`` vs markdtw's ``train_learner`` loop;
+- ``meta_baseline``: Meta-Baseline's episodic step, Conv-4/64 encoder, 15 queries; metakd
+  ``MetaBaseline`` vs the original ``MetaBaseline.forward`` and training loop;
+- ``cifar_kd``: KD on CIFAR-100-sized 32 px images, batch 64, resnet32x4 → resnet8x4; metakd
+  ``Distiller`` vs mdistiller's ``train_iter``.
+
+The measurement is ``maml_speed``'s: each (method, implementation) runs in a fresh subprocess,
+so ``ru_maxrss`` is its own peak resident memory (``peak_rss_mb``; ``rss_delta_mb`` the peak
+minus the resident size just before the first step, with imports, model and data already
+there; ``steady_peak_rss_mb`` the peak of the timed steps alone, through
+``/proc/self/clear_refs``); on CUDA ``torch.cuda.max_memory_allocated`` (``peak_cuda_mb``).
+The rounds run the implementations interleaved and keep each one's best step time
+(``per_s``: tasks or images per second); ``first_step_s`` is the first step's time and
+``warmup_s`` that minus the process's best one (each the smallest over the rounds; the
+memory figures the largest). ``speed_ratio`` is metakd's ``per_s`` over the
+reference's in the same run (above 1: metakd faster); ``speed_ratio_per_round`` the ratio
+within each round (two processes run one after the other, so under similar load) and
+``speed_ratio_median`` their median, the steadier figure on a shared machine. The memory
+ratios are metakd's over the reference's. ``equal_work`` compares the loss and the gradient
+norm of the first step of both sides (relative difference at most ``TOLERANCE``): the
+comparison is of the same computation.
+
+Each worker runs on ``--threads`` torch threads, 1 by default as the other benchmarks: on
+the shared 2-core CPU two threads per worker made single steps up to 25 times slower while
+other jobs ran (the threads wait for each other), which swamped the comparison; 1-thread
+steps stayed within a few per cent of their best.
+
+    .venv/bin/python -m benchmarks.method_speed [--quick] [--device cpu|cuda] [--rounds N]
+        [--threads N]
+
+``--quick``: one round of one timed step on smaller batches (``_method_steps.QUICK``). The
+last line of output is one JSON object; without ``--quick`` it is also written to
+``benchmarks/results/method_speed_DEVICE.json`` (or ``--out``), the log next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from benchmarks._common import Clock, finish, out_option, output, result_log
+from benchmarks._method_steps import IMPLS, METHODS, QUICK, UNITS, Config, build, time_now
+
+#: The largest relative difference of the first step's loss and gradient norm between the
+#: two sides that still counts as the same computation (float32, different op orders).
+TOLERANCE = 1e-4
+
+MEMORY_KEYS = ("peak_rss_mb", "rss_delta_mb", "steady_peak_rss_mb", "peak_cuda_mb")
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark of this process (``VmHWM``; Linux 4.0 and later)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def _peak_rss_since_reset_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _maxrss_kb() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: kilobytes
+
+
+def measure(method: str, impl: str, cfg: Config, repeats: int = 3, device: str = "cpu",
+            threads: int | None = None) -> dict[str, Any]:
+    """One warm-up step then ``repeats`` timed steps of ``method`` as ``impl`` runs it.
+
+    Returns:
+        ``per_s`` (best step), ``median_per_s``, ``first_step_s``, ``warmup_s``, the first
+        step's ``loss`` and ``grad_norm``, the memory (``peak_rss_mb``, ``rss_delta_mb``,
+        ``steady_peak_rss_mb`` on CPU; ``peak_cuda_mb`` on CUDA) and what the step adds
+        (PMAML's metakd side: ``teacher_logits_s``, the teacher's pass alone).
+    """
+    dev = torch.device(device)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    # torch.func's vmap imports torch._dynamo (and sympy) on first use: import it in every
+    # process before the baseline so that rss_delta_mb is working memory on both sides.
+    importlib.import_module("torch._dynamo")
+    step = build(method, impl, cfg, dev)
+    rss0 = _maxrss_kb()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time_now(dev)
+    loss = step.run()
+    first = time_now(dev) - t0
+    grads = [p.grad.flatten() for p in step.params if p.grad is not None]
+    grad_norm = float(torch.cat(grads).norm()) if grads else 0.0
+    loss_value = float(loss)
+    # Resetting VmHWM also lowers ru_maxrss (both read the kernel's mark): keep the peak so far.
+    peak_before = _maxrss_kb()
+    steady = dev.type != "cuda" and _reset_peak_rss()
+    times = []
+    for _ in range(repeats):
+        t0 = time_now(dev)
+        step.run()
+        times.append(time_now(dev) - t0)
+    times.sort()
+    out: dict[str, Any] = {
+        "per_s": step.units / times[0],
+        "median_per_s": step.units / times[len(times) // 2],
+        "best_step_s": times[0],
+        "first_step_s": first,
+        "warmup_s": max(first - times[0], 0.0),
+        "loss": loss_value,
+        "grad_norm": grad_norm,
+        "units_per_step": step.units,
+    }
+    if dev.type == "cuda":
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+    else:
+        out["steady_peak_rss_mb"] = _peak_rss_since_reset_mb() if steady else None
+        peak = max(peak_before, _maxrss_kb())
+        out["peak_rss_mb"] = peak / 1024
+        out["rss_delta_mb"] = (peak - rss0) / 1024
+    if step.extra is not None:
+        out.update(step.extra())
+    return out
+
+
+def _subprocess(method: str, impl: str, cfg: Config, repeats: int, device: str,
+                threads: int | None) -> dict[str, Any]:
+    spec = json.dumps({"method": method, "impl": impl, "cfg": dataclasses.asdict(cfg),
+                       "repeats": repeats, "device": device, "threads": threads})
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.method_speed", "--worker", spec],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{method} ({impl}) failed:\n{proc.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _relative(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(a), abs(b), 1e-12)
+
+
+def compare(method: str, sides: dict[str, dict[str, Any]],
+            rounds: list[dict[str, float]] | None = None) -> dict[str, Any]:
+    """The per-method summary: both sides, the ratios and the equal-work check.
+
+    ``rounds``: each round's best ``per_s`` of each side; their ratios (``metakd / reference``
+    of one round, the two processes run one right after the other) and the median of those
+    are reported next to the ratio of the best speeds, which one quiet moment can tilt on a
+    shared machine.
+    """
+    m, r = sides["metakd"], sides["reference"]
+    loss_diff = _relative(m["loss"], r["loss"])
+    grad_diff = _relative(m["grad_norm"], r["grad_norm"])
+    paired = [x["metakd"] / x["reference"] for x in rounds or []]
+    out: dict[str, Any] = {
+        "unit": UNITS[method],
+        "speed_ratio": round(m["per_s"] / r["per_s"], 3),
+        "speed_ratio_per_round": [round(x, 3) for x in paired],
+        "speed_ratio_median": round(statistics.median(paired), 3) if paired else None,
+        "equal_work": {
+            "loss": [m["loss"], r["loss"]],
+            "loss_rel_diff": float(f"{loss_diff:.3g}"),
+            "grad_norm": [m["grad_norm"], r["grad_norm"]],
+            "grad_norm_rel_diff": float(f"{grad_diff:.3g}"),
+            "tolerance": TOLERANCE,
+            "passed": loss_diff <= TOLERANCE and grad_diff <= TOLERANCE,
+        },
+    }
+    for key in MEMORY_KEYS:
+        if m.get(key) and r.get(key):
+            out[key.replace("_mb", "_ratio")] = round(m[key] / r[key], 3)
+    for impl, res in sides.items():
+        out[impl] = {k: (round(v, 4) if isinstance(v, float) and k not in ("loss", "grad_norm")
+                         else v) for k, v in res.items()}
+    if "teacher_logits_s" in m:
+        out["teacher_share_of_step"] = round(m["teacher_logits_s"] / m["best_step_s"], 3)
+    return out
+
+
+def run_all(methods: list[str], cfg: Config, rounds: int, repeats: int, device: str,
+            log: Callable[[str], None] = print, threads: int | None = None) -> dict[str, Any]:
+    """Every method's two sides, interleaved over ``rounds`` rounds (best speed kept)."""
+    results: dict[str, Any] = {}
+    for method in methods:
+        best: dict[str, dict[str, Any]] = {}
+        per_round: list[dict[str, float]] = []
+        for r in range(rounds):
+            order = IMPLS if r % 2 == 0 else IMPLS[::-1]
+            per_round.append({})
+            for impl in order:
+                res = _subprocess(method, impl, cfg, repeats, device, threads)
+                per_round[-1][impl] = res["per_s"]
+                prev = best.get(impl)
+                if prev is None:
+                    best[impl] = res
+                else:  # the best times (first step too) and the largest memory seen
+                    if res["per_s"] > prev["per_s"]:
+                        for key in ("per_s", "best_step_s"):
+                            prev[key] = res[key]
+                    prev["median_per_s"] = max(prev["median_per_s"], res["median_per_s"])
+                    for key in MEMORY_KEYS:
+                        if res.get(key) is not None and prev.get(key) is not None:
+                            prev[key] = max(prev[key], res[key])
+                    for key in ("first_step_s", "warmup_s", "teacher_logits_s"):
+                        if key in res:
+                            prev[key] = min(prev[key], res[key])
+                log(f"{method:14s} {impl:10s} round {r + 1}: {res['per_s']:8.1f} "
+                    f"{UNITS[method]}/s, first step {res['first_step_s']:.2f} s, "
+                    f"loss {res['loss']:.6f}, grad norm {res['grad_norm']:.6f}")
+        results[method] = compare(method, best, per_round)
+        s = results[method]
+        log(f"{method:14s} metakd / reference: speed {s['speed_ratio']:.2f}x (best of each), "
+            f"{s['speed_ratio_median']:.2f}x (median of the rounds' ratios), equal work "
+            f"{'passed' if s['equal_work']['passed'] else 'FAILED'}")
+    return results
+
+
+PMAML_TEACHER_NOTE = (
+    "PMAML.teacher_logits (unadapted teacher, the official setting) runs the frozen teacher "
+    "task by task: one forward per task of the meta-batch, stacked, so that each task's "
+    "transductive batch norm sees that task's query set alone, as the student's does. "
+    "teacher_logits_s is that pass alone on the metakd side; teacher_share_of_step its share "
+    "of the best step.")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help=f"one round, one timed step, smaller batches: {QUICK}")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed steps per process after the warm-up step (default 3)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of each worker (default 1; 0: torch's default)")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help=f"comma-separated, of {', '.join(METHODS)}")
+    parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    out_option(parser, "method_speed_cpu.json", "method_speed_DEVICE.json for another device; "
+                                                "not written with --quick")
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        spec = json.loads(args.worker)
+        result = measure(spec["method"], spec["impl"], Config(**spec["cfg"]), spec["repeats"],
+                         spec["device"], spec.get("threads"))
+        print(json.dumps(result))
+        return
+
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; use {', '.join(METHODS)}")
+    cfg = Config(**QUICK) if args.quick else Config()
+    rounds, repeats = (1, 1) if args.quick else (args.rounds, args.repeats)
+    device = torch.device(args.device).type
+    with result_log(output(args, f"method_speed_{device}.json")) as (log, out):
+        clock = Clock()
+        log(f"config: {json.dumps(dataclasses.asdict(cfg))}")
+        threads = args.threads or None
+        results = run_all(methods, cfg, rounds, repeats, args.device, log, threads)
+        summary = {
+            "benchmark": "method_speed",
+            "device": args.device,
+            "quick": bool(args.quick),
+            "threads": threads or torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+            "load_avg_1m_end": round(os.getloadavg()[0], 2),
+            "rounds": rounds,
+            "repeats": repeats,
+            "config": dataclasses.asdict(cfg),
+            **clock.record(),
+            "equal_work_passed": all(r["equal_work"]["passed"] for r in results.values()),
+            "notes": {"pmaml_teacher_logits": PMAML_TEACHER_NOTE},
+            "results": results,
+        }
+        finish(summary, out, log)
+
+
+if __name__ == "__main__":
+    main()
+

@@ -1,0 +1,76 @@
+"""``benchmarks.method_speed``: both sides of each method compute the same step, and the
+benchmark's ``--quick`` run prints one JSON object last (no timings asserted)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import _method_steps as steps
+from benchmarks import method_speed
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = steps.Config(meta_batch=2, queries=2, image_size=28, pmaml_student_hidden=8,
+                    pmaml_teacher_hidden=8, pmaml_inner_steps=2, mtl_hidden=8,
+                    mtl_update_step=2, mtl_queries=2, meta_lstm_hidden=8, meta_lstm_epochs=2,
+                    meta_lstm_batch_size=3, baseline_hidden=8, cifar_student="resnet8",
+                    cifar_teacher="resnet8", cifar_batch=4, cifar_classes=10)
+
+
+def _first_step(method: str, impl: str) -> tuple[float, float]:
+    step = steps.build(method, impl, TINY, torch.device("cpu"))
+    loss = float(step.run())
+    grads = [p.grad.flatten() for p in step.params if p.grad is not None]
+    assert grads, f"{method} ({impl}) computed no gradient"
+    return loss, float(torch.cat(grads).norm())
+
+
+@pytest.mark.parametrize("method", steps.METHODS)
+def test_metakd_and_the_reference_compute_the_same_first_step(method: str) -> None:
+    loss_m, grad_m = _first_step(method, "metakd")
+    loss_r, grad_r = _first_step(method, "reference")
+    assert loss_m == pytest.approx(loss_r, rel=method_speed.TOLERANCE)
+    assert grad_m == pytest.approx(grad_r, rel=method_speed.TOLERANCE)
+
+
+def test_compare_flags_unequal_work() -> None:
+    side = {"per_s": 2.0, "loss": 1.0, "grad_norm": 3.0, "best_step_s": 1.0,
+            "peak_rss_mb": 100.0}
+    same = method_speed.compare("mtl", {"metakd": dict(side), "reference": dict(side)})
+    assert same["equal_work"]["passed"] and same["speed_ratio"] == 1.0
+    other = method_speed.compare("mtl", {"metakd": dict(side),
+                                         "reference": {**side, "grad_norm": 3.1}})
+    assert not other["equal_work"]["passed"]
+
+
+def test_quick_sizes_are_config_fields() -> None:
+    names = {f.name for f in dataclasses.fields(steps.Config)}
+    assert set(steps.QUICK) <= names
+
+
+@pytest.mark.slow
+def test_quick_run_prints_every_method_with_equal_work() -> None:
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.method_speed", "--quick"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["benchmark"] == "method_speed" and result["quick"] is True
+    assert {"load_average", "threads", "wall_s", "results", "notes"} <= set(result)
+    assert set(result["results"]) == set(steps.METHODS)
+    for method, res in result["results"].items():
+        assert res["unit"] == steps.UNITS[method]
+        assert {"speed_ratio", "speed_ratio_median", "equal_work", "metakd", "reference",
+                "peak_rss_ratio"} <= set(res)
+        for side in ("metakd", "reference"):
+            assert {"per_s", "first_step_s", "warmup_s", "peak_rss_mb", "loss",
+                    "grad_norm"} <= set(res[side])
+        assert res["equal_work"]["passed"], (method, res["equal_work"])
+    assert result["equal_work_passed"] is True
+    assert "teacher_logits_s" in result["results"]["pmaml"]["metakd"]
