@@ -273,3 +273,22 @@ def budget(run: Mapping[str, Any], paper: Mapping[str, Any], paper_source: str
              if mine.get(k) is not None and theirs.get(k)}
     return {"run": mine, "paper": {**theirs, "source": paper_source},
             "fraction_of_paper": share}
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark of this process (``VmHWM``; Linux 4.0 and later)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss_since_reset_mb() -> float:
+    """This process's peak resident memory in MiB since :func:`reset_peak_rss` (``VmHWM``)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")

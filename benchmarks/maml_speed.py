@@ -89,7 +89,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks._common import Clock, finish, out_option, output, result_log
+from benchmarks._common import (
+    Clock,
+    finish,
+    out_option,
+    output,
+    peak_rss_since_reset_mb,
+    reset_peak_rss,
+    result_log,
+)
 
 DEFAULT_METHODS = (
     "metakd:auto",
@@ -246,24 +254,6 @@ def make_step(method: str, cfg: Config, model: nn.Module, batch: Any) -> Callabl
     raise ValueError(f"unknown method {method!r}")
 
 
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark of this process (``VmHWM``; Linux 4.0 and later)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return True
-
-
-def _peak_rss_since_reset_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def measure(
     method: str, cfg: Config, repeats: int = 3, device: str = "cpu"
 ) -> dict[str, Any]:
@@ -300,14 +290,14 @@ def measure(
     compile_info: dict[str, Any] = {}
     # Resetting VmHWM also lowers ru_maxrss (both read the kernel's mark): keep the peak so far.
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    steady = dev.type != "cuda" and _reset_peak_rss()
+    steady = dev.type != "cuda" and reset_peak_rss()
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         step()
         sync()
         times.append(time.perf_counter() - t0)
-    steady_mb = _peak_rss_since_reset_mb() if steady else None
+    steady_mb = peak_rss_since_reset_mb() if steady else None
     times.sort()
     grad_norm = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     out: dict[str, Any] = {

@@ -68,7 +68,15 @@ from typing import Any
 
 import torch
 
-from benchmarks._common import Clock, finish, out_option, output, result_log
+from benchmarks._common import (
+    Clock,
+    finish,
+    out_option,
+    output,
+    peak_rss_since_reset_mb,
+    reset_peak_rss,
+    result_log,
+)
 from benchmarks._method_steps import IMPLS, METHODS, QUICK, UNITS, Config, build, time_now
 
 #: The largest relative difference of the first step's loss and gradient norm between the
@@ -76,24 +84,6 @@ from benchmarks._method_steps import IMPLS, METHODS, QUICK, UNITS, Config, build
 TOLERANCE = 1e-4
 
 MEMORY_KEYS = ("peak_rss_mb", "rss_delta_mb", "steady_peak_rss_mb", "peak_cuda_mb")
-
-
-def _reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark of this process (``VmHWM``; Linux 4.0 and later)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        return False
-    return True
-
-
-def _peak_rss_since_reset_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _maxrss_kb() -> int:
@@ -128,7 +118,7 @@ def measure(method: str, impl: str, cfg: Config, repeats: int = 3, device: str =
     loss_value = float(loss)
     # Resetting VmHWM also lowers ru_maxrss (both read the kernel's mark): keep the peak so far.
     peak_before = _maxrss_kb()
-    steady = dev.type != "cuda" and _reset_peak_rss()
+    steady = dev.type != "cuda" and reset_peak_rss()
     times = []
     for _ in range(repeats):
         t0 = time_now(dev)
@@ -148,7 +138,7 @@ def measure(method: str, impl: str, cfg: Config, repeats: int = 3, device: str =
     if dev.type == "cuda":
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
     else:
-        out["steady_peak_rss_mb"] = _peak_rss_since_reset_mb() if steady else None
+        out["steady_peak_rss_mb"] = peak_rss_since_reset_mb() if steady else None
         peak = max(peak_before, _maxrss_kb())
         out["peak_rss_mb"] = peak / 1024
         out["rss_delta_mb"] = (peak - rss0) / 1024
