@@ -48,21 +48,21 @@ class Config:
     meta_batch: int = 4
     image_size: int = 28
     #: PMAML: a Conv-4/32 student, a frozen Conv-4/64 teacher, 1 second-order inner step of
-    #: 0.4, KD at T = 10 with λ = 0.9 (``nn.KLDivLoss()``'s element mean), recipe backend vmap.
+    #: 0.4, KD at T = 10 with λ = 0.9 (``nn.KLDivLoss()``'s element mean), recipe backend (auto).
     pmaml_student_hidden: int = 32
     pmaml_teacher_hidden: int = 64
     pmaml_inner_lr: float = 0.4
     pmaml_inner_steps: int = 1
     pmaml_temperature: float = 10.0
     pmaml_lambda: float = 0.9
-    pmaml_backend: str = "vmap"
+    pmaml_backend: str = "auto"
     #: MTL's meta phase (PyTorch variant): scale-shift Conv-4/64, head-only inner loop of
     #: ``mtl_update_step`` first-order steps of ``mtl_base_lr``, ``mtl_queries`` queries.
     mtl_hidden: int = 64
     mtl_update_step: int = 10
     mtl_base_lr: float = 0.1
     mtl_queries: int = 5
-    mtl_backend: str = "vmap"
+    mtl_backend: str = "auto"
     #: Meta-LSTM: Conv-4/32 with a flatten head and running batch norm, 12 epochs over the
     #: support set in minibatches of 5, a 20-unit LSTM.
     meta_lstm_hidden: int = 32

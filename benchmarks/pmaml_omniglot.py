@@ -119,7 +119,7 @@ class Config:
     inner_lr: float = 0.4
     meta_lr: float = 1e-3
     #: ``func``: on this 2-core CPU it trained these small conv nets 1.5x and tested them 3x
-    #: faster than ``vmap`` (the recipes' default, tuned for meta-batch 32 with 1 query).
+    #: faster than ``vmap``; the recipes' default ``auto`` picks func for these batches too.
     backend: str = "func"
     threads: int = 1
 

@@ -94,7 +94,7 @@ class PMAMLConfig(RunSettings, MetaAdam, InnerLoop, Backbone, EpisodeData):
             model="conv4", inner_lr=0.4, inner_steps=1, test_inner_steps=1, first_order=False,
             inner_loss_reduction="mean", meta_lr=1e-3, meta_batch_size=4, steps=15_000,
             queries=15, test_queries=15, val_every=250, val_tasks=600, test_tasks=800,
-            rotations=dataset.lower() == "omniglot", backend="vmap",
+            rotations=dataset.lower() == "omniglot", backend="auto",
         )
         return cls(dataset=dataset, ways=ways, shots=shots, **{**base, **overrides})
 
