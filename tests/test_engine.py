@@ -201,6 +201,11 @@ def _worker(rank: int, world_size: int, init: str, out: str) -> None:
         torch.save({k: p.grad for k, p in model.named_parameters()}, out)
     shutdown_distributed()
     assert not dist.is_initialized()
+    # Leave without the interpreter's finalisation: once in a CI run (torch 2.14.1, gloo) a
+    # rank that had left the group cleanly aborted at exit ("terminate called without an
+    # active exception", SIGABRT), a C++ thread torn down by static destructors. What this
+    # test checks is written and the group is left; the exit itself is not under test.
+    os._exit(0)
 
 
 def test_two_gloo_processes_equal_one_process_with_the_whole_meta_batch(tmp_path: Path) -> None:
