@@ -158,7 +158,52 @@ def test_adapted_teacher_logits_equal_its_own_adaptation() -> None:
                       inner_lr=0.4).teacher_logits(batch)
     with torch.no_grad():
         raw = torch.stack([teacher.model(batch.query_x[i]) for i in range(3)])
-    assert torch.equal(unadapted, raw) and not torch.allclose(unadapted, got)
+    assert torch.allclose(unadapted, raw, atol=1e-5) and not torch.allclose(unadapted, got)
+
+
+def _count_forwards(model: torch.nn.Module) -> list[int]:
+    calls = [0]
+    model.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("ways", [5, 3])
+def test_unadapted_teacher_logits_come_from_one_batched_pass(ways) -> None:
+    """A meta-batch's teacher logits in one forward call, equal to the task-by-task loop in
+    float64 (transductive batch norm normalises each task by its own statistics)."""
+    torch.manual_seed(0)
+    teacher = metakd.MAMLWrapper(metakd.create("conv4", num_classes=ways, in_channels=1),
+                                 inner_lr=0.4).double()
+    batch = _batch(tasks=4, ways=ways, q=3, dtype=torch.float64)
+    pmaml = PMAML(metakd.create("conv1", num_classes=ways, in_channels=1).double(), teacher,
+                  inner_lr=0.4)
+    calls = _count_forwards(teacher.model)
+    got = {on: pmaml.teacher_logits(batch, on) for on in ("query", "support")}
+    assert calls[0] == 2  # one per set, not one per task
+    with torch.no_grad():
+        for on, xs in (("query", batch.query_x), ("support", batch.support_x)):
+            ref = torch.stack([teacher.model(x) for x in xs])
+            torch.testing.assert_close(got[on], ref, rtol=1e-10, atol=1e-10)
+    # one task's statistics: the same images in another task give other logits
+    mixed = batch.query_x.clone()
+    mixed[1] = mixed[0] * 3.0 + 1.0
+    with torch.no_grad():
+        out = teacher.forward_tasks(mixed)
+    assert not torch.allclose(out[0], out[1])
+
+
+def test_forward_tasks_falls_back_to_a_loop_for_running_statistics() -> None:
+    """torch.nn.BatchNorm2d in train() mode updates one running buffer per call: task by task."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4),
+                              torch.nn.Flatten(), torch.nn.LazyLinear(5))
+    net(torch.randn(2, 1, 28, 28))
+    maml = metakd.MAMLWrapper(net, inner_lr=0.4, backend="func")
+    calls = _count_forwards(net)
+    xs = torch.randn(3, 6, 1, 28, 28)
+    with torch.no_grad():
+        out = maml.forward_tasks(xs)
+    assert calls[0] == 3 and out.shape == (3, 6, 5)
 
 
 def test_teacher_is_frozen_unregistered_and_loaded_lazily() -> None:

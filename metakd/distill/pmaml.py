@@ -302,8 +302,9 @@ class PMAML(nn.Module):
     def teacher_logits(self, batch: TaskBatch, on: str = "query") -> Tensor:
         """The teacher's logits ``[T, M, N]`` of each task's query (or support) set, no graph.
 
-        Unadapted: the teacher's initialisation on the set, one task at a time (transductive
-        batch norm sees one task's images, as the student's does). Adapted
+        Unadapted: the teacher's initialisation on every task's set in one batched pass
+        (``MAMLWrapper.forward_tasks``: transductive batch norm still sees one task's images,
+        as the student's does). Adapted
         (``teacher_adapt``): after its own inner steps on the task's support set.
         """
         if on not in ("query", "support"):
@@ -321,7 +322,7 @@ class PMAML(nn.Module):
                                             steps=self.teacher_inner_steps)
                     out.append(learner(xs[i]))
                 return torch.stack(out)
-            return torch.stack([teacher.model(xs[i]) for i in range(len(batch))])
+            return teacher.forward_tasks(xs)
 
     def meta_loss(self, task_batch: TaskBatch, training: bool = True,
                   step: int | Tensor | None = None) -> tuple[Tensor, dict[str, Any]]:

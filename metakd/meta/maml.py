@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from metakd.data.batch import TaskBatch
-from metakd.meta._backends import Backend, MAMLClone, MAMLLearner
+from metakd.meta._backends import Backend, MAMLClone, MAMLLearner, vmap_unsafe
 from metakd.meta._checks import check_maml_arguments, check_steps
 from metakd.meta._params import AdaptSpec, select_adapted
 from metakd.meta.functional import ParamLayout
@@ -248,6 +248,29 @@ class MAMLWrapper(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """The unadapted model: ``model(x)``."""
         return self.model(x)
+
+    def forward_tasks(self, xs: Tensor) -> Tensor:
+        """The unadapted model on every task's images: ``xs`` ``[T, M, ...]`` to ``[T, M, N]``.
+
+        One batched pass (``torch.func.vmap`` over the tasks) when the model is vmap-safe,
+        so transductive batch norm still normalises each task by its own statistics, as
+        ``torch.stack([model(x) for x in xs])`` does; that loop otherwise. For a frozen
+        teacher's logits on a meta-batch (PMAML).
+
+        Example:
+            >>> import metakd
+            >>> maml = MAMLWrapper(metakd.create("conv4", num_classes=5, in_channels=1), 0.4)
+            >>> maml.forward_tasks(torch.randn(3, 10, 1, 28, 28)).shape
+            torch.Size([3, 10, 5])
+        """
+        if vmap_unsafe(self.model) is not None:
+            return torch.stack([self.model(x) for x in xs])
+        state = {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
+
+        def one(x: Tensor) -> Tensor:
+            return torch.func.functional_call(self.model, state, (x,))
+
+        return torch.func.vmap(one, randomness="different")(xs)
 
     def adapt(
         self,
