@@ -168,9 +168,9 @@ def _count_forwards(model: torch.nn.Module) -> list[int]:
 
 
 @pytest.mark.parametrize("ways", [5, 3])
-def test_unadapted_teacher_logits_come_from_one_batched_pass(ways) -> None:
-    """A meta-batch's teacher logits in one forward call, equal to the task-by-task loop in
-    float64 (transductive batch norm normalises each task by its own statistics)."""
+def test_unadapted_teacher_logits_batched_equal_the_task_loop(ways) -> None:
+    """A meta-batch's teacher logits in one batched forward call equal the task-by-task loop
+    in float64 (transductive batch norm normalises each task by its own statistics)."""
     torch.manual_seed(0)
     teacher = metakd.MAMLWrapper(metakd.create("conv4", num_classes=ways, in_channels=1),
                                  inner_lr=0.4).double()
@@ -179,16 +179,21 @@ def test_unadapted_teacher_logits_come_from_one_batched_pass(ways) -> None:
                   inner_lr=0.4)
     calls = _count_forwards(teacher.model)
     got = {on: pmaml.teacher_logits(batch, on) for on in ("query", "support")}
-    assert calls[0] == 2  # one per set, not one per task
+    assert calls[0] == 2 * 4  # on the CPU, task by task (faster there)
+    with torch.no_grad():
+        batched = {"query": teacher.forward_tasks(batch.query_x, batched=True),
+                   "support": teacher.forward_tasks(batch.support_x, batched=True)}
+    assert calls[0] == 2 * 4 + 2  # batched: one call per set, not one per task
     with torch.no_grad():
         for on, xs in (("query", batch.query_x), ("support", batch.support_x)):
             ref = torch.stack([teacher.model(x) for x in xs])
             torch.testing.assert_close(got[on], ref, rtol=1e-10, atol=1e-10)
+            torch.testing.assert_close(batched[on], ref, rtol=1e-10, atol=1e-10)
     # one task's statistics: the same images in another task give other logits
     mixed = batch.query_x.clone()
     mixed[1] = mixed[0] * 3.0 + 1.0
     with torch.no_grad():
-        out = teacher.forward_tasks(mixed)
+        out = teacher.forward_tasks(mixed, batched=True)
     assert not torch.allclose(out[0], out[1])
 
 
@@ -202,7 +207,7 @@ def test_forward_tasks_falls_back_to_a_loop_for_running_statistics() -> None:
     calls = _count_forwards(net)
     xs = torch.randn(3, 6, 1, 28, 28)
     with torch.no_grad():
-        out = maml.forward_tasks(xs)
+        out = maml.forward_tasks(xs, batched=True)
     assert calls[0] == 3 and out.shape == (3, 6, 5)
 
 

@@ -302,9 +302,10 @@ class PMAML(nn.Module):
     def teacher_logits(self, batch: TaskBatch, on: str = "query") -> Tensor:
         """The teacher's logits ``[T, M, N]`` of each task's query (or support) set, no graph.
 
-        Unadapted: the teacher's initialisation on every task's set in one batched pass
-        (``MAMLWrapper.forward_tasks``: transductive batch norm still sees one task's images,
-        as the student's does). Adapted
+        Unadapted: the teacher's initialisation on every task's set
+        (``MAMLWrapper.forward_tasks``: one batched pass on an accelerator, task by task on
+        the CPU, where that is faster; transductive batch norm sees one task's images either
+        way, as the student's does). Adapted
         (``teacher_adapt``): after its own inner steps on the task's support set.
         """
         if on not in ("query", "support"):

@@ -249,21 +249,29 @@ class MAMLWrapper(nn.Module):
         """The unadapted model: ``model(x)``."""
         return self.model(x)
 
-    def forward_tasks(self, xs: Tensor) -> Tensor:
+    def forward_tasks(self, xs: Tensor, batched: bool | None = None) -> Tensor:
         """The unadapted model on every task's images: ``xs`` ``[T, M, ...]`` to ``[T, M, N]``.
 
-        One batched pass (``torch.func.vmap`` over the tasks) when the model is vmap-safe,
-        so transductive batch norm still normalises each task by its own statistics, as
-        ``torch.stack([model(x) for x in xs])`` does; that loop otherwise. For a frozen
-        teacher's logits on a meta-batch (PMAML).
+        Batched (``torch.func.vmap`` over the tasks, one forward call): transductive batch
+        norm still normalises each task by its own statistics, as the loop
+        ``torch.stack([model(x) for x in xs])`` does. ``batched=None`` (the default) batches
+        off the CPU and loops on it: on the 2-core CPU (torch 2.14.1, 1 thread) a Conv-4/64
+        on 4 tasks of 75 images took 0.48-0.52 s batched against 0.22-0.31 s in the loop
+        (vmap's batch norm decomposes into separate reductions and its convolution runs
+        on one 300-image call). Models with running statistics in train mode always loop.
+        For a frozen teacher's logits on a meta-batch (PMAML).
 
         Example:
             >>> import metakd
             >>> maml = MAMLWrapper(metakd.create("conv4", num_classes=5, in_channels=1), 0.4)
-            >>> maml.forward_tasks(torch.randn(3, 10, 1, 28, 28)).shape
-            torch.Size([3, 10, 5])
+            >>> xs = torch.randn(3, 10, 1, 28, 28)
+            >>> torch.allclose(maml.forward_tasks(xs, batched=True), maml.forward_tasks(xs),
+            ...                atol=1e-5)
+            True
         """
-        if vmap_unsafe(self.model) is not None:
+        if batched is None:
+            batched = xs.device.type != "cpu"
+        if not batched or vmap_unsafe(self.model) is not None:
             return torch.stack([self.model(x) for x in xs])
         state = {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
 
