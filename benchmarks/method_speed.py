@@ -241,10 +241,11 @@ def run_all(methods: list[str], cfg: Config, rounds: int, repeats: int, device: 
 
 PMAML_TEACHER_NOTE = (
     "PMAML.teacher_logits (unadapted teacher, the official setting) runs the frozen teacher "
-    "task by task: one forward per task of the meta-batch, stacked, so that each task's "
-    "transductive batch norm sees that task's query set alone, as the student's does. "
-    "teacher_logits_s is that pass alone on the metakd side; teacher_share_of_step its share "
-    "of the best step.")
+    "through MAMLWrapper.forward_tasks: on the CPU task by task (one forward per task, "
+    "stacked; measured 2x faster there than one vmap pass over the meta-batch), on an "
+    "accelerator in one batched pass; either way each task's transductive batch norm sees "
+    "that task's set alone, as the student's does. teacher_logits_s is that pass alone on the "
+    "metakd side; teacher_share_of_step its share of the best step.")
 
 
 def main(argv: list[str] | None = None) -> None:

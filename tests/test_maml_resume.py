@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 
 from metakd.engine import load_checkpoint
@@ -23,7 +24,7 @@ SCRIPT = textwrap.dedent(
     from metakd.meta import MAMLWrapper
     from metakd.nn import create
 
-    out, kill_at = sys.argv[1], int(sys.argv[2])
+    out, kill_at, tasks, queries = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 
     class KillAt(Callback):
         def on_step_end(self, step, batch, loss, metrics, learner):
@@ -32,7 +33,7 @@ SCRIPT = textwrap.dedent(
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    stream = few_shot(Omniglot(split="train"), 5, 1, 2, meta_batch_size=4, seed=0,
+    stream = few_shot(Omniglot(split="train"), 5, 1, queries, meta_batch_size=tasks, seed=0,
                       image_size=14, progress=False)
     maml = MAMLWrapper(create("maml_omniglot", num_classes=5, hidden=8), inner_lr=0.4)
     opt = torch.optim.Adam(maml.parameters(), lr=1e-3)
@@ -42,9 +43,10 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _run(script: Path, out: Path, kill_at: int) -> int:
+def _run(script: Path, out: Path, kill_at: int, shape: tuple[int, int]) -> int:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, str(script), str(out), str(kill_at)], env=env,
+    proc = subprocess.run([sys.executable, str(script), str(out), str(kill_at),
+                           *(str(v) for v in shape)], env=env,
                           capture_output=True, text=True, timeout=300)
     if proc.returncode not in (0, -signal.SIGKILL):
         raise AssertionError(proc.stderr[-3000:])
@@ -57,15 +59,33 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
     return ckpt["model"]
 
 
-def test_same_seed_same_weights_and_sigkill_resume_is_bit_identical(tmp_path: Path) -> None:
+def _default_path(tasks: int, queries: int) -> str:
+    """The path the default ``backend="auto"`` takes for the script's meta-batches."""
+    from metakd.data import Omniglot, few_shot
+    from metakd.meta import MAMLWrapper
+    from metakd.nn import create
+
+    stream = few_shot(Omniglot(split="train"), 5, 1, queries, meta_batch_size=tasks, seed=0,
+                      image_size=14, progress=False)
+    maml = MAMLWrapper(create("maml_omniglot", num_classes=5, hidden=8), inner_lr=0.4)
+    return maml._backend.pick(next(iter(stream))).name
+
+
+@pytest.mark.parametrize(("tasks", "queries", "path"), [(4, 2, "func"), (8, 1, "vmap")])
+def test_same_seed_same_weights_and_sigkill_resume_is_bit_identical(
+        tmp_path: Path, tasks: int, queries: int, path: str) -> None:
+    """Both branches of the default path: func (PMAML- and MTL-sized meta-batches) and vmap
+    (MAML's many small tasks)."""
+    assert _default_path(tasks, queries) == path
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    assert _run(script, a, kill_at=-1) == 0
-    assert _run(script, c, kill_at=-1) == 0
-    assert _run(script, b, kill_at=7) == -signal.SIGKILL  # killed after step 7
+    shape = (tasks, queries)
+    assert _run(script, a, -1, shape) == 0
+    assert _run(script, c, -1, shape) == 0
+    assert _run(script, b, 7, shape) == -signal.SIGKILL  # killed after step 7
     assert load_checkpoint(b / "last.pt")["step"] == 6  # the last checkpoint before the kill
-    assert _run(script, b, kill_at=-1) == 0  # resumes at step 6
+    assert _run(script, b, -1, shape) == 0  # resumes at step 6
     wa, wb, wc = _weights(a), _weights(b), _weights(c)
     assert wa.keys() == wb.keys() == wc.keys()
     for k in wa:
