@@ -127,3 +127,38 @@ def test_cifar_kd_pipeline_writes_the_result_it_prints(tmp_path: Path) -> None:
     assert result["resume_identical"] is True
     for key in ("recipe", "timings_s", "threads", "machine", "cpus", "torch", "wall_s"):
         assert key in result
+
+
+def test_conv_batching_times_the_real_layer_shapes_and_writes_what_it_prints(
+        tmp_path: Path) -> None:
+    from benchmarks.conv_batching import conv_shapes
+
+    shapes = conv_shapes(75)  # maml_omniglot: four 3x3 stride-2 convolutions, 28 px padded
+    assert [s["in_shape"] for s in shapes] == [[75, 1, 29, 29], [75, 64, 15, 15],
+                                               [75, 64, 9, 9], [75, 64, 5, 5]]
+    out = tmp_path / "conv.json"
+    result = _run_cli("conv_batching", "--tasks", "2", "--queries", "1", "--threads", "1",
+                      "--repeats", "1", "--out", str(out))
+    assert json.loads(out.read_text()) == result
+    per_set = result["threads"]["1"]
+    assert set(per_set) == {"support", "query"}
+    for entry in per_set.values():
+        assert len(entry["layers"]) == 4 and all(v > 0 for v in entry["total_ms"].values())
+    assert "grouped" in out.with_suffix(".log").read_text()
+
+
+def test_conv_batching_grouped_layout_is_the_per_task_convolution() -> None:
+    """The benchmark's grouped call computes the per-task loop's convolutions (float64)."""
+    import torch
+    import torch.nn.functional as F
+
+    from benchmarks.conv_batching import grouped_conv
+
+    g = torch.Generator().manual_seed(0)
+    tasks, m, c_in, c_out = 3, 4, 2, 5
+    x = torch.randn(tasks, m, c_in, 9, 9, generator=g, dtype=torch.float64)
+    w = torch.randn(tasks, c_out, c_in, 3, 3, generator=g, dtype=torch.float64)
+    side = x.transpose(0, 1).reshape(m, tasks * c_in, 9, 9)
+    got = grouped_conv(side, w, tasks, stride=2, padding=1)
+    loop = torch.stack([F.conv2d(x[t], w[t], stride=2, padding=1) for t in range(tasks)])
+    torch.testing.assert_close(got, loop, rtol=1e-12, atol=1e-12)
