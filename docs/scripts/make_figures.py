@@ -7,7 +7,7 @@
   on the bundled Omniglot, with the same settings as the tutorial, drawn with
   :func:`metakd.engine.plot_learning_curve` and :func:`metakd.cli.episode_picture`;
 - ``maml_speed_cpu.png`` (the Benchmarks page): the speed table of
-  ``benchmarks/results/maml_speed_cpu_s5_2026-11-29.json`` as a bar chart.
+  ``benchmarks/results/maml_speed_cpu_2026-12-06_quiet.json`` as a bar chart.
 
 ``tests/test_docs.py`` calls these functions with a tiny budget, so the code that drew the
 committed pictures keeps working.
@@ -21,7 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "docs" / "images"
-SPEED_JSON = ROOT / "benchmarks" / "results" / "maml_speed_cpu_s5_2026-11-29.json"
+SPEED_JSON = ROOT / "benchmarks" / "results" / "maml_speed_cpu_2026-12-06_quiet.json"
+SPEED_RUN = "run of 2026-12-06, commit f49d314"
 
 # (JSON method key, label) in the order of the Benchmarks page's table
 SPEED_METHODS = (
@@ -87,7 +88,7 @@ def speed_chart(png: str | Path, results: str | Path = SPEED_JSON) -> Path:
         ax.set_title(config, fontsize=10)
         ax.set_ylabel("tasks / s (higher is better)")
         ax.margins(y=0.15)
-    fig.suptitle("Second-order MAML meta-training speed, 2-core CPU (run of 2026-11-29, commit e202a8e)", fontsize=11)
+    fig.suptitle(f"Second-order MAML meta-training speed, 2-core CPU ({SPEED_RUN})", fontsize=11)
     fig.tight_layout()
     png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
