@@ -29,9 +29,20 @@ weights on the same 100 fixed held-out episodes), it measures:
 It also reports how the unadapted teacher's query logits look on the probe batches (their
 accuracy against the episode labels, and the entropy of ``softmax(z/T)`` over ``log C``).
 
-    .venv/bin/python -m benchmarks.pmaml_diagnose            # the full run (about 12 min, 1 thread)
+5. **The adapted teacher** (``every_adapted`` of ``benchmarks.pmaml_omniglot``: the teacher
+   adapted on each task's support set before its query logits are taken), at the (T, λ) of
+   ``adapted`` (the official T = 10, λ = 0.9 and T = 10, λ = 0.5): each arm trained, probed
+   and scored as the sweep's arms (against no-KD and the CE-only control of its λ), and the
+   adapted teacher's query logits on the probe batches as for the unadapted one.
+
+    .venv/bin/python -m benchmarks.pmaml_diagnose            # the full run (about 13 min, 1 thread)
     .venv/bin/python -m benchmarks.pmaml_diagnose --quick    # a smoke run (under a minute; no file)
     .venv/bin/python -m benchmarks.pmaml_diagnose --workdir W  # keep run folders, resume
+    .venv/bin/python -m benchmarks.pmaml_diagnose --arms adapted  # only the adapted arms, merged
+
+``--arms adapted`` trains the teacher, the no-KD student, the CE-only controls and the adapted
+arms only, checks that the first three score exactly as in the existing ``--out`` file (the
+same seeds and code path), and adds the adapted arms to that file, with a ``merged`` note.
 
 The last line of output is one JSON object; it is also written to ``--out`` (default
 ``benchmarks/results/pmaml_diagnose_cpu.json``; with ``--quick`` only when ``--out`` is
@@ -94,10 +105,15 @@ class Config:
     probe_batches: int = 8
     probe_seed: int = 20_000
     threads: int = 1
+    #: The (T, λ) arms with the teacher adapted on each support set (``every_adapted``).
+    adapted: tuple[tuple[float, float], ...] = ((10.0, 0.9), (10.0, 0.5))
+    #: ``"all"``, or ``"adapted"``: only the adapted arms (with the teacher, no-KD and the
+    #: CE-only controls they are compared with), merged into the existing result file.
+    arms: str = "all"
 
 
 QUICK = {"steps": 20, "teacher_steps": 60, "test_tasks": 40, "temperatures": (4.0,),
-         "lambdas": (0.5,), "probe_batches": 2}
+         "lambdas": (0.5,), "probe_batches": 2, "adapted": ((4.0, 0.5),)}
 OFFICIAL = (10.0, 0.9)
 
 
@@ -203,8 +219,9 @@ def probe(learner: Any, batches: Sequence[TaskBatch], step: int,
 
 def teacher_view(learner: Any, batches: Sequence[TaskBatch],
                  temperatures: Sequence[float]) -> dict[str, Any]:
-    """The unadapted teacher's query logits as training sees them: their accuracy against the
-    episode labels, and the mean entropy of ``softmax(z/T)`` over ``log C`` per T."""
+    """The teacher's query logits as training sees them (unadapted, or adapted on each
+    support set where ``learner.teacher_adapt``): their accuracy against the episode labels,
+    and the mean entropy of ``softmax(z/T)`` over ``log C`` per T."""
     hits, count = 0.0, 0
     entropy = {f"{t:g}": 0.0 for t in temperatures}
     for batch in batches:
@@ -382,6 +399,42 @@ def train_sweep(cfg: Config, base: po.Config, teacher_dir: str, root: Path,
     return sweep, view
 
 
+def train_adapted(cfg: Config, base: po.Config, teacher_dir: str, root: Path,
+                  episodes: list[TaskBatch], no_kd_accs: list[float],
+                  ce_only: dict[float, list[float]], log: Callable[[str], None]
+                  ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Every (T, λ) arm of ``cfg.adapted`` with the teacher adapted on each support set
+    (``every_adapted``), probed and scored as the sweep's arms; and the adapted teacher's
+    logits as the first arm saw them on the probe batches."""
+    from metakd.recipes import load_run
+
+    seed, batches, points = cfg.seeds[0], probe_episodes(base, cfg), probe_steps(cfg)
+    arm = po.Arm(cfg.student, "every_adapted", base.conv_teacher)
+    rows: dict[str, Any] = {}
+    view = None
+    for temperature, lam in cfg.adapted:
+        name = arm_name(temperature, lam)
+        out = str(root / f"{cfg.student}_every_adapted_{name}_s{seed}")
+        run_cfg = replace(po.student_config(base, arm, seed, teacher_dir, out),
+                          temperature=temperature, trade_lambda=lam)
+        log(f"adapted {name}: probing at {points}")
+        probes, secs = train_probed(run_cfg, points, batches, log)
+        baselines = {"minus_no_kd": no_kd_accs}
+        if lam in ce_only:
+            baselines["minus_ce_only"] = ce_only[lam]
+        row, _ = scored(out, episodes, baselines)
+        log(f"adapted {name}: held-out {100 * row['accuracy']:.2f} ± "
+            f"{100 * row['ci95']:.2f} %, minus no-KD {_points(row['minus_no_kd'])}, minus "
+            f"CE-only {_points(row['minus_ce_only']) if 'minus_ce_only' in row else '-'} points")
+        rows[name] = {"temperature": temperature, "lambda": lam, "teacher_adapt": True,
+                      "effective_kd_weight": lam * temperature ** 2 / po.WAYS,
+                      **row, "train_s": round(secs, 1), "probes": probes}
+        if view is None:
+            view = teacher_view(load_run(out, checkpoint="last").learner, batches,
+                                sorted({1.0, 4.0, 10.0, *cfg.temperatures}))
+    return rows, view
+
+
 def _sum_check(sweep: dict[str, Any]) -> dict[str, Any]:
     errs = [p["max_sum_error"] for a in sweep.values() for p in a["probes"]]
     worst = max(errs) if errs else None
@@ -421,6 +474,25 @@ def _verdict(result: dict[str, Any]) -> list[str]:
         lines.append(f"unadapted teacher on the probe queries: {100 * view['accuracy']:.1f} % "
                      f"against the episode labels (chance {100 / po.WAYS:.0f} %); entropy of "
                      f"softmax(z/T) over log C: {ent}")
+    return lines + _verdict_adapted(result)
+
+
+def _verdict_adapted(result: dict[str, Any]) -> list[str]:
+    """The adapted-teacher arms against no-KD and their CE-only controls, their gradient
+    shares, and the adapted teacher's logits."""
+    lines = []
+    for name, arm in result.get("adapted", {}).items():
+        own = _points(arm["minus_ce_only"]) if "minus_ce_only" in arm else "-"
+        shares = ", ".join(f"step {p['step']}: {p['ratio']:.2f} (cos {p['cosine']:+.2f})"
+                           for p in arm["probes"])
+        lines.append(f"adapted {name}: {100 * arm['accuracy']:.2f} %, minus no-KD "
+                     f"{_points(arm['minus_no_kd'])}, minus CE-only {own}; |g_kd|/|g_ce| "
+                     f"{shares}")
+    view = result.get("teacher_adapted_on_probe")
+    if view:
+        ent = ", ".join(f"T={t}: {h:.4f}" for t, h in view["normalized_entropy"].items())
+        lines.append(f"adapted teacher on the probe queries: {100 * view['accuracy']:.1f} % "
+                     f"against the episode labels; entropy of softmax(z/T) over log C: {ent}")
     return lines
 
 
@@ -461,10 +533,13 @@ def _train_all(cfg: Config, base: po.Config, root: Path, keep: bool,
     log(f"no_kd: held-out {100 * no_kd['accuracy']:.2f} ± {100 * no_kd['ci95']:.2f} %")
     ce_only, ce_accs = train_ce_only(cfg, base, teacher_dir, root, keep, episodes,
                                      no_kd_accs, log)
-    sweep, view = train_sweep(cfg, base, teacher_dir, root, episodes, no_kd_accs, ce_accs,
-                              log)
+    sweep, view = (train_sweep(cfg, base, teacher_dir, root, episodes, no_kd_accs, ce_accs,
+                               log) if cfg.arms == "all" else ({}, None))
+    adapted, adapted_view = train_adapted(cfg, base, teacher_dir, root, episodes, no_kd_accs,
+                                          ce_accs, log)
     return {"teacher": teacher, "no_kd": no_kd, "ce_only": ce_only, "sweep": sweep,
-            "teacher_on_probe": view}
+            "teacher_on_probe": view, "adapted": adapted,
+            "teacher_adapted_on_probe": adapted_view}
 
 
 CONTROLS_NOTE = (
@@ -477,18 +552,12 @@ CONTROLS_NOTE = (
     "ce_only arm: the effect of down-weighting the CE under Adam's L2 weight decay")
 
 
-def run(cfg: Config, log: Callable[[str], None] = print,
-        workdir: str | Path | None = None) -> dict[str, Any]:
-    """The teacher, the no-KD student, the CE-only controls and every (T, λ) arm, probed;
-    the JSON-ready result."""
-    torch.set_num_threads(cfg.threads)
-    base = base_config(cfg)
-    clock = Clock()
-    with work_folder(workdir, "pmaml_diagnose_") as root:
-        parts = _train_all(cfg, base, root, workdir is not None, log)
+def _result(cfg: Config, base: po.Config, parts: dict[str, Any],
+            clock: Clock) -> dict[str, Any]:
+    """A full run's JSON-ready result (without the verdict)."""
     official = arm_name(*OFFICIAL)
     teacher, no_kd, sweep = parts["teacher"], parts["no_kd"], parts["sweep"]
-    result: dict[str, Any] = {
+    return {
         "benchmark": "pmaml_diagnose",
         "setting": (
             "bundled Omniglot (5 background alphabets train, 3 held-out test, x4 rotations), "
@@ -505,17 +574,79 @@ def run(cfg: Config, log: Callable[[str], None] = print,
                   "tasks_per_batch": cfg.meta_batch, "seed": cfg.probe_seed,
                   "split": "train"},
         "budget": _budget(base), "controls_note": CONTROLS_NOTE,
-        "gap": {"teacher": teacher["accuracy"], "no_kd": no_kd["accuracy"],
-                "points": 100 * (teacher["accuracy"] - no_kd["accuracy"])},
+        "gap": _gap(teacher, no_kd),
         **parts, "official": official if official in sweep else None,
-        "sum_check": _sum_check(sweep),
+        "sum_check": _sum_check(sweep), "sum_check_adapted": _sum_check(parts["adapted"]),
+        "adapted_note": ADAPTED_NOTE,
         "config": asdict(cfg), "threads": cfg.threads, **clock.record(),
     }
+
+
+ADAPTED_NOTE = (
+    "adapted: the arms of pmaml_omniglot's every_adapted mode (teacher_adapt=True: the "
+    "teacher adapted on each task's support set, its own inner rate and steps, before its "
+    "query logits are taken), otherwise as the sweep's arms (same initial weights, episodes, "
+    "probes and controls); teacher_adapted_on_probe: the adapted teacher's query logits on "
+    "the probe batches")
+#: The parts a run with ``arms="adapted"`` trains again and checks against the existing file.
+SHARED = ("teacher", "no_kd", "ce_only", "gap")
+
+
+def _gap(teacher: dict[str, Any], no_kd: dict[str, Any]) -> dict[str, Any]:
+    return {"teacher": teacher["accuracy"], "no_kd": no_kd["accuracy"],
+            "points": 100 * (teacher["accuracy"] - no_kd["accuracy"])}
+
+
+def _scores(value: Any) -> Any:
+    """``value`` as JSON holds it, without its (timing) ``train_s`` entries."""
+    if isinstance(value, dict):
+        return {k: _scores(v) for k, v in value.items() if k != "train_s"}
+    return json.loads(json.dumps(value))
+
+
+def merged(existing: dict[str, Any], parts: dict[str, Any], cfg: Config,
+           clock: Clock) -> dict[str, Any]:
+    """``existing`` (a full run's result) with the adapted arms of ``parts`` added; raises
+    unless the teacher, no-KD and the CE-only controls trained again score exactly as there."""
+    again = {**parts, "gap": _gap(parts["teacher"], parts["no_kd"])}
+    for key in SHARED:
+        if _scores(again[key]) != _scores(existing[key]):
+            raise AssertionError(f"{key} does not reproduce the existing result")
+    keep = {k: v for k, v in existing.items() if k not in ("verdict", "config")}
+    return {**keep, "adapted": parts["adapted"],
+            "teacher_adapted_on_probe": parts["teacher_adapted_on_probe"],
+            "sum_check_adapted": _sum_check(parts["adapted"]), "adapted_note": ADAPTED_NOTE,
+            "config": {**existing["config"], "adapted": [list(a) for a in cfg.adapted]},
+            "merged": {"note": "the adapted arms were run alone (--arms adapted) and merged "
+                               "into the full run's result; the teacher, no_kd and ce_only "
+                               "trained again in that run scored exactly as here (checked)",
+                       "checked": list(SHARED), "config": asdict(cfg), **clock.record()}}
+
+
+def run(cfg: Config, log: Callable[[str], None] = print,
+        workdir: str | Path | None = None, merge_into: Path | None = None) -> dict[str, Any]:
+    """The teacher, the no-KD student, the CE-only controls and every (T, λ) arm, probed;
+    the JSON-ready result. With ``cfg.arms == "adapted"``: only the adapted arms (and what
+    they are compared with), merged into the result in ``merge_into``."""
+    if cfg.arms not in ("all", "adapted"):
+        raise ValueError(f"arms={cfg.arms!r}: 'all' or 'adapted'")
+    if cfg.arms == "adapted" and (merge_into is None or not merge_into.is_file()):
+        raise ValueError(f"arms='adapted' merges into an existing result file, not {merge_into}")
+    torch.set_num_threads(cfg.threads)
+    base = base_config(cfg)
+    clock = Clock()
+    with work_folder(workdir, "pmaml_diagnose_") as root:
+        parts = _train_all(cfg, base, root, workdir is not None, log)
+    if cfg.arms == "adapted" and merge_into is not None:
+        result = merged(json.loads(merge_into.read_text()), parts, cfg, clock)
+    else:
+        result = _result(cfg, base, parts, clock)
     result["verdict"] = _verdict(result)
     for line in result["verdict"]:
         log(line)
-    if not result["sum_check"]["passed"]:
-        raise AssertionError(f"gradient parts check failed: {result['sum_check']}")
+    for check in ("sum_check", "sum_check_adapted"):
+        if not result[check]["passed"]:
+            raise AssertionError(f"gradient parts check failed: {result[check]}")
     return result
 
 
@@ -527,10 +658,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--temperatures", type=float, nargs="+", help="KD temperatures T")
     p.add_argument("--lambdas", type=float, nargs="+", help="KD weights lambda")
     p.add_argument("--probe-batches", type=int, help="probe meta-batches (default 8)")
+    p.add_argument("--arms", choices=("all", "adapted"), default="all",
+                   help="all (default), or only the adapted-teacher arms, merged into --out")
     args = p.parse_args(argv)
-    cfg = configure(Config(threads=args.threads), args, QUICK,
+    cfg = configure(Config(threads=args.threads, arms=args.arms), args, QUICK,
                     ("steps", "teacher_steps", "temperatures", "lambdas", "probe_batches"))
-    run_logged(run, cfg, output(args, "pmaml_diagnose_cpu.json"), workdir=args.workdir)
+    out = output(args, "pmaml_diagnose_cpu.json")
+    old_log = (out.with_suffix(".log").read_text()
+               if cfg.arms == "adapted" and out is not None and out.with_suffix(".log").is_file()
+               else None)
+    run_logged(run, cfg, out, workdir=args.workdir,
+               merge_into=out if cfg.arms == "adapted" else None)
+    if old_log is not None and out is not None:  # the full run's log, then the merged run's
+        log_path = out.with_suffix(".log")
+        log_path.write_text(old_log + "\n--- merged: --arms adapted ---\n"
+                            + log_path.read_text())
 
 
 if __name__ == "__main__":

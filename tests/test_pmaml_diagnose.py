@@ -92,3 +92,22 @@ def test_quick_run_prints_and_writes_its_result(tmp_path: Path) -> None:
     assert -1.0 <= arm["minus_ce_only"]["mean"] <= 1.0
     for p in arm["probes"]:
         assert p["kd_norm"] > 0 and p["ce_norm"] > 0 and -1.0 <= p["cosine"] <= 1.0
+    adapted = result["adapted"]["T4_lambda0.5"]  # the teacher adapted on each support set
+    assert adapted["teacher_adapt"] is True and 0.0 <= adapted["accuracy"] <= 1.0
+    assert -1.0 <= adapted["minus_no_kd"]["mean"] <= 1.0
+    assert -1.0 <= adapted["minus_ce_only"]["mean"] <= 1.0
+    assert [p["step"] for p in adapted["probes"]] == [0, 2, 10, 20]
+    assert result["sum_check_adapted"]["passed"] is True
+    for view in (result["teacher_on_probe"], result["teacher_adapted_on_probe"]):
+        assert 0.0 <= view["accuracy"] <= 1.0
+        assert all(0.0 <= h <= 1.0 for h in view["normalized_entropy"].values())
+    assert set(result["teacher_adapted_on_probe"]["normalized_entropy"]) == {"1", "4", "10"}
+    # --arms adapted trains the adapted arms again (and what they are compared with), checks
+    # the shared parts score as in the file, and merges: the same arm, the same numbers
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks.pmaml_diagnose", "--quick", "--arms", "adapted",
+         "--out", str(out)], check=True, capture_output=True, text=True, cwd=ROOT)
+    again: dict[str, Any] = json.loads(out.read_text())
+    assert "merged" in again and again["sweep"] == result["sweep"]
+    assert again["adapted"]["T4_lambda0.5"]["accuracy"] == adapted["accuracy"]
+    assert again["no_kd"] == result["no_kd"]
