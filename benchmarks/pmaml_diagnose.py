@@ -362,41 +362,54 @@ def _points(d: dict[str, Any]) -> str:
     return f"{100 * d['mean']:+.2f} [{100 * d['interval'][0]:+.2f}, {100 * d['interval'][1]:+.2f}]"
 
 
+def _train_arms(cfg: Config, base: po.Config, teacher_dir: str, root: Path,
+                episodes: list[TaskBatch], no_kd_accs: list[float],
+                ce_only: dict[float, list[float]], log: Callable[[str], None], mode: str,
+                pairs: Sequence[tuple[float, float]], view_temperatures: Sequence[float]
+                ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The (T, λ) ``pairs`` of PMAML ``mode`` (``every`` or ``every_adapted``), each probed
+    and scored against no-KD and the CE-only control of its λ; and the teacher's logits as
+    the first arm saw them on the probe batches."""
+    from metakd.recipes import load_run
+
+    seed, batches, points = cfg.seeds[0], probe_episodes(base, cfg), probe_steps(cfg)
+    arm = po.Arm(cfg.student, mode, base.conv_teacher)
+    adapted = mode == "every_adapted"
+    prefix = "adapted " if adapted else ""
+    rows: dict[str, Any] = {}
+    view = None
+    for temperature, lam in pairs:
+        name = arm_name(temperature, lam)
+        out = str(root / f"{cfg.student}_{mode}_{name}_s{seed}")
+        run_cfg = replace(po.student_config(base, arm, seed, teacher_dir, out),
+                          temperature=temperature, trade_lambda=lam)
+        log(f"{prefix}{name}: probing at {points}")
+        probes, secs = train_probed(run_cfg, points, batches, log)
+        baselines = {"minus_no_kd": no_kd_accs}
+        if lam in ce_only:
+            baselines["minus_ce_only"] = ce_only[lam]
+        row, _ = scored(out, episodes, baselines)
+        log(f"{prefix}{name}: held-out {100 * row['accuracy']:.2f} ± "
+            f"{100 * row['ci95']:.2f} %, minus no-KD {_points(row['minus_no_kd'])}, minus "
+            f"CE-only {_points(row['minus_ce_only']) if 'minus_ce_only' in row else '-'} points")
+        rows[name] = {"temperature": temperature, "lambda": lam,
+                      **({"teacher_adapt": True} if adapted else {}),
+                      "effective_kd_weight": lam * temperature ** 2 / po.WAYS,
+                      **row, "train_s": round(secs, 1), "probes": probes}
+        if view is None:
+            view = teacher_view(load_run(out, checkpoint="last").learner, batches,
+                                view_temperatures)
+    return rows, view
+
+
 def train_sweep(cfg: Config, base: po.Config, teacher_dir: str, root: Path,
                 episodes: list[TaskBatch], no_kd_accs: list[float],
                 ce_only: dict[float, list[float]], log: Callable[[str], None]
                 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Every (T, λ) arm of the official schedule, probed and scored against no-KD and
-    against the CE-only control of its λ; and the teacher's logits as the first arm saw
-    them on the probe batches."""
-    from metakd.recipes import load_run
-
-    seed, batches, points = cfg.seeds[0], probe_episodes(base, cfg), probe_steps(cfg)
-    arm = po.Arm(cfg.student, "every", base.conv_teacher)
-    sweep: dict[str, Any] = {}
-    view = None
-    for temperature in cfg.temperatures:
-        for lam in cfg.lambdas:
-            name = arm_name(temperature, lam)
-            out = str(root / f"{cfg.student}_every_{name}_s{seed}")
-            run_cfg = replace(po.student_config(base, arm, seed, teacher_dir, out),
-                              temperature=temperature, trade_lambda=lam)
-            log(f"{name}: probing at {points}")
-            probes, secs = train_probed(run_cfg, points, batches, log)
-            baselines = {"minus_no_kd": no_kd_accs}
-            if lam in ce_only:
-                baselines["minus_ce_only"] = ce_only[lam]
-            row, _ = scored(out, episodes, baselines)
-            log(f"{name}: held-out {100 * row['accuracy']:.2f} ± {100 * row['ci95']:.2f} %, "
-                f"minus no-KD {_points(row['minus_no_kd'])}, minus CE-only "
-                f"{_points(row['minus_ce_only']) if 'minus_ce_only' in row else '-'} points")
-            sweep[name] = {"temperature": temperature, "lambda": lam,
-                           "effective_kd_weight": lam * temperature ** 2 / po.WAYS,
-                           **row, "train_s": round(secs, 1), "probes": probes}
-            if view is None:
-                view = teacher_view(load_run(out, checkpoint="last").learner, batches,
-                                    cfg.temperatures)
-    return sweep, view
+    """Every (T, λ) arm of the official schedule (teacher unadapted); see :func:`_train_arms`."""
+    pairs = [(t, lam) for t in cfg.temperatures for lam in cfg.lambdas]
+    return _train_arms(cfg, base, teacher_dir, root, episodes, no_kd_accs, ce_only, log,
+                       "every", pairs, cfg.temperatures)
 
 
 def train_adapted(cfg: Config, base: po.Config, teacher_dir: str, root: Path,
@@ -404,35 +417,9 @@ def train_adapted(cfg: Config, base: po.Config, teacher_dir: str, root: Path,
                   ce_only: dict[float, list[float]], log: Callable[[str], None]
                   ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Every (T, λ) arm of ``cfg.adapted`` with the teacher adapted on each support set
-    (``every_adapted``), probed and scored as the sweep's arms; and the adapted teacher's
-    logits as the first arm saw them on the probe batches."""
-    from metakd.recipes import load_run
-
-    seed, batches, points = cfg.seeds[0], probe_episodes(base, cfg), probe_steps(cfg)
-    arm = po.Arm(cfg.student, "every_adapted", base.conv_teacher)
-    rows: dict[str, Any] = {}
-    view = None
-    for temperature, lam in cfg.adapted:
-        name = arm_name(temperature, lam)
-        out = str(root / f"{cfg.student}_every_adapted_{name}_s{seed}")
-        run_cfg = replace(po.student_config(base, arm, seed, teacher_dir, out),
-                          temperature=temperature, trade_lambda=lam)
-        log(f"adapted {name}: probing at {points}")
-        probes, secs = train_probed(run_cfg, points, batches, log)
-        baselines = {"minus_no_kd": no_kd_accs}
-        if lam in ce_only:
-            baselines["minus_ce_only"] = ce_only[lam]
-        row, _ = scored(out, episodes, baselines)
-        log(f"adapted {name}: held-out {100 * row['accuracy']:.2f} ± "
-            f"{100 * row['ci95']:.2f} %, minus no-KD {_points(row['minus_no_kd'])}, minus "
-            f"CE-only {_points(row['minus_ce_only']) if 'minus_ce_only' in row else '-'} points")
-        rows[name] = {"temperature": temperature, "lambda": lam, "teacher_adapt": True,
-                      "effective_kd_weight": lam * temperature ** 2 / po.WAYS,
-                      **row, "train_s": round(secs, 1), "probes": probes}
-        if view is None:
-            view = teacher_view(load_run(out, checkpoint="last").learner, batches,
-                                sorted({1.0, 4.0, 10.0, *cfg.temperatures}))
-    return rows, view
+    (``every_adapted``); see :func:`_train_arms`."""
+    return _train_arms(cfg, base, teacher_dir, root, episodes, no_kd_accs, ce_only, log,
+                       "every_adapted", cfg.adapted, sorted({1.0, 4.0, 10.0, *cfg.temperatures}))
 
 
 def _sum_check(sweep: dict[str, Any]) -> dict[str, Any]:
