@@ -56,6 +56,8 @@ class Config:
     pmaml_temperature: float = 10.0
     pmaml_lambda: float = 0.9
     pmaml_backend: str = "auto"
+    #: The student's ``compile``: ``False`` as the PMAML recipe runs it.
+    pmaml_compile: bool = False
     #: MTL's meta phase (PyTorch variant): scale-shift Conv-4/64, head-only inner loop of
     #: ``mtl_update_step`` first-order steps of ``mtl_base_lr``, ``mtl_queries`` queries.
     mtl_hidden: int = 64
@@ -63,6 +65,8 @@ class Config:
     mtl_base_lr: float = 0.1
     mtl_queries: int = 5
     mtl_backend: str = "auto"
+    #: ``compile``: ``False`` as the MTL recipe runs it.
+    mtl_compile: bool = False
     #: Meta-LSTM: Conv-4/32 with a flatten head and running batch norm, 12 epochs over the
     #: support set in minibatches of 5, a 20-unit LSTM.
     meta_lstm_hidden: int = 32
@@ -173,7 +177,8 @@ def pmaml(impl: str, cfg: Config, device: torch.device) -> Step:
                       reduction="mean_elements")
         learner = PMAML(student, MAMLWrapper(teacher, inner_lr=cfg.pmaml_inner_lr),
                         inner_lr=cfg.pmaml_inner_lr, inner_steps=cfg.pmaml_inner_steps,
-                        loss=loss, schedule="every", backend=cfg.pmaml_backend).to(device)
+                        loss=loss, schedule="every", backend=cfg.pmaml_backend,
+                        compile=cfg.pmaml_compile).to(device)
 
         def run() -> Tensor:
             _zero(params)
@@ -262,7 +267,7 @@ def mtl(impl: str, cfg: Config, device: torch.device) -> Step:
 
         learner = MAMLWrapper(model, inner_lr=lr, inner_steps=cfg.mtl_update_step,
                               first_order=True, adapt="head", inner_loss_reduction="mean",
-                              backend=cfg.mtl_backend)
+                              backend=cfg.mtl_backend, compile=cfg.mtl_compile)
 
         def run() -> Tensor:
             _zero(params)

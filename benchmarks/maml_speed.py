@@ -9,10 +9,11 @@ initial weights and the same tasks (random images, fixed seed), for:
   5 steps, second order, inner lr 0.01.
 
 Methods: ``metakd:auto`` (``MAMLWrapper``'s defaults: backend ``"auto"``, i.e. vmap over the
-whole meta-batch when its tasks are small, else the func backend one task at a time; eager,
-no threads of its own), ``metakd:auto:compile=1`` (the opt-in compiled path, compiled at the
-first meta-batch: ``first_batch_s`` includes the compile, shorter when Inductor's disk cache
-already holds the graph), ``metakd:auto:workers=2`` (opt-in worker threads),
+whole meta-batch when its tasks are small, else the func backend one task at a time, and
+``compile="auto"``: compiled at the first meta-batch, ``first_batch_s`` including the compile,
+shorter when Inductor's disk cache already holds the graph), ``metakd:auto:compile=0`` (plain
+eager, no threads of its own), ``metakd:auto:compile=1`` (``compile=True``),
+``metakd:auto:workers=2`` (worker threads),
 and any ``metakd:BACKEND:key=value+key=value`` given with ``--methods``; all through
 ``MAMLWrapper.meta_loss(batch)[0].backward()``;
 ``learn2learn`` (``MAML.clone()``, ``adapt()``, per-task ``backward()``, as in its docs and
@@ -37,6 +38,11 @@ checkout of an earlier commit, for example ``git worktree add /tmp/base e9936d3`
 ``base:METHOD``, interleaved with the others in the same rounds: a side-by-side regression
 check on the same machine. ``base:metakd:auto`` is then that commit's default.
 
+``--cold-start`` adds, per config, a ``"cold_start"`` entry: each method's first meta-batch in
+a fresh process with an empty Inductor cache (``TORCHINDUCTOR_CACHE_DIR`` set to a new
+folder), then in a second fresh process with the cache the first one filled: what a user's
+first run and every later one wait before their first step.
+
 ``--roofline`` adds, per config, a ``"roofline"`` entry next to the methods:
 
 - ``flops_per_task``: the arithmetic of one task's meta-gradient, counted with forward hooks
@@ -58,7 +64,7 @@ check on the same machine. ``base:metakd:auto`` is then that commit's default.
   query batch's, one task at a time or in chunks, whichever is faster.
 - ``methods``: each method's ``tasks_per_s x flops_per_task`` (``achieved_gflop_per_s``) and
   its ``roofline_share`` of the achievable rate.
-- ``profiles``: for ``metakd:auto`` and ``metakd:auto:compile=1`` (if measured), in a fresh
+- ``profiles``: for ``metakd:auto`` and ``metakd:auto:compile=0`` (if measured), in a fresh
   process, ``torch.profiler`` over 2 meta-batches after 2 unprofiled ones: the 10 ops with
   the most self CPU time and their share of the profile's total (profiling adds overhead to
   every op, more to small ones; with worker threads the total can exceed the wall time; a
@@ -79,6 +85,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -101,8 +108,8 @@ from benchmarks._common import (
 
 DEFAULT_METHODS = (
     "metakd:auto",
-    "metakd:auto:compile=1",
-    "metakd:auto:workers=2",
+    "metakd:auto:compile=0",
+    "metakd:auto:workers=2+compile=0",
     "learn2learn",
     "higher",
 )
@@ -369,7 +376,8 @@ def run_all(
                                 "peak_cuda_mb", "warmup_s"):
                         if key in res:
                             prev[key] = max(prev[key], res[key])
-                log(f"{cfg.name:24s} {method:34s} {res['tasks_per_s']:7.1f} tasks/s")
+                log(f"{cfg.name:24s} {method:34s} {res['tasks_per_s']:7.1f} tasks/s, first "
+                    f"meta-batch {res['first_batch_s']:.1f} s")
         ref = best.get("learn2learn")
         for res in best.values():
             res["tasks_per_s"] = round(res["tasks_per_s"], 2)
@@ -613,7 +621,7 @@ def _profile_subprocess(method: str, cfg: Config, device: str) -> dict[str, Any]
     return result
 
 
-PROFILED_METHODS = ("metakd:auto", "metakd:auto:compile=1")
+PROFILED_METHODS = ("metakd:auto", "metakd:auto:compile=0")
 
 
 def roofline(
@@ -680,6 +688,33 @@ def log_roofline(name: str, rf: dict[str, Any], log: Callable[[str], None] = pri
             log(f"    {o['share']:6.1%} {o['self_cpu_ms']:9.1f} ms  {o['op']}")
 
 
+def cold_start(configs: list[Config], methods: list[str], device: str,
+               log: Callable[[str], None]) -> dict[str, Any]:
+    """Each method's first meta-batch in a fresh process with an empty Inductor cache (cold),
+    then in a second fresh process with the cache the first one filled (warm)."""
+    out: dict[str, Any] = {}
+    old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    try:
+        for cfg in configs:
+            row: dict[str, Any] = {}
+            for method in methods:
+                with tempfile.TemporaryDirectory(prefix="inductor-cold-") as cache:
+                    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+                    first = [_subprocess(method, cfg, 1, device)["first_batch_s"]
+                             for _ in range(2)]
+                row[method] = {"cold_first_batch_s": round(first[0], 2),
+                               "warm_first_batch_s": round(first[1], 2)}
+                log(f"{cfg.name:24s} {method:34s} first meta-batch: cold {first[0]:6.1f} s, "
+                    f"warm {first[1]:6.1f} s")
+            out[cfg.name] = row
+    finally:
+        if old is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one round, one repeat, 3 configs")
@@ -693,6 +728,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--roofline", action="store_true",
                         help="also count each config's FLOPs per task, time the machine's "
                              "conv/linear rate on its shapes and profile metakd:auto")
+    parser.add_argument("--cold-start", action="store_true",
+                        help="also time each method's first meta-batch with an empty Inductor "
+                             "cache and again with the cache filled (two fresh processes)")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     out_option(parser)
     args = parser.parse_args(argv)
@@ -725,6 +763,10 @@ def main(argv: list[str] | None = None) -> None:
     with result_log(output(args, None)) as (log, out):
         clock = Clock()
         results = run_all(configs, methods, rounds, repeats, args.device, log)
+        if args.cold_start:
+            for name, row in cold_start(configs, [m for m in methods if not m.startswith(
+                    "base:")], args.device, log).items():
+                results[name]["cold_start"] = row
         if args.roofline:
             for cfg in configs:
                 results[cfg.name]["roofline"] = roofline(

@@ -2,6 +2,11 @@
 
 Tests marked ``learn2learn`` are skipped, with the reason, where learn2learn is not installed
 (``make test`` runs the suite a second time in ``.venv-np2``: numpy 2, no learn2learn).
+
+``MAMLWrapper``'s default ``compile="auto"`` compiles at the first meta-batch (tens of
+seconds per new graph on a 2-core CPU): the suite runs it eager (``METAKD_COMPILE=0``, also in
+the processes the tests start) unless the environment says otherwise; the tests of the
+compiled default itself (``tests/test_compile_default.py``) lift it for themselves.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+
+os.environ.setdefault("METAKD_COMPILE", "0")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

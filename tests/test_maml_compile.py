@@ -30,8 +30,8 @@ def test_compile_argument_checks() -> None:
     net = create("conv4", in_channels=1, hidden=4, num_classes=4)
     with pytest.raises(ValueError, match="compile"):
         MAMLWrapper(net, 0.1, 1, backend="higher", compile=True)
-    with pytest.raises(ValueError, match="removed"):
-        MAMLWrapper(net, 0.1, 1, compile="auto")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="True, False or 'auto'"):
+        MAMLWrapper(net, 0.1, 1, compile="on")
     per_step = create("conv4", in_channels=1, hidden=4, num_classes=4, bn_mode="per_step",
                       bn_steps=2)
     with pytest.raises(ValueError, match="per-step"):

@@ -377,8 +377,10 @@ def test_public_objects_deepcopy_and_round_trip_their_state() -> None:
 
 
 def test_the_default_path_starts_no_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Eager by default: no worker or compile thread on either path auto picks; threads only
-    when asked for (workers=2), and compiled per-task units default to 2 on CPU."""
+    """Eager (``compile=False``, or the default where ``compile="auto"`` stays eager, as in
+    this suite): no worker or compile thread on either path auto picks; threads only when
+    asked for (workers=2), and compiled per-task units (the default where it compiles)
+    default to 2 on CPU."""
     import threading
 
     started: list[str] = []
@@ -393,12 +395,12 @@ def test_the_default_path_starts_no_threads(monkeypatch: pytest.MonkeyPatch) -> 
     large = TaskBatch(torch.randn(2, 3, 1, 16, 16, dtype=torch.float64), small.support_y[:2],
                       torch.randn(2, 300, 1, 16, 16, dtype=torch.float64),
                       torch.arange(3).repeat_interleave(100).repeat(2, 1))  # func under "auto"
-    maml = MAMLWrapper(net(), 0.3, 1)
-    assert maml._backend.pick(small) is maml._backend.vmap  # type: ignore[attr-defined]
-    assert maml._backend.pick(large) is maml._backend.func  # type: ignore[attr-defined]
-    for b in (small, large):
-        maml.meta_loss(b)[0].backward()
-        maml.meta_loss(b, training=False)
+    for maml in (MAMLWrapper(net(), 0.3, 1), MAMLWrapper(net(), 0.3, 1, compile=False)):
+        assert maml._backend.pick(small) is maml._backend.vmap  # type: ignore[attr-defined]
+        assert maml._backend.pick(large) is maml._backend.func  # type: ignore[attr-defined]
+        for b in (small, large):
+            maml.meta_loss(b)[0].backward()
+            maml.meta_loss(b, training=False)
     assert started == []
     MAMLWrapper(net(), 0.3, 1, backend="func", workers=2).meta_loss(large)[0].backward()
     assert len(started) == 2
@@ -408,5 +410,9 @@ def test_the_default_path_starts_no_threads(monkeypatch: pytest.MonkeyPatch) -> 
         compiled = MAMLWrapper(net(), 0.3, 1, compile=True)
         assert compiled._backend.func._resolve_workers(8) == 2  # type: ignore[attr-defined]
         assert compiled._backend.vmap._resolve_workers(8) == 1  # type: ignore[attr-defined]
+        monkeypatch.delenv("METAKD_COMPILE")
+        default = MAMLWrapper(net(), 0.3, 1)  # compile="auto", where it compiles
+        assert default._backend.func._resolve_workers(8) == 2  # type: ignore[attr-defined]
+        assert default._backend.vmap._resolve_workers(8) == 1  # type: ignore[attr-defined]
     finally:
         torch.set_num_threads(old)

@@ -134,7 +134,7 @@ def test_clone_refuses_what_it_cannot_follow() -> None:
 
 def test_accelerate_applies_from_outside_and_changes_no_number() -> None:
     batch = _batch()
-    eager = MAMLWrapper(_net(), 0.3, 2, backend="func")
+    eager = MAMLWrapper(_net(), 0.3, 2, backend="func", compile=False)
     threaded = accelerate(copy.deepcopy(eager), workers=2)
     assert threaded._backend.accel is not None and eager._backend.accel is None
     for maml in (eager, threaded):
@@ -159,11 +159,14 @@ def test_accelerate_reaches_a_pmaml_student() -> None:
 
 
 def test_the_core_imports_no_acceleration() -> None:
+    """No module of the core imports metakd.meta.accel: plain eager never loads it (the
+    default ``compile="auto"`` reaches it through ``accelerate``, called by the constructor's
+    shorthand)."""
     code = (
         "import sys, torch\n"
         "from metakd.meta import MAMLWrapper, MetaLSTM\n"
         "from metakd.nn import create\n"
-        "m = MAMLWrapper(torch.nn.Linear(3, 2), inner_lr=0.1, workers=1)\n"
+        "m = MAMLWrapper(torch.nn.Linear(3, 2), inner_lr=0.1, workers=1, compile=False)\n"
         "import metakd.meta._func, metakd.meta._external\n"
         "print('metakd.meta.accel' in sys.modules)\n"
     )

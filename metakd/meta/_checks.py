@@ -24,18 +24,15 @@ def check_steps(what: str, steps: object) -> None:
 
 
 def check_acceleration(backend: str, compile: object, workers: object) -> None:
-    """``compile`` is a bool, ``workers`` a positive int or ``None``, and the backend runs them."""
+    """``compile`` is a bool or ``"auto"``, ``workers`` a positive int or ``None``, and the
+    backend runs them (``"auto"`` is eager on the learn2learn and higher backends)."""
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
                                 or workers < 1):
         raise ValueError(f"workers must be a positive int or None, got {workers!r}")
     if compile == "auto":
-        raise ValueError(
-            "compile='auto' (a background compile at a wall-clock moment) was removed: a "
-            "run's numbers must not change mid-run. Use compile=True (compiled from the "
-            "first meta-batch) or False"
-        )
+        return
     if compile not in (True, False):
-        raise ValueError(f"compile must be True or False, got {compile!r}")
+        raise ValueError(f"compile must be True, False or 'auto', got {compile!r}")
     if compile and backend not in ("func", "vmap", "auto"):
         raise ValueError(f"compile=True needs backend 'func', 'vmap' or 'auto', not {backend!r}")
 
@@ -45,7 +42,7 @@ def check_maml_arguments(
     test_inner_steps: int | None, learn_inner_lr: bool,
     inner_loss: Callable[[Tensor, Tensor], Tensor] | None, inner_loss_reduction: str,
     rule: Any, support: Any, objective: Any, vmap_chunk: int | None, workers: int | None,
-    compile: bool,
+    compile: bool | str,
 ) -> None:
     """Raise a ``ValueError`` naming the first bad argument of ``MAMLWrapper(...)``."""
     if not isinstance(model, nn.Module):

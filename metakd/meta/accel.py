@@ -1,8 +1,16 @@
-"""Opt-in accelerations of MAML's meta-gradient, all in one place: compilation, worker
-threads, and handing memory back to the OS. The default (eager, one thread) uses none of it,
-and no module of the core imports this one: :func:`accelerate` applies it to a built
-meta-learner, from outside.
+"""The accelerations of MAML's meta-gradient, all in one place: compilation, worker
+threads, and handing memory back to the OS. No module of the core imports this one at module
+level: :func:`accelerate` applies it to a built meta-learner, from outside, and
+``MAMLWrapper(..., compile=, workers=)`` is a shorthand for that call.
 
+``compile="auto"`` (``MAMLWrapper``'s default)
+    Decided once, at the first meta-batch, from the model alone: compiled as with
+    ``compile=True`` where the compiled path runs the model (CPU or CUDA; no per-step batch
+    norm, no running statistics updated in ``train()``; see :func:`compile_obstacle`), eager
+    otherwise or where the environment says so (``METAKD_COMPILE=0``, or PyTorch's
+    ``TORCH_COMPILE_DISABLE=1``). If compiling fails before any compiled meta-batch has run,
+    the run goes on eager with one warning. Either way the decision holds for the whole run,
+    so its numbers never change mid-run.
 ``compile=True``
     Each unit (one task, or one vmap chunk of tasks) becomes one ``torch.compile``d pure
     function of the meta-parameters: the inner steps with ``torch.func.grad_and_value``, the
@@ -26,8 +34,11 @@ import ctypes
 import functools
 import gc
 import itertools
+import logging
+import os
 import threading
 import types
+import warnings
 from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -49,15 +60,25 @@ __all__ = [
     "CHANNELS_LAST",
     "COMPILED_CHUNK",
     "COMPILED_WORKERS",
+    "COMPILE_ENV",
     "COMPILE_OPTIONS",
     "Acceleration",
     "accelerate",
+    "compile_disabled",
+    "compile_obstacle",
     "intra_op_threads",
     "release_free_memory",
     "run_threads",
 ]
 
 M = TypeVar("M", bound=nn.Module)
+
+logger = logging.getLogger(__name__)
+
+COMPILE_ENV = "METAKD_COMPILE"
+"""Environment variable: ``0`` (or ``off``/``false``/``no``) keeps ``compile="auto"`` eager in
+this process and the processes it starts (the test suite sets it: a compile per test would
+make the suite hours long). ``compile=True`` still compiles."""
 
 
 # Run the compiled graph's 4-d weights and per-task images in channels_last (NHWC) order. On
@@ -228,29 +249,90 @@ def _own_code(fn: Callable[..., Any]) -> Callable[..., Any]:
                               fn.__closure__)
 
 
+# --------------------------------------------------------------------- compile="auto"
+def compile_disabled() -> str | None:
+    """Why the environment keeps ``compile="auto"`` eager (:data:`COMPILE_ENV`, or PyTorch's
+    ``TORCH_COMPILE_DISABLE``), or ``None``."""
+    value = os.environ.get(COMPILE_ENV, "").strip().lower()
+    if value in ("0", "off", "false", "no"):
+        return f"{COMPILE_ENV}={value}"
+    if os.environ.get("TORCH_COMPILE_DISABLE", "").strip() not in ("", "0"):
+        return "TORCH_COMPILE_DISABLE is set"
+    return None
+
+
+def compile_obstacle(backend: FuncBackend) -> str | None:
+    """Why ``compile="auto"`` runs ``backend`` eager, or ``None`` (then it compiles).
+
+    The model: per-step batch norm, running statistics updated in ``train()``, a vmap backend
+    the model cannot run under, parameters on a device other than CPU or CUDA; then the
+    environment (:func:`compile_disabled`).
+    """
+    loop = backend.loop
+    if loop.per_step_bn:
+        return "per-step batch norm"
+    writers = buffer_writers(loop.model)
+    if writers:
+        return f"{writers} update running BatchNorm statistics in train() mode"
+    if backend.name == "vmap":
+        reason = vmap_unsafe(loop.model)
+        if reason is not None:
+            return reason
+    devices = sorted({t.device.type for t in loop.model.parameters()} - {"cpu", "cuda"})
+    if devices:
+        return f"parameters on {devices[0]}"
+    return compile_disabled()
+
+
 # ---------------------------------------------------------------------------- applying it
 class Acceleration:
-    """The opt-in accelerations of one func or vmap backend (its ``accel``): worker threads
-    on model replicas, and compiled units, one per model replica and (inner steps, order),
-    their shapes specialised by Dynamo (``dynamic=False``).
+    """The accelerations of one func or vmap backend (its ``accel``): worker threads on model
+    replicas, and compiled units, one per model replica and (inner steps, order), their shapes
+    specialised by Dynamo (``dynamic=False``).
 
     Args:
-        compile: run compiled units instead of the eager ones.
+        compile: run compiled units instead of the eager ones; ``"auto"``: decided at the
+            first meta-batch (:func:`compile_obstacle`), eager if compiling fails then.
         workers: threads; ``None``: 1, or :data:`COMPILED_WORKERS` for compiled per-task
             units on a CPU with at least 2 intra-op threads (vmap chunks: 1).
     """
 
-    def __init__(self, compile: bool = False, workers: int | None = None) -> None:
-        self.compile = bool(compile)
+    def __init__(self, compile: bool | str = False, workers: int | None = None) -> None:
+        self.compile: bool | str = compile if compile == "auto" else bool(compile)
         self.requested_workers = workers
         self.fns: dict[Hashable, Callable[..., Any]] = {}
         self.released = False
+        self.planned: bool | None = None  # compile or not, fixed at the first meta-batch
+        self.failed = False  # compile="auto" fell back to eager
+        self.compiled_once = False
+        self._lock = threading.Lock()
         self._replicas: list[nn.Module] = []
         self._key: tuple[int, ...] = ()
 
     def __getstate__(self) -> dict[str, object]:
-        # copy.deepcopy / pickle: replicas and compiled functions are rebuilt on demand.
-        return {**self.__dict__, "fns": {}, "released": False, "_replicas": [], "_key": ()}
+        # copy.deepcopy / pickle: replicas, compiled functions and the decision are rebuilt.
+        state = {**self.__dict__, "fns": {}, "released": False, "_replicas": [], "_key": (),
+                 "planned": None, "failed": False, "compiled_once": False}
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def plan(self, backend: FuncBackend) -> bool:
+        """Whether ``backend``'s units compile: ``compile`` itself, or for ``"auto"`` the
+        decision taken at the first meta-batch and kept (also if compiling then fails, so
+        the unit sizes and threads of the run stay those of its first meta-batch)."""
+        if self.planned is None:
+            if self.compile == "auto":
+                reason = compile_obstacle(backend)
+                self.planned = reason is None
+                logger.debug("compile='auto' on the %s backend: %s", backend.name,
+                             "compiled" if reason is None else f"eager ({reason})")
+            else:
+                self.planned = bool(self.compile)
+        return self.planned
 
     def workers(self, backend: FuncBackend, units: int) -> int:
         """Threads for ``units`` units of ``backend`` (refused with running statistics)."""
@@ -261,7 +343,8 @@ class Acceleration:
                 return 1
             on_cpu = all(p.device.type == "cpu" for p in model.parameters())
             workers = 1
-            if self.compile and on_cpu and torch.get_num_threads() >= 2 and not buffer_writers(model):
+            if (self.plan(backend) and on_cpu and torch.get_num_threads() >= 2
+                    and not buffer_writers(model)):
                 workers = COMPILED_WORKERS
         if workers > 1:
             writers = buffer_writers(model)
@@ -276,7 +359,7 @@ class Acceleration:
     def unit_size(self, backend: FuncBackend, batch: TaskBatch) -> int | None:
         """Compiled vmap chunks of at most :data:`COMPILED_CHUNK` tasks (the per-op overhead
         is gone, small chunks are as fast); otherwise the backend's own choice."""
-        if self.compile and backend.name == "vmap":
+        if backend.name == "vmap" and self.plan(backend):
             return even_chunk(len(batch), COMPILED_CHUNK)
         return None
 
@@ -294,7 +377,7 @@ class Acceleration:
     def unit(self, backend: FuncBackend, steps: int, first_order: bool,
              inputs: MetaParams) -> Unit | None:
         """The compiled unit (the contract of ``FuncBackend.eager_unit``), or ``None``."""
-        if not self.compile:
+        if not self.plan(backend) or self.failed:
             return None
         loop = backend.loop
         if loop.per_step_bn:
@@ -314,16 +397,41 @@ class Acceleration:
         values = {g: {n: t.detach() for n, t in named.items()} for g, named in groups.items()}
         order = [(g, n) for g, named in inputs.groups.items() for n in named]
 
-        def unit(model: nn.Module, b: TaskBatch, meta_step: Tensor) -> tuple[Terms, Tensor, list[Tensor | None]]:
-            key = (id(model), steps, first_order)
-            fn = self.fns.get(key)
-            if fn is None:
-                fn = self.fns[key] = _build(backend, model, steps, first_order, vmapped)
-            grads, terms, logits = fn(values, b.support_x, b.support_y, b.query_x, b.query_y,
-                                      dict(b.extras), meta_step)
-            return terms, logits, [grads[g][n] for g, n in order]
+        eager: list[Unit] = []
+
+        def unit(model: nn.Module, b: TaskBatch, meta_step: Tensor) -> tuple[Terms, Tensor, Any]:
+            if not self.failed:
+                key = (id(model), steps, first_order)
+                try:
+                    fn = self.fns.get(key)
+                    if fn is None:
+                        fn = self.fns[key] = _build(backend, model, steps, first_order, vmapped)
+                    grads, terms, logits = fn(values, b.support_x, b.support_y, b.query_x,
+                                              b.query_y, dict(b.extras), meta_step)
+                except Exception as e:
+                    if self.compile != "auto" or self.compiled_once:
+                        raise
+                    self._fall_back(e)
+                else:
+                    self.compiled_once = True
+                    return terms, logits, [grads[g][n] for g, n in order]
+            if not eager:
+                eager.append(backend.eager_unit(steps, first_order, inputs))
+            return eager[0](model, b, meta_step)
 
         return unit
+
+    def _fall_back(self, error: Exception) -> None:
+        """``compile="auto"``: compiling failed before any compiled meta-batch; go on eager."""
+        with self._lock:
+            if self.failed:
+                return
+            self.failed = True
+            self.fns.clear()
+        first = (str(error).strip().splitlines() or [""])[0][:300]
+        warnings.warn(f"compile='auto': compiling the meta-gradient failed "
+                      f"({type(error).__name__}: {first}); this run goes on eager. "
+                      "Pass compile=False to skip the attempt", RuntimeWarning, stacklevel=2)
 
     def parallel(self, work: Callable[[int], None], workers: int) -> None:
         """Run ``work(0..workers-1)`` in threads (:func:`run_threads`)."""
@@ -331,14 +439,14 @@ class Acceleration:
 
     def after_batch(self) -> None:
         """Once compiled, hand the compiler's freed memory back to the OS, once."""
-        if self.compile and not self.released:
+        if self.planned and not self.released:
             self.released = True
             release_free_memory()
 
 
-def accelerate(learner: M, *, compile: bool = False, workers: int | None = None) -> M:
-    """Turn the opt-in accelerations of every :class:`~metakd.meta.MAMLWrapper` in
-    ``learner`` on (or, with the defaults, off); returns ``learner``.
+def accelerate(learner: M, *, compile: bool | str = False, workers: int | None = None) -> M:
+    """Set the accelerations of every :class:`~metakd.meta.MAMLWrapper` in ``learner``
+    (with the defaults: plain eager, one thread); returns ``learner``.
 
     Applies to the ``func``, ``vmap`` and ``auto`` backends (under ``auto``, ``workers``
     applies to the per-task path; vmap chunks run one at a time), including a
@@ -348,9 +456,11 @@ def accelerate(learner: M, *, compile: bool = False, workers: int | None = None)
     Args:
         learner: a :class:`~metakd.meta.MAMLWrapper`, or a module that holds some.
         compile: ``torch.compile`` each unit's whole meta-gradient, compiled at the first
-            meta-batch (one to three minutes the first time, seconds later from Inductor's
-            disk cache). Not with per-step batch norm or running statistics in ``train()``.
-            Evaluation stays eager.
+            meta-batch (on a 2-core CPU 40-95 s the first time, 5-12 s in a later process
+            from Inductor's disk cache). Not with per-step batch norm or running statistics
+            in ``train()``. Evaluation stays eager. ``"auto"`` (``MAMLWrapper``'s default):
+            compiled where the model allows it, decided at the first meta-batch (see the
+            module's docstring).
         workers: threads running units concurrently on model replicas (see
             :class:`Acceleration`).
 
@@ -378,5 +488,5 @@ def accelerate(learner: M, *, compile: bool = False, workers: int | None = None)
                              f"not {backend.name!r}")
         for b, w in targets:
             b.accel = Acceleration(compile, w) if compile or w is not None else None
-        maml.compile_mode = bool(compile)
+        maml.compile_mode = compile if compile == "auto" else bool(compile)
     return learner

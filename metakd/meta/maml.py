@@ -115,16 +115,21 @@ class MAMLWrapper(nn.Module):
         vmap_chunk: tasks per ``vmap`` call with ``backend="vmap"``. ``None``: as many as
             hold about 320 Omniglot-sized images (support + query, the support counted once
             per inner step in second order), spread evenly (see ``_func.CHUNK_ELEMENTS``).
-        workers: opt-in: threads that run tasks (func) or chunks (vmap) concurrently, each
-            on a replica of the model. Default: 1 (no threads) eager; with ``compile=True``
-            on a CPU, 2 for per-task units (Inductor's C++ wrapper releases the GIL, so they
-            overlap), 1 for vmap chunks.
-        compile: opt-in: ``torch.compile`` each task's (func) or chunk's (vmap) whole
-            meta-gradient, compiled at the first meta-batch and cached on disk by Inductor
-            (one to three minutes the first time, seconds later); on CPU 1.15-1.7x faster
-            than eager once compiled. Evaluation stays eager. Not with the learn2learn and
-            higher backends, per-step batch norm or running statistics in ``train()``.
-            ``workers`` and ``compile`` are a shorthand for
+        workers: threads that run tasks (func) or chunks (vmap) concurrently, each on a
+            replica of the model. Default: 1 (no threads) eager; compiled on a CPU, 2 for
+            per-task units (Inductor's C++ wrapper releases the GIL, so they overlap), 1 for
+            vmap chunks.
+        compile: ``"auto"`` (default): ``torch.compile`` each task's (func) or chunk's (vmap)
+            whole meta-gradient where the model allows it (CPU or CUDA, no per-step batch
+            norm, no running statistics updated in ``train()``), decided at the first
+            meta-batch and kept for the run; if compiling fails then, one warning and eager.
+            The compile happens at the first meta-batch and waits for it: on a 2-core CPU
+            40-95 s the first time for the Omniglot network, 5-12 s in a later process
+            (Inductor's disk cache); then 1.1-2.6x the eager speed (``benchmarks.maml_speed``).
+            ``METAKD_COMPILE=0`` in the environment keeps ``"auto"`` eager. ``True``: compile
+            (an error where the model does not allow it); ``False``: plain eager, one thread.
+            Evaluation (``adapt``, ``predict``) is always eager. ``"auto"`` is eager on the
+            learn2learn and higher backends. ``workers`` and ``compile`` are a shorthand for
             :func:`metakd.meta.accel.accelerate` on the built wrapper.
 
     Shapes:
@@ -172,7 +177,7 @@ class MAMLWrapper(nn.Module):
         objective: Callable[..., Any] | None = None,
         vmap_chunk: int | None = None,
         workers: int | None = None,
-        compile: bool = False,
+        compile: bool | str = "auto",
     ) -> None:
         super().__init__()
         check_maml_arguments(model, inner_lr, inner_steps, backend, test_inner_steps,
@@ -210,7 +215,8 @@ class MAMLWrapper(nn.Module):
         if backend == "auto":
             backend = default_backend(next(iter(params.values())).device)
         self.backend_name = backend
-        self.compile_mode = False  # metakd.meta.accel.accelerate turns it on
+        # False, True or "auto"; set by metakd.meta.accel.accelerate.
+        self.compile_mode: bool | str = False
         self._loop = InnerLoop(model, self.adapted_names, rule, support, objective)
         self._backend: Backend = _make_backend(backend, self._loop, self.first_order, vmap_chunk)
         if backend in ("func", "vmap", "auto") and (compile or workers not in (None, 1)):

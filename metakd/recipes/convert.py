@@ -64,7 +64,8 @@ def _run_folder(dest: Path, model: nn.Module, converted: Any) -> list[str]:
     cfg = method.config_cls(**{**run["config"], "out_dir": str(dest)})
     learner = MAMLWrapper(model.float(), inner_lr=cfg.inner_lr, inner_steps=cfg.inner_steps,
                           first_order=cfg.first_order, test_inner_steps=cfg.test_inner_steps,
-                          inner_loss_reduction=cfg.inner_loss_reduction, backend="func")
+                          inner_loss_reduction=cfg.inner_loss_reduction, backend="func",
+                          compile=False)
     atomic_write(dest / "last.pt", checkpoint_bytes({"step": 0, "model": learner.state_dict()}))
     config = {"method": method.name, **dataclasses.asdict(cfg), VERSIONS_KEY: versions()}
     atomic_write(dest / "config.json", json_bytes(config))

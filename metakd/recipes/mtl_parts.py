@@ -93,7 +93,7 @@ def finetune_learner(cfg: MTLConfig, state: Mapping[str, torch.Tensor], channels
         nn.init.zeros_(head.bias)
     return MAMLWrapper(model, inner_lr=cfg.base_lr, inner_steps=cfg.test_update_step,
                        adapt="head", inner_loss_reduction=cfg.inner_loss_reduction,
-                       backend=cfg.backend)
+                       backend=cfg.backend, compile=False)
 
 
 class FineTuneHead:
@@ -165,7 +165,7 @@ def build_meta(cfg: MTLConfig, data: EpisodeSplits, episodes: EpisodeStreams) ->
     learner = MAMLWrapper(model, inner_lr=cfg.base_lr, inner_steps=cfg.update_step,
                           test_inner_steps=cfg.test_update_step, first_order=first_order(cfg),
                           adapt="head", inner_loss_reduction=cfg.inner_loss_reduction,
-                          backend=cfg.backend)
+                          backend=cfg.backend, compile=False)
     params = dict(model.named_parameters())
     groups = [{"params": [params[n] for n in names if not n.startswith("head.")],
                "lr": cfg.meta_lr1},

@@ -182,6 +182,7 @@ def build(cfg: PMAMLConfig) -> Parts:
         schedule=_schedule(cfg), total_steps=cfg.steps, inner_kd=cfg.inner_kd,
         teacher_adapt=cfg.teacher_adapt, teacher_inner_steps=cfg.teacher_inner_steps,
         inner_loss_reduction=cfg.inner_loss_reduction, backend=cfg.backend,
+        compile=False,  # the student runs eager (see PMAMLConfig)
     ).to(cfg.device)
     optimizer = torch.optim.Adam(learner.parameters(), lr=cfg.meta_lr,
                                  weight_decay=cfg.weight_decay)
