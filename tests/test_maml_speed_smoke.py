@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -33,6 +34,19 @@ def test_methods_compute_the_same_meta_gradient() -> None:
     norms = {m: maml_speed.measure(m, TINY, repeats=1)["grad_norm"]
              for m in ("metakd:func:compile=0", "learn2learn")}
     assert norms["metakd:func:compile=0"] == pytest.approx(norms["learn2learn"], rel=1e-4)
+
+
+def test_cold_start_times_the_first_meta_batch_in_two_fresh_processes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each method twice in a fresh process with a new compiler cache folder (cold, then
+    warm); the caller's environment is left as it was."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/nonexistent/kept")
+    lines: list[str] = []
+    out = maml_speed.cold_start([TINY], ["metakd:auto:compile=0"], "cpu", lines.append)
+    row = out["tiny"]["metakd:auto:compile=0"]
+    assert row["cold_first_batch_s"] > 0 and row["warm_first_batch_s"] > 0
+    assert len(lines) == 1 and "cold" in lines[0] and "warm" in lines[0]
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/nonexistent/kept"
 
 
 def test_standard_configs_cover_the_report() -> None:
