@@ -34,6 +34,7 @@ from benchmarks._common import Clock, finish, out_option, output, result_log
 from metakd.data import Omniglot, TaskBatch, few_shot
 from metakd.engine import evaluate, fit, mean_confidence_interval
 from metakd.meta import MAMLWrapper
+from metakd.meta.accel import compiled
 from metakd.nn import create
 from metakd.recipes.maml import SHORT_RUN_S
 
@@ -102,12 +103,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         finish(compare(args, log), out, log)
 
 
-def _compiled(maml: MAMLWrapper) -> bool:
-    """Whether any of ``maml``'s meta-batches ran compiled."""
-    parts = [getattr(maml._backend, n, None) for n in ("func", "vmap")] + [maml._backend]
-    return any(getattr(getattr(b, "accel", None), "compiled_once", False) for b in parts)
-
-
 def compare(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train and test both on the same tasks and budget; the JSON-ready result."""
     clock = Clock()
@@ -154,7 +149,7 @@ def compare(args: argparse.Namespace, log: Callable[[str], None] = print) -> dic
         "metakd": {"test_accuracy": ours_test.mean, "ci95": ours_test.ci95,
                    "meta_iterations": res.step, "tasks_per_s": round(ours_rate, 1),
                    "backend": ours.backend_name, "compile": args.compile,
-                   "compiled": _compiled(ours)},
+                   "compiled": compiled(ours)},
         "learn2learn": {"test_accuracy": l2l_test.mean, "ci95": l2l_test.ci95,
                         "meta_iterations": l2l_steps, "tasks_per_s": round(l2l_rate, 1)},
         "accuracy_difference": ours_test.mean - l2l_test.mean,

@@ -65,6 +65,7 @@ def test_the_default_compiles_and_computes_the_eager_meta_gradient() -> None:
     (func_accel, vmap_accel) = _accels(default)
     assert func_accel.planned is True and func_accel.compiled_once and not func_accel.failed
     assert vmap_accel.planned is None  # the vmap path never ran
+    assert accel.compiled(default)
     eager = _grads(MAMLWrapper(_net().double(), inner_lr=0.4, compile=False), batch, batches=2)
     for c, e in zip(compiled, eager, strict=True):
         torch.testing.assert_close(c, e, rtol=1e-10, atol=1e-12)
@@ -90,7 +91,7 @@ def test_a_failed_compile_goes_on_eager_with_one_warning(monkeypatch: pytest.Mon
         warnings.simplefilter("error")
         _grads(maml, batch)  # no second warning, no second attempt
     (func_accel, _) = _accels(maml)
-    assert func_accel.failed and not func_accel.compiled_once
+    assert func_accel.failed and not func_accel.compiled_once and not accel.compiled(maml)
     eager = _grads(MAMLWrapper(_net(), inner_lr=0.4, compile=False), batch)
     for f, e in zip(first, eager, strict=True):
         torch.testing.assert_close(f, e, rtol=1e-6, atol=1e-7)

@@ -41,8 +41,8 @@ SCRIPT = textwrap.dedent(
     opt = torch.optim.Adam(maml.parameters(), lr=1e-3)
     fit(maml, stream, opt, 10, out_dir=out, checkpoint_every=3, progress=False,
         callbacks=[KillAt()], tensorboard=False)
-    accels = [b.accel for b in (maml._backend.func, maml._backend.vmap) if b.accel is not None]
-    print("compiled:", any(a.compiled_once for a in accels))
+    from metakd.meta.accel import compiled
+    print("compiled:", compiled(maml))
     """
 )
 

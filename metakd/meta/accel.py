@@ -66,6 +66,7 @@ __all__ = [
     "accelerate",
     "compile_disabled",
     "compile_obstacle",
+    "compiled",
     "intra_op_threads",
     "release_free_memory",
     "run_threads",
@@ -490,3 +491,22 @@ def accelerate(learner: M, *, compile: bool | str = False, workers: int | None =
             b.accel = Acceleration(compile, w) if compile or w is not None else None
         maml.compile_mode = compile if compile == "auto" else bool(compile)
     return learner
+
+
+def compiled(learner: nn.Module) -> bool:
+    """Whether a meta-batch of any :class:`~metakd.meta.MAMLWrapper` in ``learner`` ran
+    compiled (under ``compile="auto"``: the model allowed it and compiling worked).
+
+    Example:
+        >>> import torch
+        >>> from metakd.meta import MAMLWrapper
+        >>> compiled(MAMLWrapper(torch.nn.Linear(4, 3), inner_lr=0.1, compile=False))
+        False
+    """
+    for maml in (m for m in learner.modules() if isinstance(m, MAMLWrapper)):
+        backend: Any = maml._backend
+        for b in (getattr(backend, "func", None), getattr(backend, "vmap", None), backend):
+            accel = getattr(b, "accel", None)
+            if isinstance(accel, Acceleration) and accel.compiled_once:
+                return True
+    return False
