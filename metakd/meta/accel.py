@@ -262,13 +262,8 @@ def compile_disabled() -> str | None:
     return None
 
 
-def compile_obstacle(backend: FuncBackend) -> str | None:
-    """Why ``compile="auto"`` runs ``backend`` eager, or ``None`` (then it compiles).
-
-    The model: per-step batch norm, running statistics updated in ``train()``, a vmap backend
-    the model cannot run under, parameters on a device other than CPU or CUDA; then the
-    environment (:func:`compile_disabled`).
-    """
+def _model_obstacle(backend: FuncBackend) -> str | None:
+    """What in ``backend``'s model the compiled path cannot take, or ``None``."""
     loop = backend.loop
     if loop.per_step_bn:
         return "per-step batch norm"
@@ -278,8 +273,22 @@ def compile_obstacle(backend: FuncBackend) -> str | None:
     if backend.name == "vmap":
         reason = vmap_unsafe(loop.model)
         if reason is not None:
-            return reason
-    devices = sorted({t.device.type for t in loop.model.parameters()} - {"cpu", "cuda"})
+            return f"backend='vmap': {reason}"
+    return None
+
+
+def compile_obstacle(backend: FuncBackend) -> str | None:
+    """Why ``compile="auto"`` runs ``backend`` eager, or ``None`` (then it compiles).
+
+    The model: per-step batch norm, running statistics updated in ``train()``, a vmap backend
+    the model cannot run under, parameters on a device other than CPU or CUDA; then the
+    environment (:func:`compile_disabled`). With ``compile=True`` the model's reasons are
+    errors.
+    """
+    reason = _model_obstacle(backend)
+    if reason is not None:
+        return reason
+    devices = sorted({t.device.type for t in backend.loop.model.parameters()} - {"cpu", "cuda"})
     if devices:
         return f"parameters on {devices[0]}"
     return compile_disabled()
@@ -380,20 +389,11 @@ class Acceleration:
         """The compiled unit (the contract of ``FuncBackend.eager_unit``), or ``None``."""
         if not self.plan(backend) or self.failed:
             return None
-        loop = backend.loop
-        if loop.per_step_bn:
-            raise ValueError("compile=True does not support per-step BatchNorm; use compile=False")
-        writers = buffer_writers(loop.model)
-        if writers:
-            raise ValueError(
-                f"compile=True: {writers} update running BatchNorm statistics in train() mode; "
-                "use compile=False, bn_mode='transductive' or model.eval()"
-            )
+        reason = _model_obstacle(backend)
+        if reason is not None:  # compile=True, or a model changed after "auto" chose to compile
+            raise ValueError(f"compile={self.compile!r}: {reason}; use compile=False, "
+                             "bn_mode='transductive' or model.eval()")
         vmapped = backend.name == "vmap"
-        if vmapped:
-            reason = vmap_unsafe(loop.model)
-            if reason is not None:
-                raise ValueError(f"backend='vmap': {reason}")
         groups = {g: inputs.groups.get(g, {}) for g in ("model", "rule", "support", "objective")}
         values = {g: {n: t.detach() for n, t in named.items()} for g, named in groups.items()}
         order = [(g, n) for g, named in inputs.groups.items() for n in named]
