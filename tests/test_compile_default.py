@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from meta_helpers import make_batch
 from torch import nn
 
 from metakd.data import TaskBatch
@@ -31,11 +32,7 @@ def _net(bn: nn.Module | None = None) -> nn.Module:
 
 
 def _batch(tasks: int = 3, queries: int = 3, dtype: torch.dtype = torch.float32) -> TaskBatch:
-    g = torch.Generator().manual_seed(1)
-    y = torch.arange(5)
-    return TaskBatch(torch.randn(tasks, 5, 1, 8, 8, generator=g, dtype=dtype), y.repeat(tasks, 1),
-                     torch.randn(tasks, 5 * queries, 1, 8, 8, generator=g, dtype=dtype),
-                     y.repeat_interleave(queries).repeat(tasks, 1))
+    return make_batch(tasks, 5, queries, 1, 8, dtype, seed=1)
 
 
 def _grads(maml: MAMLWrapper, batch: TaskBatch, batches: int = 1) -> list[torch.Tensor]:

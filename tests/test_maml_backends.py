@@ -10,6 +10,7 @@ import copy
 
 import pytest
 import torch
+from meta_helpers import make_batch
 from torch import Tensor, nn
 
 from metakd.data import TaskBatch
@@ -40,19 +41,6 @@ def available_variants() -> list[tuple[str, dict[str, object]]]:
 
 # Tiny tensors: one intra-op thread (see conftest.one_intra_op_thread).
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
-
-
-def make_batch(
-    tasks: int, ways: int, queries: int, channels: int, size: int, dtype: torch.dtype, seed: int = 0
-) -> TaskBatch:
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(ways)
-    return TaskBatch(
-        torch.randn(tasks, ways, channels, size, size, generator=g, dtype=dtype),
-        y.repeat(tasks, 1),
-        torch.randn(tasks, ways * queries, channels, size, size, generator=g, dtype=dtype),
-        y.repeat_interleave(queries).repeat(tasks, 1),
-    )
 
 
 def meta_grads(

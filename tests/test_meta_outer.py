@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from meta_helpers import make_batch
 from torch import nn
 
 from metakd.data import TaskBatch
@@ -26,11 +27,7 @@ from metakd.nn import create
 
 
 def _batch(tasks: int = 3, queries: int = 2, dtype: torch.dtype = torch.float64) -> TaskBatch:
-    g = torch.Generator().manual_seed(1)
-    y = torch.arange(4)
-    return TaskBatch(torch.randn(tasks, 4, 1, 16, 16, generator=g, dtype=dtype), y.repeat(tasks, 1),
-                     torch.randn(tasks, 4 * queries, 1, 16, 16, generator=g, dtype=dtype),
-                     y.repeat_interleave(queries).repeat(tasks, 1))
+    return make_batch(tasks, 4, queries, 1, 16, dtype, seed=1)
 
 
 def _net(**kwargs: object) -> nn.Module:
