@@ -292,3 +292,58 @@ def peak_rss_since_reset_mb() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+#: The profiler's op names of the heavy kernels, by class: the work a step cannot shed by
+#: being written differently (only by running these kernels faster or on less data).
+#: Everything else (elementwise ops, copies, small reductions, dispatch) is "other".
+KERNEL_CLASSES: dict[str, tuple[str, ...]] = {
+    "convolution": ("aten::mkldnn_convolution", "aten::convolution_backward",
+                    "aten::_convolution", "aten::_slow_conv2d_forward",
+                    "aten::_slow_conv2d_backward"),
+    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mv",
+               "aten::addmv_", "aten::dot"),
+    "norm_pool": ("aten::native_batch_norm", "aten::native_batch_norm_backward",
+                  "aten::var_mean", "aten::max_pool2d_with_indices",
+                  "aten::max_pool2d_with_indices_backward", "aten::avg_pool2d",
+                  "aten::avg_pool2d_backward", "aten::adaptive_avg_pool2d"),
+}
+
+
+def op_profile(step: Callable[[], Any], batches: int = 1, cuda: bool = False,
+               top: int = 10) -> dict[str, Any]:
+    """``torch.profiler`` over ``batches`` calls of ``step`` (warm it up first).
+
+    Returns the ``top`` ops by self CPU time with their share of the profile's total self
+    CPU time, ``self_cpu_vs_wall`` (that total over the wall time: well under 1 where work
+    runs outside profiled ops, as a compiled graph's kernels), and ``kernel_shares``: the
+    share of each class of :data:`KERNEL_CLASSES` and of everything else. Profiling adds a
+    fixed cost per op, so the shares of many small ops read high.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(batches):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total_us = sum(e.self_cpu_time_total for e in events) or 1.0
+    ops = [{"op": e.key, "self_cpu_ms": round(e.self_cpu_time_total / 1e3, 2),
+            "share": round(e.self_cpu_time_total / total_us, 4)} for e in events[:top]]
+    shares = {name: 0.0 for name in (*KERNEL_CLASSES, "other")}
+    for e in events:
+        cls = next((c for c, names in KERNEL_CLASSES.items() if e.key in names), "other")
+        shares[cls] += e.self_cpu_time_total / total_us
+    return {
+        "batches": batches,
+        "wall_ms": round(wall * 1e3, 1),
+        "total_self_cpu_ms": round(total_us / 1e3, 1),
+        "self_cpu_vs_wall": round(total_us / 1e6 / wall, 3),
+        "top_share": round(sum(o["share"] for o in ops), 4),
+        "ops": ops,
+        "kernel_shares": {k: round(v, 4) for k, v in shares.items()},
+    }

@@ -99,6 +99,7 @@ from torch import nn
 from benchmarks._common import (
     Clock,
     finish,
+    op_profile,
     out_option,
     output,
     peak_rss_since_reset_mb,
@@ -578,35 +579,12 @@ def profile_ops(
     profile's total self CPU time. ``self_cpu_vs_wall`` is that total over the wall time:
     well under 1 where the work runs outside profiled ops (a compiled graph's own kernels,
     which the profiler does not list one by one)."""
-    from torch.profiler import ProfilerActivity, profile
-
     dev = torch.device(device)
     model, batch = make_model_and_batch(cfg, dev)
     step = make_step(method, cfg, model, batch)
     for _ in range(2):
         step()
-    activities = [ProfilerActivity.CPU]
-    if dev.type == "cuda":
-        activities.append(ProfilerActivity.CUDA)
-    t0 = time.perf_counter()
-    with profile(activities=activities) as prof:
-        for _ in range(batches):
-            step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-    wall = time.perf_counter() - t0
-    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-    total_us = sum(e.self_cpu_time_total for e in events) or 1.0
-    ops = [{"op": e.key, "self_cpu_ms": round(e.self_cpu_time_total / 1e3, 2),
-            "share": round(e.self_cpu_time_total / total_us, 4)} for e in events[:top]]
-    return {
-        "batches": batches,
-        "wall_ms": round(wall * 1e3, 1),
-        "total_self_cpu_ms": round(total_us / 1e3, 1),
-        "self_cpu_vs_wall": round(total_us / 1e6 / wall, 3),
-        "top_share": round(sum(o["share"] for o in ops), 4),
-        "ops": ops,
-    }
+    return op_profile(step, batches, dev.type == "cuda", top)
 
 
 def _profile_subprocess(method: str, cfg: Config, device: str) -> dict[str, Any]:

@@ -38,6 +38,15 @@ ratios are metakd's over the reference's. ``equal_work`` compares the loss and t
 norm of the first step of both sides (relative difference at most ``TOLERANCE``): the
 comparison is of the same computation.
 
+Where the time goes: in the first round each process runs one more step under
+``torch.profiler`` (``profile``: the top ops and ``kernel_shares``, the share of the self CPU
+time in convolutions, matrix products, batch norm and pooling, and everything else, by
+``benchmarks._common.KERNEL_CLASSES``). ``speed_ratio_bound`` is the reference's step time
+over metakd's heavy-kernel time alone (its step time times the heavy share): the ratio
+metakd would reach if all its other work took no time while its heavy kernels ran as they
+do now. Where both sides run the same kernels on the same shapes, that bound is the most any
+rewriting of the step can give without running those kernels faster or on less data.
+
 Each worker runs on ``--threads`` torch threads, 1 by default as the other benchmarks: on
 the shared 2-core CPU two threads per worker made single steps up to 25 times slower while
 other jobs ran (the threads wait for each other), which swamped the comparison; 1-thread
@@ -71,6 +80,7 @@ import torch
 from benchmarks._common import (
     Clock,
     finish,
+    op_profile,
     out_option,
     output,
     peak_rss_since_reset_mb,
@@ -91,8 +101,10 @@ def _maxrss_kb() -> int:
 
 
 def measure(method: str, impl: str, cfg: Config, repeats: int = 3, device: str = "cpu",
-            threads: int | None = None) -> dict[str, Any]:
-    """One warm-up step then ``repeats`` timed steps of ``method`` as ``impl`` runs it.
+            threads: int | None = None, profile: bool = False) -> dict[str, Any]:
+    """One warm-up step then ``repeats`` timed steps of ``method`` as ``impl`` runs it
+    (and with ``profile``, one more step under ``torch.profiler``: ``profile``, see
+    :func:`benchmarks._common.op_profile`).
 
     Returns:
         ``per_s`` (best step), ``median_per_s``, ``first_step_s``, ``warmup_s``, the first
@@ -144,13 +156,16 @@ def measure(method: str, impl: str, cfg: Config, repeats: int = 3, device: str =
         out["rss_delta_mb"] = (peak - rss0) / 1024
     if step.extra is not None:
         out.update(step.extra())
+    if profile:
+        out["profile"] = op_profile(step.run, 1, dev.type == "cuda", top=8)
     return out
 
 
 def _subprocess(method: str, impl: str, cfg: Config, repeats: int, device: str,
-                threads: int | None) -> dict[str, Any]:
+                threads: int | None, profile: bool = False) -> dict[str, Any]:
     spec = json.dumps({"method": method, "impl": impl, "cfg": dataclasses.asdict(cfg),
-                       "repeats": repeats, "device": device, "threads": threads})
+                       "repeats": repeats, "device": device, "threads": threads,
+                       "profile": profile})
     proc = subprocess.run([sys.executable, "-m", "benchmarks.method_speed", "--worker", spec],
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -198,6 +213,10 @@ def compare(method: str, sides: dict[str, dict[str, Any]],
                          else v) for k, v in res.items()}
     if "teacher_logits_s" in m:
         out["teacher_share_of_step"] = round(m["teacher_logits_s"] / m["best_step_s"], 3)
+    if "profile" in m and "profile" in r:
+        heavy = 1.0 - m["profile"]["kernel_shares"]["other"]
+        out["kernel_shares"] = {impl: sides[impl]["profile"]["kernel_shares"] for impl in sides}
+        out["speed_ratio_bound"] = round(r["best_step_s"] / (m["best_step_s"] * heavy), 3)
     return out
 
 
@@ -212,7 +231,7 @@ def run_all(methods: list[str], cfg: Config, rounds: int, repeats: int, device: 
             order = IMPLS if r % 2 == 0 else IMPLS[::-1]
             per_round.append({})
             for impl in order:
-                res = _subprocess(method, impl, cfg, repeats, device, threads)
+                res = _subprocess(method, impl, cfg, repeats, device, threads, profile=r == 0)
                 per_round[-1][impl] = res["per_s"]
                 prev = best.get(impl)
                 if prev is None:
@@ -236,6 +255,12 @@ def run_all(methods: list[str], cfg: Config, rounds: int, repeats: int, device: 
         log(f"{method:14s} metakd / reference: speed {s['speed_ratio']:.2f}x (best of each), "
             f"{s['speed_ratio_median']:.2f}x (median of the rounds' ratios), equal work "
             f"{'passed' if s['equal_work']['passed'] else 'FAILED'}")
+        for impl, shares in s.get("kernel_shares", {}).items():
+            log(f"{method:14s} {impl:10s} profile: " + ", ".join(
+                f"{k} {v:.0%}" for k, v in shares.items()))
+        if "speed_ratio_bound" in s:
+            log(f"{method:14s} bound with metakd's heavy kernels as they run now and no other "
+                f"time: {s['speed_ratio_bound']:.2f}x")
     return results
 
 
@@ -268,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         spec = json.loads(args.worker)
         result = measure(spec["method"], spec["impl"], Config(**spec["cfg"]), spec["repeats"],
-                         spec["device"], spec.get("threads"))
+                         spec["device"], spec.get("threads"), spec.get("profile", False))
         print(json.dumps(result))
         return
 

@@ -50,6 +50,31 @@ def test_compare_flags_unequal_work() -> None:
     assert not other["equal_work"]["passed"]
 
 
+def test_bound_is_the_reference_time_over_metakds_heavy_kernel_time() -> None:
+    def side(step_s: float, other: float) -> dict:
+        shares = {"convolution": 1.0 - other, "matmul": 0.0, "norm_pool": 0.0, "other": other}
+        return {"per_s": 1 / step_s, "loss": 1.0, "grad_norm": 3.0, "best_step_s": step_s,
+                "profile": {"kernel_shares": shares}}
+
+    out = method_speed.compare("mtl", {"metakd": side(0.8, 0.25), "reference": side(1.2, 0.5)})
+    assert out["speed_ratio"] == 1.5
+    assert out["speed_ratio_bound"] == pytest.approx(1.2 / (0.8 * 0.75), abs=1e-3)
+    assert out["kernel_shares"]["reference"]["other"] == 0.5
+
+
+def test_op_profile_sorts_the_kernels_into_their_classes() -> None:
+    from benchmarks._common import KERNEL_CLASSES, op_profile
+
+    conv, x = torch.nn.Conv2d(3, 8, 3), torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        prof = op_profile(lambda: torch.tanh(conv(x)).sum(), batches=2)
+    shares = prof["kernel_shares"]
+    assert set(shares) == {*KERNEL_CLASSES, "other"}
+    assert sum(shares.values()) == pytest.approx(1.0, abs=1e-3)
+    assert shares["convolution"] > 0 and shares["other"] > 0 and shares["matmul"] == 0
+    assert prof["ops"][0]["share"] >= prof["ops"][-1]["share"]
+
+
 def test_quick_sizes_are_config_fields() -> None:
     names = {f.name for f in dataclasses.fields(steps.Config)}
     assert set(steps.QUICK) <= names
@@ -72,5 +97,7 @@ def test_quick_run_prints_every_method_with_equal_work() -> None:
             assert {"per_s", "first_step_s", "warmup_s", "peak_rss_mb", "loss",
                     "grad_norm"} <= set(res[side])
         assert res["equal_work"]["passed"], (method, res["equal_work"])
+        assert res["speed_ratio_bound"] > 0 and set(res["kernel_shares"]) == {"metakd",
+                                                                               "reference"}
     assert result["equal_work_passed"] is True
     assert "teacher_logits_s" in result["results"]["pmaml"]["metakd"]

@@ -64,6 +64,25 @@ def test_holder_follows_the_device_and_dtype_asked_for() -> None:
     assert not lazy.loaded
 
 
+def test_holder_runs_a_conv_teacher_channels_last_on_the_cpu_with_the_same_values() -> None:
+    torch.manual_seed(0)
+    net = mnn.create("conv4", in_channels=1, num_classes=5, hidden=16)
+    plain = copy.deepcopy(net).eval()
+    x = torch.randn(6, 1, 28, 28)
+    holder = FrozenTeacher(net)
+    out = holder(x, device="cpu")
+    conv = next(m for m in net.modules() if isinstance(m, nn.Conv2d) and m.in_channels > 1)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()  # really converted (16 channels, 3x3)
+    with torch.no_grad():
+        want = plain(x)
+    assert torch.allclose(out, want, rtol=1e-5, atol=1e-5)
+    holder.apply_tensors(lambda t: t.double())  # a dtype change keeps the layout
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.allclose(holder(x.double()), plain.double()(x.double()), atol=1e-12)
+
+
 def test_holder_copies_and_pickles_with_its_module() -> None:
     holder = FrozenTeacher(nn.Linear(2, 2))
     clone = pickle.loads(pickle.dumps(holder))
