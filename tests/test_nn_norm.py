@@ -239,3 +239,53 @@ def test_native_kernel_outside_vmap_only_and_same_second_order(
         for (k, _), r in zip(params.items(), ref):
             torch.testing.assert_close(vmapped[k][t], r, atol=1e-10, rtol=1e-10)
     assert calls, "eager transductive BatchNorm did not use the native kernel"
+
+
+@pytest.mark.parametrize(("mode", "momentum", "scale"), [
+    ("running", 0.1, True), ("running", None, False), ("per_step", 0.9, True)])
+def test_running_statistics_in_train_through_the_native_kernel_equal_the_decomposed_form(
+    mode: str, momentum: float | None, scale: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eager train-mode BN with running statistics calls the fused F.batch_norm: same output,
+    same running buffers and the same first- and second-order gradients as the var_mean form
+    (the form under vmap and compile), in float64."""
+    import metakd.nn.norm as norm
+
+    def run(native: bool) -> list[torch.Tensor]:
+        monkeypatch.setattr(norm, "native_batch_stats_ok", lambda: native)
+        torch.manual_seed(5)
+        kw = {"num_steps": 2} if mode == "per_step" else {}
+        bn = BatchNorm2d(3, mode=mode, momentum=momentum, scale=scale, **kw).double().train()
+        with torch.no_grad():
+            bn.bias.uniform_(-1, 1)
+            if bn.weight is not None:
+                bn.weight.uniform_(0.5, 1.5)
+        x = (torch.randn(4, 3, 5, 5, dtype=torch.float64) * 2 + 1).requires_grad_(True)
+        outs = []
+        for k in range(2):
+            if mode == "per_step":
+                set_bn_step(bn, k)
+            y = bn(x * (k + 1))
+            outs.append(y)
+        loss = sum((o ** 3).sum() for o in outs)
+        params = [x] + [p for p in bn.parameters()]
+        g = torch.autograd.grad(loss, params, create_graph=True)
+        gg = torch.autograd.grad(sum((t ** 2).sum() for t in g), params)
+        return [*outs, *g, *gg, bn.running_mean, bn.running_var,
+                bn.num_batches_tracked.double()]
+
+    calls: list[bool] = []
+    real = F.batch_norm
+
+    def spy(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(True)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(F, "batch_norm", spy)
+    native = run(True)
+    assert calls, "train-mode BN with running statistics did not use the native kernel"
+    calls.clear()
+    decomposed = run(False)
+    assert not calls
+    for a, b in zip(native, decomposed):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)

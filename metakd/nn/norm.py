@@ -29,9 +29,13 @@ How the batch statistics are computed depends on where the forward runs. Under
 (biased variance) followed by scale and shift: :func:`torch.nn.functional.batch_norm` under
 ``vmap`` gives silently wrong second-order gradients in torch 2.14, and a compiled graph fuses
 the decomposed form anyway. Everywhere else (plain eager calls, ``torch.autograd.grad``,
-learn2learn's clones, higher's patched modules) the transductive mode calls the fused native
-kernel, which gives the same values and gradients to rounding (float64 tests agree to 1e-14)
-and makes a MAML task about 1.5x faster on CPU.
+learn2learn's clones, higher's patched modules) every batch-statistics forward calls the fused
+native kernel: the transductive mode, and the ``"running"``/``"per_step"`` modes in
+``train()`` (which then also update their running statistics in it, by the same momentum
+rule). That gives the same values, running statistics and gradients to rounding (float64
+tests agree to 1e-10, second order included) and made a MAML task about 1.5x faster on CPU,
+and a Meta-Baseline step (Conv-4/64, running statistics, 320 images) 1.35x faster (2-core
+CPU, torch 2.14.1, 2026-12-07).
 
 A ``state_dict`` of :class:`torch.nn.BatchNorm2d` loads into every mode: a transductive BN drops
 the running statistics, a per-step BN copies them into every step.
@@ -211,9 +215,11 @@ class _BatchNorm(nn.Module):
             # The native double backward needs a defined weight.
             weight = x.new_ones(self.num_features) if self.weight is None else self.weight
             return F.batch_norm(x, None, None, weight, self.bias, True, 0.0, self.eps)
+        use_batch_stats = self.mode == "transductive" or self.training
+        if use_batch_stats and x.numel() > self.num_features and native_batch_stats_ok():
+            return self._native_train(x)
         reduce_dims = (0, *range(2, x.dim()))
         view = (1, self.num_features) + (1,) * (x.dim() - 2)
-        use_batch_stats = self.mode == "transductive" or self.training
         if use_batch_stats:
             var, mean = torch.var_mean(x, dim=reduce_dims, unbiased=False)
             if self.mode != "transductive":
@@ -227,6 +233,17 @@ class _BatchNorm(nn.Module):
         if self.bias is not None:
             y = y + self.bias.reshape(view)
         return y
+
+    def _native_train(self, x: Tensor) -> Tensor:
+        """Batch statistics and the running-statistics update in the fused native kernel
+        (``"running"``/``"per_step"`` in ``train()``): the momentum rule of
+        :meth:`_update_running`, with the counter advanced first."""
+        run_mean, run_var, count = self._stat_rows()
+        with torch.no_grad():
+            count.add_(1)
+        factor = 1.0 / float(count) if self.momentum is None else self.momentum
+        weight = x.new_ones(self.num_features) if self.weight is None else self.weight
+        return F.batch_norm(x, run_mean, run_var, weight, self.bias, True, factor, self.eps)
 
     def _update_running(self, mean: Tensor, var: Tensor, n: int) -> None:
         run_mean, run_var, count = self._stat_rows()
