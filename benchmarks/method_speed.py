@@ -38,6 +38,12 @@ ratios are metakd's over the reference's. ``equal_work`` compares the loss and t
 norm of the first step of both sides (relative difference at most ``TOLERANCE``): the
 comparison is of the same computation.
 
+``--baseline DIR`` also runs each method's metakd step with the package found in ``DIR`` (a
+checkout of an earlier commit, ``git worktree add /tmp/base COMMIT``), as a third side
+``base`` in the same interleaved rounds; ``speed_ratio_vs_base`` (and its per-round median)
+is then metakd's speed over that commit's: a side-by-side regression check of the library's
+own changes, which also move the reference where both run the same :mod:`metakd.nn` network.
+
 Where the time goes: in the first round each process runs one more step under
 ``torch.profiler`` (``profile``: the top ops and ``kernel_shares``, the share of the self CPU
 time in convolutions, matrix products, batch norm and pooling, and everything else, by
@@ -161,13 +167,23 @@ def measure(method: str, impl: str, cfg: Config, repeats: int = 3, device: str =
     return out
 
 
+BASELINE_SRC: str | None = None
+
+
 def _subprocess(method: str, impl: str, cfg: Config, repeats: int, device: str,
                 threads: int | None, profile: bool = False) -> dict[str, Any]:
-    spec = json.dumps({"method": method, "impl": impl, "cfg": dataclasses.asdict(cfg),
-                       "repeats": repeats, "device": device, "threads": threads,
-                       "profile": profile})
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.method_speed", "--worker", spec],
-                          capture_output=True, text=True, check=False)
+    env, python = dict(os.environ), [sys.executable]
+    if impl == "base":  # metakd's step, with the earlier package first on the path
+        if BASELINE_SRC is None:
+            raise ValueError("the base side needs --baseline DIR")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [BASELINE_SRC, os.getcwd(),
+                                                          env.get("PYTHONPATH")]))
+        python.append("-P")  # else -m puts this checkout before PYTHONPATH
+    spec = json.dumps({"method": method, "impl": "metakd" if impl == "base" else impl,
+                       "cfg": dataclasses.asdict(cfg), "repeats": repeats, "device": device,
+                       "threads": threads, "profile": profile})
+    proc = subprocess.run([*python, "-m", "benchmarks.method_speed", "--worker", spec],
+                          capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{method} ({impl}) failed:\n{proc.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -213,25 +229,34 @@ def compare(method: str, sides: dict[str, dict[str, Any]],
                          else v) for k, v in res.items()}
     if "teacher_logits_s" in m:
         out["teacher_share_of_step"] = round(m["teacher_logits_s"] / m["best_step_s"], 3)
+    if "base" in sides:
+        out["speed_ratio_vs_base"] = round(m["per_s"] / sides["base"]["per_s"], 3)
+        vs_base = [x["metakd"] / x["base"] for x in rounds or [] if "base" in x]
+        out["speed_ratio_vs_base_median"] = (round(statistics.median(vs_base), 3)
+                                             if vs_base else None)
     if "profile" in m and "profile" in r:
         heavy = 1.0 - m["profile"]["kernel_shares"]["other"]
-        out["kernel_shares"] = {impl: sides[impl]["profile"]["kernel_shares"] for impl in sides}
+        out["kernel_shares"] = {impl: sides[impl]["profile"]["kernel_shares"]
+                                for impl in sides if "profile" in sides[impl]}
         out["speed_ratio_bound"] = round(r["best_step_s"] / (m["best_step_s"] * heavy), 3)
     return out
 
 
 def run_all(methods: list[str], cfg: Config, rounds: int, repeats: int, device: str,
-            log: Callable[[str], None] = print, threads: int | None = None) -> dict[str, Any]:
-    """Every method's two sides, interleaved over ``rounds`` rounds (best speed kept)."""
+            log: Callable[[str], None] = print, threads: int | None = None,
+            impls: tuple[str, ...] = IMPLS) -> dict[str, Any]:
+    """Every method's sides (``impls``: metakd, the reference and with ``--baseline`` the
+    earlier commit's metakd), interleaved over ``rounds`` rounds (best speed kept)."""
     results: dict[str, Any] = {}
     for method in methods:
         best: dict[str, dict[str, Any]] = {}
         per_round: list[dict[str, float]] = []
         for r in range(rounds):
-            order = IMPLS if r % 2 == 0 else IMPLS[::-1]
+            order = impls if r % 2 == 0 else impls[::-1]
             per_round.append({})
             for impl in order:
-                res = _subprocess(method, impl, cfg, repeats, device, threads, profile=r == 0)
+                res = _subprocess(method, impl, cfg, repeats, device, threads,
+                                  profile=r == 0 and impl != "base")
                 per_round[-1][impl] = res["per_s"]
                 prev = best.get(impl)
                 if prev is None:
@@ -255,6 +280,9 @@ def run_all(methods: list[str], cfg: Config, rounds: int, repeats: int, device: 
         log(f"{method:14s} metakd / reference: speed {s['speed_ratio']:.2f}x (best of each), "
             f"{s['speed_ratio_median']:.2f}x (median of the rounds' ratios), equal work "
             f"{'passed' if s['equal_work']['passed'] else 'FAILED'}")
+        if "speed_ratio_vs_base" in s:
+            log(f"{method:14s} metakd / base: {s['speed_ratio_vs_base']:.2f}x (best of each), "
+                f"{s['speed_ratio_vs_base_median']:.2f}x (median of the rounds' ratios)")
         for impl, shares in s.get("kernel_shares", {}).items():
             log(f"{method:14s} {impl:10s} profile: " + ", ".join(
                 f"{k} {v:.0%}" for k, v in shares.items()))
@@ -285,6 +313,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="torch threads of each worker (default 1; 0: torch's default)")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help=f"comma-separated, of {', '.join(METHODS)}")
+    parser.add_argument("--baseline", default=None, metavar="DIR",
+                        help="also run metakd's steps with the package in DIR (an earlier "
+                             "commit's checkout) in the same rounds")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     out_option(parser, "method_speed_cpu.json", "method_speed_DEVICE.json for another device; "
                                                 "not written with --quick")
@@ -308,7 +339,13 @@ def main(argv: list[str] | None = None) -> None:
         clock = Clock()
         log(f"config: {json.dumps(dataclasses.asdict(cfg))}")
         threads = args.threads or None
-        results = run_all(methods, cfg, rounds, repeats, args.device, log, threads)
+        impls = IMPLS
+        if args.baseline:
+            global BASELINE_SRC
+            BASELINE_SRC = os.path.abspath(args.baseline)
+            impls = (*IMPLS, "base")
+            log(f"baseline: the metakd package in {BASELINE_SRC}")
+        results = run_all(methods, cfg, rounds, repeats, args.device, log, threads, impls)
         summary = {
             "benchmark": "method_speed",
             "device": args.device,
@@ -319,6 +356,7 @@ def main(argv: list[str] | None = None) -> None:
             "load_avg_1m_end": round(os.getloadavg()[0], 2),
             "rounds": rounds,
             "repeats": repeats,
+            "baseline": BASELINE_SRC,
             "config": dataclasses.asdict(cfg),
             **clock.record(),
             "equal_work_passed": all(r["equal_work"]["passed"] for r in results.values()),

@@ -101,3 +101,17 @@ def test_quick_run_prints_every_method_with_equal_work() -> None:
                                                                                "reference"}
     assert result["equal_work_passed"] is True
     assert "teacher_logits_s" in result["results"]["pmaml"]["metakd"]
+
+
+@pytest.mark.slow
+def test_baseline_runs_metakd_from_another_checkout_as_a_third_side() -> None:
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.method_speed", "--quick",
+                           "--methods", "mtl", "--baseline", str(ROOT)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    res = result["results"]["mtl"]
+    assert result["baseline"] == str(ROOT)
+    assert res["base"]["loss"] == res["metakd"]["loss"]  # the same package: the same step
+    assert res["speed_ratio_vs_base"] > 0 and res["speed_ratio_vs_base_median"] > 0
+    assert "base" not in res["kernel_shares"]
