@@ -301,7 +301,7 @@ PMAML_TEACHER_NOTE = (
     "metakd side; teacher_share_of_step its share of the best step.")
 
 
-def main(argv: list[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help=f"one round, one timed step, smaller batches: {QUICK}")
@@ -319,6 +319,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     out_option(parser, "method_speed_cpu.json", "method_speed_DEVICE.json for another device; "
                                                 "not written with --quick")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
     args = parser.parse_args(argv)
 
     if args.worker:

@@ -207,11 +207,8 @@ def test_running_mode_eval_under_vmap_and_batched_buffer_updates() -> None:
     )
 
 
-@pytest.mark.parametrize("scale", [True, False])
-def test_native_kernel_outside_vmap_only_and_same_second_order(
-    scale: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Eager transductive BN calls F.batch_norm; under vmap it must not (wrong 2nd order)."""
+def _spy_on_batch_norm(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Record every call of ``F.batch_norm`` (the native kernel) in the returned list."""
     calls: list[bool] = []
     real = F.batch_norm
 
@@ -220,6 +217,15 @@ def test_native_kernel_outside_vmap_only_and_same_second_order(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(F, "batch_norm", spy)
+    return calls
+
+
+@pytest.mark.parametrize("scale", [True, False])
+def test_native_kernel_outside_vmap_only_and_same_second_order(
+    scale: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eager transductive BN calls F.batch_norm; under vmap it must not (wrong 2nd order)."""
+    calls = _spy_on_batch_norm(monkeypatch)
     net, params, (xs, ys, xq, yq) = _maml_setup(BatchNorm2d(4, affine=True, scale=scale))
 
     def loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -274,14 +280,7 @@ def test_running_statistics_in_train_through_the_native_kernel_equal_the_decompo
         return [*outs, *g, *gg, bn.running_mean, bn.running_var,
                 bn.num_batches_tracked.double()]
 
-    calls: list[bool] = []
-    real = F.batch_norm
-
-    def spy(*args: Any, **kwargs: Any) -> torch.Tensor:
-        calls.append(True)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(F, "batch_norm", spy)
+    calls = _spy_on_batch_norm(monkeypatch)
     native = run(True)
     assert calls, "train-mode BN with running statistics did not use the native kernel"
     calls.clear()
