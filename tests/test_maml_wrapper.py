@@ -316,6 +316,30 @@ def test_per_step_batchnorm_uses_one_row_per_step() -> None:
     assert counts.tolist() == [3, 3, 6]
 
 
+@pytest.mark.parametrize("bn_mode", ["running", "per_step"])
+def test_running_statistics_native_kernel_under_func_grad_equals_the_var_mean_form(
+    bn_mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Second-order meta-gradients and running buffers of the func backend (torch.func.grad
+    around the native batch-norm kernel) equal those of the var_mean form, in float64."""
+    import metakd.nn.norm as norm
+
+    def run(native: bool) -> list[Tensor]:
+        monkeypatch.setattr(norm, "native_batch_stats_ok", lambda: native)
+        torch.manual_seed(2)
+        net = create("conv4", in_channels=1, hidden=4, num_classes=3, bn_mode=bn_mode,
+                     bn_steps=2).double()
+        maml = MAMLWrapper(net, 0.1, 2, backend="func", compile=False)
+        loss, _ = maml.meta_loss(batch_of())
+        loss.backward()
+        bn = net.encoder.block1.bn
+        return [loss.detach(), *(p.grad for p in net.parameters()), bn.running_mean,
+                bn.running_var]
+
+    for a, b in zip(run(True), run(False)):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
 def test_auto_backend_picks_vmap_for_small_tasks_and_func_for_large() -> None:
     from metakd.meta._func import AUTO_MIN_CHUNK, auto_chunk
 
