@@ -211,13 +211,12 @@ class _BatchNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Normalize ``x`` of shape ``[B, C]``, ``[B, C, L]`` or ``[B, C, H, W]``."""
         self._check_input(x)
-        if self.mode == "transductive" and native_batch_stats_ok():
-            # The native double backward needs a defined weight.
-            weight = x.new_ones(self.num_features) if self.weight is None else self.weight
-            return F.batch_norm(x, None, None, weight, self.bias, True, 0.0, self.eps)
-        use_batch_stats = self.mode == "transductive" or self.training
-        if use_batch_stats and x.numel() > self.num_features and native_batch_stats_ok():
-            return self._native_train(x)
+        transductive = self.mode == "transductive"
+        use_batch_stats = transductive or self.training
+        # Running statistics need two values per channel (the native kernel refuses one).
+        if (use_batch_stats and (transductive or x.numel() > self.num_features)
+                and native_batch_stats_ok()):
+            return self._native_batch_stats(x)
         reduce_dims = (0, *range(2, x.dim()))
         view = (1, self.num_features) + (1,) * (x.dim() - 2)
         if use_batch_stats:
@@ -234,15 +233,18 @@ class _BatchNorm(nn.Module):
             y = y + self.bias.reshape(view)
         return y
 
-    def _native_train(self, x: Tensor) -> Tensor:
-        """Batch statistics and the running-statistics update in the fused native kernel
-        (``"running"``/``"per_step"`` in ``train()``): the momentum rule of
-        :meth:`_update_running`, with the counter advanced first."""
+    def _native_batch_stats(self, x: Tensor) -> Tensor:
+        """Batch statistics in the fused native kernel; in the ``"running"``/``"per_step"``
+        modes (``train()``) the running statistics are updated in it too, by the momentum
+        rule of :meth:`_update_running` with the counter advanced first."""
+        # The native double backward needs a defined weight.
+        weight = x.new_ones(self.num_features) if self.weight is None else self.weight
+        if self.mode == "transductive":
+            return F.batch_norm(x, None, None, weight, self.bias, True, 0.0, self.eps)
         run_mean, run_var, count = self._stat_rows()
         with torch.no_grad():
             count.add_(1)
         factor = 1.0 / float(count) if self.momentum is None else self.momentum
-        weight = x.new_ones(self.num_features) if self.weight is None else self.weight
         return F.batch_norm(x, run_mean, run_var, weight, self.bias, True, factor, self.eps)
 
     def _update_running(self, mean: Tensor, var: Tensor, n: int) -> None:
