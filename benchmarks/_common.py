@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -347,3 +348,20 @@ def op_profile(step: Callable[[], Any], batches: int = 1, cuda: bool = False,
         "ops": ops,
         "kernel_shares": {k: round(v, 4) for k, v in shares.items()},
     }
+
+
+def worker_command(module: str, spec: str, baseline: str | None = None
+                   ) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of a timing benchmark's worker process.
+
+    ``python -m MODULE --worker SPEC``; with ``baseline`` (a checkout of an earlier commit)
+    that checkout's ``metakd`` package comes first on the path while this checkout's harness
+    (``benchmarks``) stays the same. ``-P``: without it ``-m`` puts the working directory
+    (this checkout) before ``PYTHONPATH``.
+    """
+    env, python = dict(os.environ), [sys.executable]
+    if baseline is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [baseline, os.getcwd(),
+                                                          env.get("PYTHONPATH")]))
+        python.append("-P")
+    return [*python, "-m", module, "--worker", spec], env

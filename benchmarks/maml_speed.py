@@ -84,7 +84,6 @@ import os
 import platform
 import resource
 import subprocess
-import sys
 import tempfile
 import time
 import warnings
@@ -105,6 +104,7 @@ from benchmarks._common import (
     peak_rss_since_reset_mb,
     reset_peak_rss,
     result_log,
+    worker_command,
 )
 
 DEFAULT_METHODS = (
@@ -332,23 +332,11 @@ BASELINE_SRC: str | None = None
 
 def _subprocess(method: str, cfg: Config, repeats: int, device: str) -> dict[str, Any]:
     spec = json.dumps({"method": method, "cfg": asdict(cfg), "repeats": repeats, "device": device})
-    env = dict(os.environ)
-    python = [sys.executable]
-    if method.startswith("base:"):
-        if BASELINE_SRC is None:
-            raise ValueError(f"{method}: pass --baseline DIR")
-        # The earlier package first on the path; this file's harness stays the same. ``-P``:
-        # without it ``-m`` puts the working directory (this checkout) before PYTHONPATH.
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [BASELINE_SRC, os.getcwd(),
-                                                          env.get("PYTHONPATH")]))
-        python.append("-P")
-    proc = subprocess.run(
-        [*python, "-m", "benchmarks.maml_speed", "--worker", spec],
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-    )
+    base = method.startswith("base:")
+    if base and BASELINE_SRC is None:
+        raise ValueError(f"{method}: pass --baseline DIR")
+    command, env = worker_command("benchmarks.maml_speed", spec, BASELINE_SRC if base else None)
+    proc = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{method} on {cfg.name} failed:\n{proc.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -589,10 +577,8 @@ def profile_ops(
 
 def _profile_subprocess(method: str, cfg: Config, device: str) -> dict[str, Any]:
     spec = json.dumps({"method": method, "cfg": asdict(cfg), "device": device, "profile": True})
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.maml_speed", "--worker", spec],
-        capture_output=True, text=True, check=False,
-    )
+    command, env = worker_command("benchmarks.maml_speed", spec)
+    proc = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"profile of {method} on {cfg.name} failed:\n{proc.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -77,7 +77,6 @@ import platform
 import resource
 import statistics
 import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -92,6 +91,7 @@ from benchmarks._common import (
     peak_rss_since_reset_mb,
     reset_peak_rss,
     result_log,
+    worker_command,
 )
 from benchmarks._method_steps import IMPLS, METHODS, QUICK, UNITS, Config, build, time_now
 
@@ -172,18 +172,15 @@ BASELINE_SRC: str | None = None
 
 def _subprocess(method: str, impl: str, cfg: Config, repeats: int, device: str,
                 threads: int | None, profile: bool = False) -> dict[str, Any]:
-    env, python = dict(os.environ), [sys.executable]
-    if impl == "base":  # metakd's step, with the earlier package first on the path
-        if BASELINE_SRC is None:
-            raise ValueError("the base side needs --baseline DIR")
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [BASELINE_SRC, os.getcwd(),
-                                                          env.get("PYTHONPATH")]))
-        python.append("-P")  # else -m puts this checkout before PYTHONPATH
-    spec = json.dumps({"method": method, "impl": "metakd" if impl == "base" else impl,
+    base = impl == "base"  # metakd's step, with the earlier package first on the path
+    if base and BASELINE_SRC is None:
+        raise ValueError("the base side needs --baseline DIR")
+    spec = json.dumps({"method": method, "impl": "metakd" if base else impl,
                        "cfg": dataclasses.asdict(cfg), "repeats": repeats, "device": device,
                        "threads": threads, "profile": profile})
-    proc = subprocess.run([*python, "-m", "benchmarks.method_speed", "--worker", spec],
-                          capture_output=True, text=True, check=False, env=env)
+    command, env = worker_command("benchmarks.method_speed", spec,
+                                  BASELINE_SRC if base else None)
+    proc = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{method} ({impl}) failed:\n{proc.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
