@@ -62,8 +62,9 @@ class FrozenTeacher:
     - runs **channels-last on the CPU**: when it is used there, its 4-D weights are laid out
       channels-last (``module.to(memory_format=torch.channels_last)``), so its convolutions,
       batch norms and poolings run in oneDNN's NHWC layout (on the 2-core CPU with torch
-      2.14.1 and one thread: a Conv-4/64's logits of 4 tasks of 75 Omniglot images in 126 ms
-      instead of 266 ms, a resnet32x4's of 64 CIFAR images in 1.29 s instead of 1.48 s); the
+      2.14.1 and one thread, PMAML's Conv-4/64 teacher pass over 4 tasks of 75 Omniglot
+      images took 0.074 s against 0.204 s in the plain layout,
+      ``benchmarks/results/method_speed_cpu_2026-12-07.json``); the
       values are the same up to float rounding, and the layout is set once, at first use on
       a device (contiguous on any other device), so a run's numbers never change mid-run;
     - runs **without a graph** when called (``torch.no_grad``).
