@@ -134,6 +134,18 @@ class Clock:
                 "wall_s": round(self.seconds(), 1)}
 
 
+def best_ms(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
+    """The fastest of ``repeats`` calls of ``fn`` after ``warmup`` calls, in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1e3
+
+
 def _rounded(values: Sequence[float]) -> list[float]:
     return [round(v, 2) for v in values]
 

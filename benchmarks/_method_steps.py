@@ -4,7 +4,10 @@ For each method, :func:`build` returns a :class:`Step` for ``impl="metakd"`` (th
 meta-learner, built as its recipe builds it) or ``impl="reference"`` (a plain loop written
 the way the original project's training step is written). Both sides run the same
 :mod:`metakd.nn` network with the same seeded weights on the same seeded inputs, so they do
-the same work: the first step's loss and gradient norm are compared by the caller.
+the same work: the first step's loss and gradient norm are compared by the caller. The
+reference's max-pooling layers are PyTorch's :class:`torch.nn.MaxPool2d`, which the original
+projects' networks use, in place of :class:`metakd.nn.pool.MaxPool2d` (the same values and
+gradients, faster on small CPU maps).
 
 The references keep the originals' structure (per-task Python loops, where the graphs live,
 one ``backward()`` per what) but leave out what would make them do other work than metakd:
@@ -130,6 +133,21 @@ def _zero(params: Sequence[Tensor]) -> None:
         p.grad = None
 
 
+def _torch_pools(*models: nn.Module) -> None:
+    """Replace ``models``' :class:`metakd.nn.pool.MaxPool2d` layers by :class:`torch.nn.MaxPool2d`
+    with the same arguments: the pooling the original projects' networks run (same values
+    and gradients; only the CPU speed differs)."""
+    from metakd.nn.pool import MaxPool2d
+
+    for model in models:
+        for parent in list(model.modules()):
+            for name, child in parent.named_children():
+                if isinstance(child, MaxPool2d):
+                    setattr(parent, name, nn.MaxPool2d(child.kernel_size, child.stride,
+                                                       child.padding, child.dilation,
+                                                       ceil_mode=child.ceil_mode))
+
+
 def _functional(model: nn.Module) -> tuple[list[str], Callable[[list[Tensor], Tensor], Tensor]]:
     """``model``'s parameter names and ``forward(params, x)`` with those tensors in place."""
     names = [n for n, _ in model.named_parameters()]
@@ -197,6 +215,7 @@ def pmaml(impl: str, cfg: Config, device: torch.device) -> Step:
 
         return Step(run, params, t, extra)
 
+    _torch_pools(student, teacher)
     teacher.eval().requires_grad_(False)
     _, forward = _functional(student)
     kl = nn.KLDivLoss()  # its element mean is PMAML's; torch warns that it is not batchmean
@@ -277,6 +296,7 @@ def mtl(impl: str, cfg: Config, device: torch.device) -> Step:
 
         return Step(run, params, t)
 
+    _torch_pools(model)
     head: Any = model.head
 
     def base_learner(x: Tensor, the_vars: list[Tensor]) -> Tensor:
@@ -391,6 +411,7 @@ def meta_lstm(impl: str, cfg: Config, device: torch.device) -> Step:
 
         return Step(run, params, t)
 
+    _torch_pools(model)
     # The same random draws as MetaLSTM's own rule, then markdtw's layout of those weights.
     rule = MetaLSTMOptimizer(model.named_parameters(), hidden_size=cfg.meta_lstm_lstm_hidden,
                              grad_scale=1.0 / bs)
@@ -485,6 +506,7 @@ def meta_baseline(impl: str, cfg: Config, device: torch.device) -> Step:
 
         return Step(run, params, t)
 
+    _torch_pools(encoder)
     temp = nn.Parameter(torch.tensor(10.0, device=device))
     params = [temp, *encoder.parameters()]
     x_shot_all = batch.support_x.view(t, n, k, *batch.support_x.shape[-3:])

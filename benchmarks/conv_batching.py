@@ -24,15 +24,13 @@ The last line is one JSON object; ``--out`` writes it (and a ``.log``) as well.
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from benchmarks._common import Clock, finish, out_option, result_log
+from benchmarks._common import Clock, best_ms, finish, out_option, result_log
 
 WAYS, SHOTS, IMAGE = 5, 1, 28
 
@@ -56,18 +54,6 @@ def conv_shapes(images: int) -> list[dict[str, Any]]:
     with torch.no_grad():
         model(torch.zeros(images, 1, IMAGE, IMAGE))
     return found
-
-
-def best_ms(fn: Callable[[], None], repeats: int, warmup: int = 2) -> float:
-    """The fastest of ``repeats`` calls of ``fn`` after ``warmup`` calls, in milliseconds."""
-    for _ in range(warmup):
-        fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best * 1e3
 
 
 def grouped_conv(x_side: Tensor, weights: Tensor, tasks: int, **kw: Any) -> Tensor:

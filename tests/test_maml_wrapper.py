@@ -325,7 +325,7 @@ def test_running_statistics_native_kernel_under_func_grad_equals_the_var_mean_fo
     import metakd.nn.norm as norm
 
     def run(native: bool) -> list[Tensor]:
-        monkeypatch.setattr(norm, "native_batch_stats_ok", lambda: native)
+        monkeypatch.setattr(norm, "plain_eager", lambda: native)
         torch.manual_seed(2)
         net = create("conv4", in_channels=1, hidden=4, num_classes=3, bn_mode=bn_mode,
                      bn_steps=2).double()

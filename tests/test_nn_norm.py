@@ -258,7 +258,7 @@ def test_running_statistics_in_train_through_the_native_kernel_equal_the_decompo
     import metakd.nn.norm as norm
 
     def run(native: bool) -> list[torch.Tensor]:
-        monkeypatch.setattr(norm, "native_batch_stats_ok", lambda: native)
+        monkeypatch.setattr(norm, "plain_eager", lambda: native)
         torch.manual_seed(5)
         kw = {"num_steps": 2} if mode == "per_step" else {}
         bn = BatchNorm2d(3, mode=mode, momentum=momentum, scale=scale, **kw).double().train()

@@ -28,6 +28,7 @@ from metakd.nn.conv import ConvNet, TFSamePad2d
 from metakd.nn.heads import Backbone, CosineHead, LinearHead, cosine_logits, make_head
 from metakd.nn.mtl_resnet import MTLResNet25
 from metakd.nn.norm import BatchNorm1d, BatchNorm2d, BatchNormConfig, set_bn_step
+from metakd.nn.pool import MaxPool2d, max_pool2d
 from metakd.nn.registry import (
     ModelInfo,
     create,
@@ -67,6 +68,7 @@ __all__ = [
     "LinearHead",
     "MTLResNet12",
     "MTLResNet25",
+    "MaxPool2d",
     "ModelInfo",
     "ResNet",
     "ResNet12",
@@ -80,6 +82,7 @@ __all__ = [
     "is_model",
     "list_models",
     "make_head",
+    "max_pool2d",
     "mtl_preset",
     "original_key_map",
     "register_model",

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from metakd.nn.blocks import kaiming_init
 from metakd.nn.heads import Backbone, HeadKind, make_head
 from metakd.nn.norm import BatchNormConfig, pop_bn_kwargs
+from metakd.nn.pool import max_pool2d
 from metakd.nn.registry import register_model
 
 __all__ = ["VGG_CONFIGS", "CifarVGG", "vgg8", "vgg11", "vgg13", "vgg16", "vgg19"]
@@ -111,12 +112,12 @@ class CifarVGG(Backbone):
     def feature_map(self, x: Tensor) -> Tensor:
         """The last feature map ``[B, 512, H/8, W/8]`` (``H/16`` for 64-px inputs)."""
         pool4 = x.shape[-2] == 64  # the reference pools a fourth time for Tiny-ImageNet only
-        x = F.max_pool2d(F.relu(self.block0(x)), 2)
-        x = F.max_pool2d(F.relu(self.block1(x)), 2)
-        x = F.max_pool2d(F.relu(self.block2(x)), 2)
+        x = max_pool2d(F.relu(self.block0(x)), 2)
+        x = max_pool2d(F.relu(self.block1(x)), 2)
+        x = max_pool2d(F.relu(self.block2(x)), 2)
         x = F.relu(self.block3(x))
         if pool4:
-            x = F.max_pool2d(x, 2)
+            x = max_pool2d(x, 2)
         return F.relu(self.block4(x))
 
     def features(self, x: Tensor) -> Tensor:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from metakd.nn.heads import Backbone
 from metakd.nn.norm import BatchNormConfig
+from metakd.nn.pool import MaxPool2d
 
 __all__ = ["ConvNet", "Embedding", "TFSamePad2d", "conv_block", "stack_blocks"]
 
@@ -120,7 +121,7 @@ def conv_block(
     norm: tuple[str, nn.Module] = ("bn", bn.build(out_channels))
     layers.extend([act, norm] if relu_first else [norm, act])
     if pool is not None:
-        layers.append(("pool", nn.MaxPool2d(pool, pool_stride)))
+        layers.append(("pool", MaxPool2d(pool, pool_stride)))
     return nn.Sequential(OrderedDict(layers))
 
 

@@ -45,6 +45,7 @@ from metakd.nn.blocks import (
 )
 from metakd.nn.heads import Backbone, HeadKind, make_head
 from metakd.nn.norm import BatchNormConfig, pop_bn_kwargs
+from metakd.nn.pool import max_pool2d
 from metakd.nn.registry import register_model
 from metakd.nn.scale_shift import mtl_preset
 
@@ -72,7 +73,7 @@ class _MTLBlock(nn.Module):
         out = F.leaky_relu(self.bn1(self.conv1(x)), 0.1)
         out = F.leaky_relu(self.bn2(self.conv2(out)), 0.1)
         out = F.leaky_relu(self.bn3(self.conv3(out)), 0.1)
-        out = F.max_pool2d(out + self.shortcut(x), 2)
+        out = max_pool2d(out + self.shortcut(x), 2)
         if self.drop > 0:
             out = F.dropout(out, self.drop, self.training)
         return out

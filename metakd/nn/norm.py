@@ -82,11 +82,13 @@ def _under_vmap() -> bool:
     return any(i.key() == TransformType.Vmap for i in retrieve_all_functorch_interpreters())
 
 
-def native_batch_stats_ok() -> bool:
-    """Whether a batch-statistics BatchNorm may call the fused ``F.batch_norm`` here.
+def plain_eager() -> bool:
+    """Whether the calling code runs as plain eager PyTorch, where a fused native kernel may run.
 
-    Not inside ``torch.compile`` (the check below cannot be traced, and Inductor fuses the
-    decomposed form) and not under ``torch.func.vmap`` (wrong second-order gradients there).
+    False inside ``torch.compile`` (the check below cannot be traced, and Inductor generates
+    its own kernels from the decomposed form) and under ``torch.func.vmap`` (the native batch
+    norm gives wrong second-order gradients there). ``torch.autograd.grad`` and
+    ``torch.func.grad`` count as plain eager.
     """
     return not torch.compiler.is_compiling() and not _under_vmap()
 
@@ -215,7 +217,7 @@ class _BatchNorm(nn.Module):
         use_batch_stats = transductive or self.training
         # Running statistics need two values per channel (the native kernel refuses one).
         if (use_batch_stats and (transductive or x.numel() > self.num_features)
-                and native_batch_stats_ok()):
+                and plain_eager()):
             return self._native_batch_stats(x)
         reduce_dims = (0, *range(2, x.dim()))
         view = (1, self.num_features) + (1,) * (x.dim() - 2)

@@ -44,6 +44,7 @@ from metakd.nn.blocks import (
 )
 from metakd.nn.heads import HeadKind, make_head
 from metakd.nn.norm import BatchNormConfig
+from metakd.nn.pool import max_pool2d
 from metakd.nn.registry import register_model
 
 __all__ = [
@@ -113,7 +114,7 @@ class ResNet12Block(nn.Module):
         out = self.bn3(self.conv3(out))
         identity = x if self.downsample is None else self.downsample(x)
         out = F.leaky_relu(out + identity, 0.1)
-        return F.max_pool2d(out, 2) if self.pool else out
+        return max_pool2d(out, 2) if self.pool else out
 
 
 class ResNet12(GAPResNet):

@@ -1,0 +1,114 @@
+"""Max pooling on the CPU: ``metakd.nn.pool.max_pool2d`` against ``torch.nn.functional.max_pool2d``.
+
+For each feature map a few-shot network pools (its real shape for one task or batch), the
+benchmark times a 2×2 pool forward plus backward (``f+b``) and forward alone under
+``torch.no_grad`` (``fwd``) both ways, interleaved over ``--rounds`` rounds, each figure the
+best of its calls. ``route`` says whether metakd took its channels-last route there (maps of
+at most ``FAST_MAX_ELEMENTS`` values per image); elsewhere both sides make the same call.
+``ratio`` is PyTorch's time over metakd's (above 1: metakd faster). The ``sweep`` section
+times the route on 64-channel maps from 16 to 64 px on a side at 20 images, whatever their
+size: where it stops paying for its two copies, which is what ``FAST_MAX_ELEMENTS`` is set
+from.
+
+    .venv/bin/python -m benchmarks.pool_speed [--threads 1] [--rounds 3] [--out F]
+
+The last line is one JSON object; ``--out`` writes it (and a ``.log``) as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks._common import Clock, best_ms, finish, out_option, result_log
+
+# name → the input shapes of the network's pools: a 5-way 1-shot task with 15 queries (80
+# images) for the Conv-4s, a batch of 16 for ResNet-12.
+NETWORKS: dict[str, list[list[int]]] = {
+    "conv4/64, 28 px": [[80, 64, s, s] for s in (28, 14, 7, 3)],
+    "conv4/32, 28 px": [[80, 32, s, s] for s in (28, 14, 7, 3)],
+    "conv4/64, 84 px": [[80, 64, s, s] for s in (84, 42, 21, 10)],
+    "resnet12, 80 px": [[16, 64, 80, 80], [16, 128, 40, 40], [16, 256, 20, 20],
+                        [16, 512, 10, 10]],
+}
+SWEEP_SIDES = (16, 24, 28, 32, 36, 40, 44, 48, 52, 56, 64, 84)
+
+
+def _forced_route(x: torch.Tensor, k: int) -> torch.Tensor:
+    """metakd's channels-last route whatever the map's size."""
+    from metakd.nn import pool
+
+    return pool._ChannelsLastMaxPool.apply(x, [k, k], [k, k], [0, 0], [1, 1], False)[0]
+
+
+def time_shape(shape: list[int], rounds: int, repeats: int, forced: bool = False
+               ) -> dict[str, Any]:
+    """Forward + backward and no-grad forward of both pools on ``shape``, in ms (``forced``:
+    metakd's side always takes the channels-last route)."""
+    from metakd.nn import pool
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g).relu_().requires_grad_()
+    grad = torch.randn(*shape[:2], shape[2] // 2, shape[3] // 2, generator=g)
+    sides = {"torch": F.max_pool2d, "metakd": _forced_route if forced else pool.max_pool2d}
+    best = {f"{side}_{kind}": float("inf") for side in sides for kind in ("fb", "fwd")}
+    for _ in range(rounds):
+        for side, fn in sides.items():
+            best[f"{side}_fb"] = min(best[f"{side}_fb"],
+                                     best_ms(lambda f=fn: f(x, 2).backward(grad), repeats))
+            with torch.no_grad():
+                best[f"{side}_fwd"] = min(best[f"{side}_fwd"],
+                                          best_ms(lambda f=fn: f(x, 2), repeats))
+    return {"shape": shape, "route": forced or pool._fast_route(x.detach()),
+            "ms": {k: round(v, 3) for k, v in best.items()},
+            "ratio_fb": round(best["torch_fb"] / best["metakd_fb"], 3),
+            "ratio_fwd": round(best["torch_fwd"] / best["metakd_fwd"], 3)}
+
+
+def run(threads: int, rounds: int, repeats: int, log: Any) -> dict[str, Any]:
+    """Every network's pools and the sweep."""
+    from metakd.nn.pool import FAST_MAX_ELEMENTS
+
+    clock = Clock()
+    torch.set_num_threads(threads)
+    networks: dict[str, Any] = {}
+    for name, shapes in NETWORKS.items():
+        rows = [time_shape(s, rounds, repeats) for s in shapes]
+        total = {k: round(sum(r["ms"][k] for r in rows), 3) for k in rows[0]["ms"]}
+        networks[name] = {"pools": rows, "total_ms": total,
+                          "ratio_fb": round(total["torch_fb"] / total["metakd_fb"], 3),
+                          "ratio_fwd": round(total["torch_fwd"] / total["metakd_fwd"], 3)}
+        log(f"{name:16s} f+b: torch {total['torch_fb']:8.2f} ms, metakd "
+            f"{total['metakd_fb']:8.2f} ms ({networks[name]['ratio_fb']:.2f}x); no-grad "
+            f"forward {networks[name]['ratio_fwd']:.2f}x")
+    sweep = []
+    for side in SWEEP_SIDES:
+        row = time_shape([20, 64, side, side], rounds, repeats, forced=True)
+        row["elements_per_image"] = 64 * side * side
+        sweep.append(row)
+        log(f"sweep 64x{side}x{side} ({row['elements_per_image']:6d} per image): route "
+            f"forced, f+b {row['ratio_fb']:.2f}x, no-grad forward {row['ratio_fwd']:.2f}x")
+    return {"benchmark": "pool_speed", "threads": threads, "rounds": rounds,
+            "repeats": repeats, "fast_max_elements": FAST_MAX_ELEMENTS,
+            "cpu_count": os.cpu_count(),
+            "networks": networks, "sweep": sweep, **clock.record()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per round and side; "
+                                                          "the best is kept (default 5)")
+    out_option(p)
+    args = p.parse_args(argv)
+    with result_log(args.out) as (log, out):
+        finish(run(args.threads, args.rounds, args.repeats, log), out, log)
+
+
+if __name__ == "__main__":
+    main()
