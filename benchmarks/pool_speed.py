@@ -6,11 +6,11 @@ benchmark times a 2×2 pool forward plus backward (``f+b``) and forward alone un
 best of its calls. ``route`` says whether metakd took its channels-last route there (maps of
 at most ``FAST_MAX_ELEMENTS`` values per image); elsewhere both sides make the same call.
 ``ratio`` is PyTorch's time over metakd's (above 1: metakd faster). The ``sweep`` section
-times the route on 64-channel maps from 16 to 64 px on a side at 20 images, whatever their
-size: where it stops paying for its two copies, which is what ``FAST_MAX_ELEMENTS`` is set
-from.
+times the route on 64-channel maps from 16 to 84 px on a side at 20 images, and from 44 to
+84 px at 80, whatever their size: where it stops paying for its two copies, which is what
+``FAST_MAX_ELEMENTS`` is set from.
 
-    .venv/bin/python -m benchmarks.pool_speed [--threads 1] [--rounds 3] [--out F]
+    .venv/bin/python -m benchmarks.pool_speed [--quick] [--threads 1] [--rounds 3] [--out F]
 
 The last line is one JSON object; ``--out`` writes it (and a ``.log``) as well.
 """
@@ -35,7 +35,8 @@ NETWORKS: dict[str, list[list[int]]] = {
     "resnet12, 80 px": [[16, 64, 80, 80], [16, 128, 40, 40], [16, 256, 20, 20],
                         [16, 512, 10, 10]],
 }
-SWEEP_SIDES = (16, 24, 28, 32, 36, 40, 44, 48, 52, 56, 64, 84)
+SWEEP: list[list[int]] = [[20, 64, s, s] for s in (16, 24, 28, 32, 36, 40, 44, 48, 52, 56, 64, 84)
+                          ] + [[80, 64, s, s] for s in (44, 56, 84)]
 
 
 def _forced_route(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -69,14 +70,16 @@ def time_shape(shape: list[int], rounds: int, repeats: int, forced: bool = False
             "ratio_fwd": round(best["torch_fwd"] / best["metakd_fwd"], 3)}
 
 
-def run(threads: int, rounds: int, repeats: int, log: Any) -> dict[str, Any]:
-    """Every network's pools and the sweep."""
+def run(threads: int, rounds: int, repeats: int, log: Any, quick: bool = False
+        ) -> dict[str, Any]:
+    """Every network's pools and the sweep (``quick``: the 28 px networks and three shapes)."""
     from metakd.nn.pool import FAST_MAX_ELEMENTS
 
     clock = Clock()
     torch.set_num_threads(threads)
     networks: dict[str, Any] = {}
-    for name, shapes in NETWORKS.items():
+    chosen = {k: v for k, v in NETWORKS.items() if "28 px" in k} if quick else NETWORKS
+    for name, shapes in chosen.items():
         rows = [time_shape(s, rounds, repeats) for s in shapes]
         total = {k: round(sum(r["ms"][k] for r in rows), 3) for k in rows[0]["ms"]}
         networks[name] = {"pools": rows, "total_ms": total,
@@ -86,13 +89,13 @@ def run(threads: int, rounds: int, repeats: int, log: Any) -> dict[str, Any]:
             f"{total['metakd_fb']:8.2f} ms ({networks[name]['ratio_fb']:.2f}x); no-grad "
             f"forward {networks[name]['ratio_fwd']:.2f}x")
     sweep = []
-    for side in SWEEP_SIDES:
-        row = time_shape([20, 64, side, side], rounds, repeats, forced=True)
-        row["elements_per_image"] = 64 * side * side
+    for shape in SWEEP[:3] if quick else SWEEP:
+        row = time_shape(shape, rounds, repeats, forced=True)
+        row["elements_per_image"] = shape[1] * shape[2] * shape[3]
         sweep.append(row)
-        log(f"sweep 64x{side}x{side} ({row['elements_per_image']:6d} per image): route "
-            f"forced, f+b {row['ratio_fb']:.2f}x, no-grad forward {row['ratio_fwd']:.2f}x")
-    return {"benchmark": "pool_speed", "threads": threads, "rounds": rounds,
+        log(f"sweep {shape} ({row['elements_per_image']:6d} per image): route forced, "
+            f"f+b {row['ratio_fb']:.2f}x, no-grad forward {row['ratio_fwd']:.2f}x")
+    return {"benchmark": "pool_speed", "quick": quick, "threads": threads, "rounds": rounds,
             "repeats": repeats, "fast_max_elements": FAST_MAX_ELEMENTS,
             "cpu_count": os.cpu_count(),
             "networks": networks, "sweep": sweep, **clock.record()}
@@ -104,10 +107,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per round and side; "
                                                           "the best is kept (default 5)")
+    p.add_argument("--quick", action="store_true", help="the 28 px networks and three sweep "
+                   "shapes, 1 round of 1 call (a smoke run of seconds)")
     out_option(p)
     args = p.parse_args(argv)
+    rounds, repeats = (1, 1) if args.quick else (args.rounds, args.repeats)
     with result_log(args.out) as (log, out):
-        finish(run(args.threads, args.rounds, args.repeats, log), out, log)
+        finish(run(args.threads, rounds, repeats, log, args.quick), out, log)
 
 
 if __name__ == "__main__":

@@ -147,6 +147,47 @@ def test_conv_batching_times_the_real_layer_shapes_and_writes_what_it_prints(
     assert "grouped" in out.with_suffix(".log").read_text()
 
 
+def test_pool_speed_times_the_networks_real_pool_shapes_and_writes_what_it_prints(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    import metakd.nn.resnet12 as resnet12
+    from benchmarks.pool_speed import NETWORKS
+    from metakd.nn import MaxPool2d, create
+
+    def pool_inputs(model: Any, x: Any) -> list[list[int]]:
+        found: list[list[int]] = []
+        for m in model.modules():
+            if isinstance(m, MaxPool2d):
+                m.register_forward_pre_hook(lambda _, i: found.append(list(i[0].shape)))
+        with torch.no_grad():
+            model(x)
+        return found
+
+    assert NETWORKS["conv4/64, 28 px"] == pool_inputs(
+        create("conv4", in_channels=1, hidden=64), torch.zeros(80, 1, 28, 28))
+    assert NETWORKS["conv4/32, 28 px"] == pool_inputs(
+        create("conv4", in_channels=1, hidden=32), torch.zeros(80, 1, 28, 28))
+    assert NETWORKS["conv4/64, 84 px"] == pool_inputs(
+        create("conv4", in_channels=3, hidden=64), torch.zeros(80, 3, 84, 84))
+    seen: list[list[int]] = []
+    real = resnet12.max_pool2d
+    monkeypatch.setattr(resnet12, "max_pool2d",
+                        lambda x, *a: (seen.append(list(x.shape)), real(x, *a))[1])
+    with torch.no_grad():
+        create("resnet12", num_classes=0)(torch.zeros(16, 3, 80, 80))
+    assert NETWORKS["resnet12, 80 px"] == seen
+
+    out = tmp_path / "pool.json"
+    result = _run_cli("pool_speed", "--quick", "--out", str(out))
+    assert json.loads(out.read_text()) == result
+    assert set(result["networks"]) == {"conv4/64, 28 px", "conv4/32, 28 px"}
+    routes = [p["route"] for p in result["networks"]["conv4/64, 28 px"]["pools"]]
+    assert routes == [True, True, True, False]  # the 3x3 map is too small to pay
+    assert all(row["route"] for row in result["sweep"])  # the sweep forces the route
+    assert "sweep" in out.with_suffix(".log").read_text()
+
+
 def test_conv_batching_grouped_layout_is_the_per_task_convolution() -> None:
     """The benchmark's grouped call computes the per-task loop's convolutions (float64)."""
     import torch
