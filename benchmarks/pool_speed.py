@@ -8,7 +8,9 @@ at most ``FAST_MAX_ELEMENTS`` values per image); elsewhere both sides make the s
 ``ratio`` is PyTorch's time over metakd's (above 1: metakd faster). The ``sweep`` section
 times the route on 64-channel maps from 16 to 84 px on a side at 20 images, and from 44 to
 84 px at 80, whatever their size: where it stops paying for its two copies, which is what
-``FAST_MAX_ELEMENTS`` is set from.
+``FAST_MAX_ELEMENTS`` is set from. The ``steps`` section times whole networks, forward and
+backward, three ways in turn: the route as shipped, never, and on every map; a pool timed
+alone can pay where, inside the network, the copies cost the other layers more.
 
     .venv/bin/python -m benchmarks.pool_speed [--quick] [--threads 1] [--rounds 3] [--out F]
 
@@ -70,6 +72,47 @@ def time_shape(shape: list[int], rounds: int, repeats: int, forced: bool = False
             "ratio_fwd": round(best["torch_fwd"] / best["metakd_fwd"], 3)}
 
 
+# name → (factory, its arguments, the input batch) of the whole-network steps.
+STEPS: dict[str, tuple[str, dict[str, Any], list[int]]] = {
+    "conv4/64, 28 px": ("conv4", {"in_channels": 1, "hidden": 64}, [80, 1, 28, 28]),
+    "conv4/64, 84 px": ("conv4", {"in_channels": 3, "hidden": 64}, [80, 3, 84, 84]),
+    "resnet12, 80 px": ("resnet12", {"num_classes": 0}, [16, 3, 80, 80]),
+}
+# The route's size limit per image in each arm of the whole-network steps.
+ARMS = {"as_shipped": None, "never": 0, "always": 1 << 62}
+
+
+def time_network(name: str, rounds: int) -> dict[str, Any]:
+    """A whole network's forward and backward (mean square of its output) in each of
+    :data:`ARMS`, interleaved over ``rounds`` rounds of 2 timed steps; best and median, in s."""
+    import statistics
+
+    from metakd.nn import create, pool
+
+    factory, kwargs, shape = STEPS[name]
+    torch.manual_seed(0)
+    model = create(factory, **kwargs)
+    x = torch.randn(*shape)
+
+    def step() -> None:
+        model.zero_grad()
+        model(x).square().mean().backward()
+
+    shipped = pool.FAST_MAX_ELEMENTS
+    times: dict[str, list[float]] = {arm: [] for arm in ARMS}
+    try:
+        for _ in range(rounds):
+            for arm, limit in ARMS.items():
+                pool.FAST_MAX_ELEMENTS = shipped if limit is None else limit
+                step()
+                times[arm].append(best_ms(step, 2, warmup=0) / 1e3)
+    finally:
+        pool.FAST_MAX_ELEMENTS = shipped
+    return {"input": shape,
+            "best_s": {a: round(min(t), 4) for a, t in times.items()},
+            "median_s": {a: round(statistics.median(t), 4) for a, t in times.items()}}
+
+
 def run(threads: int, rounds: int, repeats: int, log: Any, quick: bool = False
         ) -> dict[str, Any]:
     """Every network's pools and the sweep (``quick``: the 28 px networks and three shapes)."""
@@ -95,7 +138,13 @@ def run(threads: int, rounds: int, repeats: int, log: Any, quick: bool = False
         sweep.append(row)
         log(f"sweep {shape} ({row['elements_per_image']:6d} per image): route forced, "
             f"f+b {row['ratio_fb']:.2f}x, no-grad forward {row['ratio_fwd']:.2f}x")
-    return {"benchmark": "pool_speed", "quick": quick, "threads": threads, "rounds": rounds,
+    steps = {}
+    for name in list(STEPS)[:1] if quick else STEPS:
+        steps[name] = time_network(name, rounds)
+        b = steps[name]["best_s"]
+        log(f"step {name:16s} route as shipped {b['as_shipped']:.3f} s, never "
+            f"{b['never']:.3f} s, on every map {b['always']:.3f} s (best)")
+    return {"benchmark": "pool_speed", "quick": quick, "steps": steps, "threads": threads, "rounds": rounds,
             "repeats": repeats, "fast_max_elements": FAST_MAX_ELEMENTS,
             "cpu_count": os.cpu_count(),
             "networks": networks, "sweep": sweep, **clock.record()}

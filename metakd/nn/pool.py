@@ -3,12 +3,13 @@
 PyTorch's CPU max-pooling kernel for contiguous ``[N, C, H, W]`` tensors walks every output
 element's window one element at a time, while its channels-last kernel runs over the
 channels in vector registers. On a 2-core AMD EPYC (torch 2.14.1, 1 thread, 2026-12-07) a
-2×2 pool of a ``[80, 64, 28, 28]`` map, forward and backward, took 23.5 ms the first way and
-11.6 ms by copying the map to channels-last, pooling there and copying the result back
-(``python -m benchmarks.pool_speed``, ``benchmarks/results/pool_speed_cpu_2026-12-07.json``). Past a few hundred kilobytes per image the two copies cost more
-than they save, and on a few thousand values the route's fixed cost does, so
-:func:`max_pool2d` takes that route only for maps of at most :data:`FAST_MAX_ELEMENTS`
-values per image (``C·H·W``) and at least 65,536 in all, and hands everything else to
+2×2 pool of a ``[80, 64, 28, 28]`` map, forward and backward, took 22.8 ms the first way and
+10.7 ms by copying the map to channels-last, pooling there and copying the result back
+(``python -m benchmarks.pool_speed``; ``benchmarks/results/pool_speed_cpu_2026-12-07.json``).
+On larger maps a whole network's step gained nothing from the route (an 84 px Conv-4), and on
+a few thousand values the route's fixed cost outweighs the pool. So :func:`max_pool2d` takes
+that route only for maps of at most :data:`FAST_MAX_ELEMENTS` values per image (``C·H·W``)
+and at least 65,536 in all, and hands everything else to
 :func:`torch.nn.functional.max_pool2d`.
 
 The route changes no number: the pooled values are the same maxima, the argmax of each
