@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -39,13 +41,21 @@ NETWORKS: dict[str, list[list[int]]] = {
 }
 SWEEP: list[list[int]] = [[20, 64, s, s] for s in (16, 24, 28, 32, 36, 40, 44, 48, 52, 56, 64, 84)
                           ] + [[80, 64, s, s] for s in (44, 56, 84)]
+_ALWAYS = 1 << 62  # a size limit no map reaches
 
 
-def _forced_route(x: torch.Tensor, k: int) -> torch.Tensor:
-    """metakd's channels-last route whatever the map's size."""
+@contextmanager
+def route_limits(max_per_image: int, min_total: int) -> Iterator[None]:
+    """Within the block, metakd's pooling takes its channels-last route on maps of at most
+    ``max_per_image`` values per image and at least ``min_total`` in all."""
     from metakd.nn import pool
 
-    return pool._ChannelsLastMaxPool.apply(x, [k, k], [k, k], [0, 0], [1, 1], False)[0]
+    shipped = pool.FAST_MAX_ELEMENTS, pool._MIN_ELEMENTS
+    pool.FAST_MAX_ELEMENTS, pool._MIN_ELEMENTS = max_per_image, min_total
+    try:
+        yield
+    finally:
+        pool.FAST_MAX_ELEMENTS, pool._MIN_ELEMENTS = shipped
 
 
 def time_shape(shape: list[int], rounds: int, repeats: int, forced: bool = False
@@ -57,16 +67,18 @@ def time_shape(shape: list[int], rounds: int, repeats: int, forced: bool = False
     g = torch.Generator().manual_seed(0)
     x = torch.randn(*shape, generator=g).relu_().requires_grad_()
     grad = torch.randn(*shape[:2], shape[2] // 2, shape[3] // 2, generator=g)
-    sides = {"torch": F.max_pool2d, "metakd": _forced_route if forced else pool.max_pool2d}
+    sides = {"torch": F.max_pool2d, "metakd": pool.max_pool2d}
     best = {f"{side}_{kind}": float("inf") for side in sides for kind in ("fb", "fwd")}
-    for _ in range(rounds):
-        for side, fn in sides.items():
-            best[f"{side}_fb"] = min(best[f"{side}_fb"],
-                                     best_ms(lambda f=fn: f(x, 2).backward(grad), repeats))
-            with torch.no_grad():
-                best[f"{side}_fwd"] = min(best[f"{side}_fwd"],
-                                          best_ms(lambda f=fn: f(x, 2), repeats))
-    return {"shape": shape, "route": forced or pool._fast_route(x.detach()),
+    with route_limits(_ALWAYS, 0) if forced else nullcontext():
+        route = pool._fast_route(x.detach())
+        for _ in range(rounds):
+            for side, fn in sides.items():
+                best[f"{side}_fb"] = min(best[f"{side}_fb"],
+                                         best_ms(lambda f=fn: f(x, 2).backward(grad), repeats))
+                with torch.no_grad():
+                    best[f"{side}_fwd"] = min(best[f"{side}_fwd"],
+                                              best_ms(lambda f=fn: f(x, 2), repeats))
+    return {"shape": shape, "route": route,
             "ms": {k: round(v, 3) for k, v in best.items()},
             "ratio_fb": round(best["torch_fb"] / best["metakd_fb"], 3),
             "ratio_fwd": round(best["torch_fwd"] / best["metakd_fwd"], 3)}
@@ -79,7 +91,7 @@ STEPS: dict[str, tuple[str, dict[str, Any], list[int]]] = {
     "resnet12, 80 px": ("resnet12", {"num_classes": 0}, [16, 3, 80, 80]),
 }
 # The route's size limit per image in each arm of the whole-network steps.
-ARMS = {"as_shipped": None, "never": 0, "always": 1 << 62}
+ARMS = {"as_shipped": None, "never": 0, "always": _ALWAYS}
 
 
 def time_network(name: str, rounds: int) -> dict[str, Any]:
@@ -98,16 +110,13 @@ def time_network(name: str, rounds: int) -> dict[str, Any]:
         model.zero_grad()
         model(x).square().mean().backward()
 
-    shipped = pool.FAST_MAX_ELEMENTS
     times: dict[str, list[float]] = {arm: [] for arm in ARMS}
-    try:
-        for _ in range(rounds):
-            for arm, limit in ARMS.items():
-                pool.FAST_MAX_ELEMENTS = shipped if limit is None else limit
+    for _ in range(rounds):
+        for arm, limit in ARMS.items():
+            with route_limits(pool.FAST_MAX_ELEMENTS if limit is None else limit,
+                              pool._MIN_ELEMENTS):
                 step()
                 times[arm].append(best_ms(step, 2, warmup=0) / 1e3)
-    finally:
-        pool.FAST_MAX_ELEMENTS = shipped
     return {"input": shape,
             "best_s": {a: round(min(t), 4) for a, t in times.items()},
             "median_s": {a: round(statistics.median(t), 4) for a, t in times.items()}}
