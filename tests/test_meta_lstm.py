@@ -151,6 +151,51 @@ def test_cell_matches_scalar_reference(feedback: str) -> None:
     assert torch.allclose(got, want, atol=1e-12, rtol=1e-10)
 
 
+def _cell_equations(rule: MetaLSTMOptimizer, theta: torch.Tensor, grads: list[torch.Tensor],
+                    losses: list[float]) -> torch.Tensor:
+    """The cell's equations as written (loss rows in every column, torch.tanh), differentiable."""
+    H, n = rule.hidden_size, theta.numel()
+    h, s = theta.new_zeros(H, n), theta.new_zeros(H, n)
+    fp, ip, c = theta.new_zeros(n), theta.new_zeros(n), theta
+    for g, L in zip(grads, losses):
+        g = g * rule.grad_scale
+        lp = preprocess(torch.tensor(L, dtype=theta.dtype))[:, None].expand(2, n)
+        x = torch.cat([lp, preprocess(g, dim=0), h], 0)
+        zi, zf, zo, zg = (rule.lstm_weight.t() @ x + rule.lstm_bias[:, None]).chunk(4, 0)
+        s = torch.sigmoid(zf) * s + torch.sigmoid(zi) * torch.tanh(zg)
+        h = torch.sigmoid(zo) * torch.tanh(s)
+        wf, wi = rule.forget_weight, rule.input_weight
+        f = wf[:H] @ h + c * wf[H] + fp * wf[H + 1] + rule.forget_bias
+        i = wi[:H] @ h + c * wi[H] + ip * wi[H + 1] + rule.input_bias
+        c = torch.sigmoid(f) * c - torch.sigmoid(i) * g
+        fp, ip = f, i
+    return c
+
+
+def test_cell_meta_gradient_matches_the_written_equations() -> None:
+    """The cell folds the loss rows into its bias and takes tanh through the sigmoid; its
+    gradients with respect to every weight of the rule and to the initial parameters are
+    those of the equations as written, in float64."""
+    torch.manual_seed(3)
+    theta0 = torch.randn(7, dtype=torch.float64, requires_grad=True)
+    rule = MetaLSTMOptimizer({"w": theta0}, hidden_size=4, grad_scale=0.5,
+                             init_range=0.5).double()
+    grads = [torch.randn(7, dtype=torch.float64) * 10 ** -k for k in (0, 2, 4)]
+    losses = [2.0, 0.4, 1e-6]
+    weights = [theta0, *rule.parameters()]
+    target = torch.randn(7, dtype=torch.float64)
+
+    p, state = {"w": theta0}, rule.init_state({"w": theta0})
+    for k, (g, L) in enumerate(zip(grads, losses)):
+        p, state = rule({"w": g}, p, state, k, torch.tensor(L, dtype=torch.float64))
+    got = torch.autograd.grad((p["w"] * target).sum(), weights)
+    want = torch.autograd.grad((_cell_equations(rule, theta0, grads, losses) * target).sum(),
+                               weights)
+    for a, b in zip(got, want):
+        assert a.abs().max() > 0
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-13)
+
+
 def test_initialisation_ranges() -> None:
     torch.manual_seed(0)
     rule = MetaLSTMOptimizer({"w": torch.zeros(10)})
