@@ -53,13 +53,20 @@ metakd would reach if all its other work took no time while its heavy kernels ra
 do now. Where both sides run the same kernels on the same shapes, that bound is the most any
 rewriting of the step can give without running those kernels faster or on less data.
 
+The C heap (``--allocator``): glibc's defaults hand every large freed block back to the OS,
+so each step faults its activation maps' pages in again (:mod:`metakd.engine.cpu`).
+``metakd train`` keeps freed memory in the heap on the CPU (:func:`metakd.engine.keep_freed_memory`),
+and so do the metakd sides by default (``own``), while the reference runs with glibc's
+defaults, as its project's script does; ``--allocator kept`` keeps it on every side, so that
+the ratio is that of the steps' own work. Each side records ``keep_freed_memory``.
+
 Each worker runs on ``--threads`` torch threads, 1 by default as the other benchmarks: on
 the shared 2-core CPU two threads per worker made single steps up to 25 times slower while
 other jobs ran (the threads wait for each other), which swamped the comparison; 1-thread
 steps stayed within a few per cent of their best.
 
     .venv/bin/python -m benchmarks.method_speed [--quick] [--device cpu|cuda] [--rounds N]
-        [--threads N]
+        [--threads N] [--allocator own|kept]
 
 ``--quick``: one round of one timed step on smaller batches (``_method_steps.QUICK``). The
 last line of output is one JSON object; without ``--quick`` it is also written to
@@ -106,19 +113,45 @@ def _maxrss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: kilobytes
 
 
+ALLOCATORS = ("own", "kept")
+
+
+def keep_heap(impl: str, allocator: str, device: str) -> bool:
+    """Whether this side keeps freed memory in the C heap, set as ``allocator`` says.
+
+    ``own``: the metakd sides as ``metakd train`` runs them
+    (:func:`metakd.engine.keep_freed_memory` on the CPU; an earlier package without it runs
+    glibc's defaults), the reference as its project's script runs (glibc's defaults).
+    ``kept``: every side keeps it, so that the ratio is that of the steps' own work.
+    """
+    if allocator not in ALLOCATORS:
+        raise ValueError(f"allocator={allocator!r}; use one of {ALLOCATORS}")
+    if impl == "reference" and allocator == "own":
+        return False
+    try:
+        from metakd.engine.cpu import keep_freed_memory
+    except ImportError:  # a package from before it
+        return False
+    return keep_freed_memory(device)
+
+
 def measure(method: str, impl: str, cfg: Config, repeats: int = 3, device: str = "cpu",
-            threads: int | None = None, profile: bool = False) -> dict[str, Any]:
+            threads: int | None = None, profile: bool = False,
+            allocator: str = "own") -> dict[str, Any]:
     """One warm-up step then ``repeats`` timed steps of ``method`` as ``impl`` runs it
     (and with ``profile``, one more step under ``torch.profiler``: ``profile``, see
-    :func:`benchmarks._common.op_profile`).
+    :func:`benchmarks._common.op_profile`), with the C heap set as ``allocator`` says
+    (:func:`keep_heap`).
 
     Returns:
         ``per_s`` (best step), ``median_per_s``, ``first_step_s``, ``warmup_s``, the first
-        step's ``loss`` and ``grad_norm``, the memory (``peak_rss_mb``, ``rss_delta_mb``,
+        step's ``loss`` and ``grad_norm``, ``keep_freed_memory`` (whether the C heap kept
+        freed memory), the memory (``peak_rss_mb``, ``rss_delta_mb``,
         ``steady_peak_rss_mb`` on CPU; ``peak_cuda_mb`` on CUDA) and what the step adds
         (PMAML's metakd side: ``teacher_logits_s``, the teacher's pass alone).
     """
     dev = torch.device(device)
+    kept = keep_heap(impl, allocator, dev.type)
     if threads is not None:
         torch.set_num_threads(threads)
     # torch.func's vmap imports torch._dynamo (and sympy) on first use: import it in every
@@ -152,6 +185,7 @@ def measure(method: str, impl: str, cfg: Config, repeats: int = 3, device: str =
         "loss": loss_value,
         "grad_norm": grad_norm,
         "units_per_step": step.units,
+        "keep_freed_memory": kept,
     }
     if dev.type == "cuda":
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
@@ -171,13 +205,14 @@ BASELINE_SRC: str | None = None
 
 
 def _subprocess(method: str, impl: str, cfg: Config, repeats: int, device: str,
-                threads: int | None, profile: bool = False) -> dict[str, Any]:
+                threads: int | None, profile: bool = False,
+                allocator: str = "own") -> dict[str, Any]:
     base = impl == "base"  # metakd's step, with the earlier package first on the path
     if base and BASELINE_SRC is None:
         raise ValueError("the base side needs --baseline DIR")
     spec = json.dumps({"method": method, "impl": "metakd" if base else impl,
                        "cfg": dataclasses.asdict(cfg), "repeats": repeats, "device": device,
-                       "threads": threads, "profile": profile})
+                       "threads": threads, "profile": profile, "allocator": allocator})
     command, env = worker_command("benchmarks.method_speed", spec,
                                   BASELINE_SRC if base else None)
     proc = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
@@ -241,7 +276,7 @@ def compare(method: str, sides: dict[str, dict[str, Any]],
 
 def run_all(methods: list[str], cfg: Config, rounds: int, repeats: int, device: str,
             log: Callable[[str], None] = print, threads: int | None = None,
-            impls: tuple[str, ...] = IMPLS) -> dict[str, Any]:
+            impls: tuple[str, ...] = IMPLS, allocator: str = "own") -> dict[str, Any]:
     """Every method's sides (``impls``: metakd, the reference and with ``--baseline`` the
     earlier commit's metakd), interleaved over ``rounds`` rounds (best speed kept)."""
     results: dict[str, Any] = {}
@@ -253,7 +288,7 @@ def run_all(methods: list[str], cfg: Config, rounds: int, repeats: int, device: 
             per_round.append({})
             for impl in order:
                 res = _subprocess(method, impl, cfg, repeats, device, threads,
-                                  profile=r == 0 and impl != "base")
+                                  profile=r == 0 and impl != "base", allocator=allocator)
                 per_round[-1][impl] = res["per_s"]
                 prev = best.get(impl)
                 if prev is None:
@@ -313,6 +348,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--baseline", default=None, metavar="DIR",
                         help="also run metakd's steps with the package in DIR (an earlier "
                              "commit's checkout) in the same rounds")
+    parser.add_argument("--allocator", default="own", choices=ALLOCATORS,
+                        help="own (default): the metakd sides keep freed memory in the C "
+                             "heap as `metakd train` does on the CPU, the reference runs "
+                             "with glibc's defaults as its script does; kept: every side "
+                             "keeps it (the steps' own work alone)")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     out_option(parser, "method_speed_cpu.json", "method_speed_DEVICE.json for another device; "
                                                 "not written with --quick")
@@ -326,7 +366,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         spec = json.loads(args.worker)
         result = measure(spec["method"], spec["impl"], Config(**spec["cfg"]), spec["repeats"],
-                         spec["device"], spec.get("threads"), spec.get("profile", False))
+                         spec["device"], spec.get("threads"), spec.get("profile", False),
+                         spec.get("allocator", "own"))
         print(json.dumps(result))
         return
 
@@ -347,7 +388,9 @@ def main(argv: list[str] | None = None) -> None:
             BASELINE_SRC = os.path.abspath(args.baseline)
             impls = (*IMPLS, "base")
             log(f"baseline: the metakd package in {BASELINE_SRC}")
-        results = run_all(methods, cfg, rounds, repeats, args.device, log, threads, impls)
+        log(f"allocator: {args.allocator}")
+        results = run_all(methods, cfg, rounds, repeats, args.device, log, threads, impls,
+                          args.allocator)
         summary = {
             "benchmark": "method_speed",
             "device": args.device,
@@ -359,6 +402,7 @@ def main(argv: list[str] | None = None) -> None:
             "rounds": rounds,
             "repeats": repeats,
             "baseline": BASELINE_SRC,
+            "allocator": args.allocator,
             "config": dataclasses.asdict(cfg),
             **clock.record(),
             "equal_work_passed": all(r["equal_work"]["passed"] for r in results.values()),

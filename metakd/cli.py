@@ -162,9 +162,11 @@ def _eval(args: argparse.Namespace) -> int:
         "device": args.device,
     }.items() if v is not None}
     from metakd.engine import progress_bars
+    from metakd.engine.cpu import keep_freed_memory
 
     with progress_bars(not args.no_progress):  # the data load_run builds, too
         r = load_run(args.run, checkpoint="last" if args.last else "best", **overrides)
+        keep_freed_memory(r.config.device)
         res = r.evaluate(progress=not args.no_progress)
     cfg, trained = r.config, r.trained_config
     where = cfg.dataset if cfg.root else f"{cfg.dataset} (bundled)"

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from metakd import cli
+from metakd.engine.cpu import keep_freed_memory
 from metakd.engine.cuda import CudaSettings, apply_cuda_settings
 from metakd.engine.objective import batch_images
 
@@ -41,7 +42,8 @@ def test_a_run_records_its_settings_and_logs_image_rates(tmp_path: Path) -> None
                      "2", "--out-dir", str(out), "--no-progress", "--compile", "off", "--tf32",
                      "--no-cudnn-benchmark"]) == 0
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["runtime"] == {"tf32": True, "cudnn_benchmark": False, "pin_memory": None}
+    assert cfg["runtime"] == {"tf32": True, "cudnn_benchmark": False, "pin_memory": None,
+                              "keep_freed_memory": keep_freed_memory()}
     rec = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()][-1]
     # 2 tasks of 5-way 1-shot with 1 training query per class: 20 images per step
     assert rec["images_per_s"] == pytest.approx(10 * rec["tasks_per_s"])

@@ -14,6 +14,7 @@ import torch
 
 from benchmarks import _method_steps as steps
 from benchmarks import method_speed
+from metakd.engine import keep_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,6 +102,21 @@ def test_quick_run_prints_every_method_with_equal_work() -> None:
                                                                                "reference"}
     assert result["equal_work_passed"] is True
     assert "teacher_logits_s" in result["results"]["pmaml"]["metakd"]
+    # the default: metakd keeps freed memory as `metakd train` does, the reference does not
+    assert result["allocator"] == "own"
+    for res in result["results"].values():
+        assert res["metakd"]["keep_freed_memory"] is keep_freed_memory()
+        assert res["reference"]["keep_freed_memory"] is False
+
+
+def test_allocator_sets_each_side_of_the_heap() -> None:
+    kept = keep_freed_memory()
+    assert method_speed.keep_heap("reference", "own", "cpu") is False
+    assert method_speed.keep_heap("reference", "kept", "cpu") is kept
+    assert method_speed.keep_heap("metakd", "own", "cpu") is kept
+    assert method_speed.keep_heap("metakd", "own", "cuda") is False
+    with pytest.raises(ValueError, match="allocator"):
+        method_speed.keep_heap("metakd", "other", "cpu")
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ episodes or top-1 over labelled examples, each with a 95% confidence interval.
 
 from metakd.engine.callbacks import Callback, FitState
 from metakd.engine.checkpoint import load_checkpoint, save_checkpoint
+from metakd.engine.cpu import keep_freed_memory
 from metakd.engine.distributed import (
     all_reduce_gradients,
     init_distributed,
@@ -54,6 +55,7 @@ __all__ = [
     "evaluate",
     "fit",
     "init_distributed",
+    "keep_freed_memory",
     "load_checkpoint",
     "mean_confidence_interval",
     "paired_difference",

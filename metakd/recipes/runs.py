@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from torch import nn
 
+from metakd.engine.cpu import keep_freed_memory
 from metakd.engine.cuda import CudaSettings, apply_cuda_settings
 from metakd.engine.runfolder import RunFolder
 from metakd.engine.trainer import fit
@@ -200,6 +201,8 @@ def _run(cfg: Any, progress: bool, resume: bool, method: str | None, checkpoint_
     from metakd.engine import init_distributed, shutdown_distributed
 
     spec, out, resuming = _preflight(cfg, method, resume, override)
+    # before the first step: on the CPU the memory a step frees is kept for the next
+    runtime = {**cuda.as_dict(), "keep_freed_memory": keep_freed_memory(cfg.device)}
     own_group = not (dist.is_available() and dist.is_initialized())
     rank, world_size = init_distributed()  # torchrun: each rank takes a slice of every batch
     if world_size > 1 and cfg.device == "cuda":
@@ -210,7 +213,7 @@ def _run(cfg: Any, progress: bool, resume: bool, method: str | None, checkpoint_
     steps = parts.steps if parts.steps is not None else cfg.steps
     _warn_if_no_validation(spec, cfg, parts, steps)
     fresh_groups = hyperparameters(parts.optimizer)
-    folder, created = _open_folder(spec, cfg, out, rank, resume, cuda)
+    folder, created = _open_folder(spec, cfg, out, rank, resume, runtime)
     on_resume = ((lambda: apply_hyperparameters(parts.optimizer, parts.scheduler, fresh_groups))
                  if override else None)
     pin = apply_cuda_settings(cuda, cfg.device)  # once, before the first step
@@ -265,7 +268,7 @@ def _warn_if_no_validation(spec: Method, cfg: Any, parts: Parts, steps: int) -> 
 
 
 def _open_folder(spec: Method, cfg: Any, out: Path, rank: int, resume: bool,
-                 cuda: CudaSettings) -> tuple[RunFolder, bool]:
+                 runtime: dict[str, Any]) -> tuple[RunFolder, bool]:
     """The run folder, with ``config.json`` staged (rank 0), and whether this call made it
     (a ``--fresh`` start moves the previous run aside first)."""
     created = not out.exists()
@@ -276,7 +279,7 @@ def _open_folder(spec: Method, cfg: Any, out: Path, rank: int, resume: bool,
     if rank == 0:  # config.json changes with the first checkpoint of this call, not before
         folder.stage("config.json", json_bytes({**_config_dict(spec, cfg),
                                                 VERSIONS_KEY: versions(),
-                                                RUNTIME_KEY: cuda.as_dict()}))
+                                                RUNTIME_KEY: runtime}))
         folder.remove(("results.json", "learning_curve.png"))
     return folder, created
 
