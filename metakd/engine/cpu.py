@@ -6,15 +6,18 @@ and it hands the top of its heap back to the OS as soon as 128 KiB or more lie f
 A training step allocates and frees the same large activation maps at every step, so each
 step faults all of their pages in again: the kernel maps and zeroes every 4 KiB page before
 the first write. On the 2-core CPU with torch 2.14.1 that is a large share of a convolutional
-step (``benchmarks.method_speed --allocator``, whose results name both settings).
+step (``benchmarks.method_speed --allocator``).
 
 :func:`keep_freed_memory` turns both off, so freed blocks stay in the heap and the next step
-reuses them without a fault. The process's peak memory is unchanged (the same blocks are live
-at once); what changes is that memory freed late in a run is kept by the process instead of
-handed back. ``metakd train`` and ``metakd eval`` call it at the start of a run on the CPU,
-once, and record it under ``runtime`` in the run's ``config.json``; a program that drives the
-library itself calls it (or sets ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647`` in
-the environment) before its first step. It changes no number a run computes.
+reuses them without a fault. It changes no number a run computes. The price is memory: the
+process keeps what it frees instead of handing it back, and blocks of the heap that no later
+request fits raise its peak resident memory (in the method-speed run of 2026-12-07,
+``benchmarks/results/method_speed_cpu_2026-12-07_heap.json``, the peak rose by 0-22%: 1.22x
+for Meta-Baseline's 320-image Conv-4 maps). ``metakd train`` and ``metakd eval`` call it at
+the start of a run on the CPU, once, and record it under ``runtime`` in the run's
+``config.json``; a program that drives the library itself calls it (or sets
+``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647`` in the environment) before its first
+step.
 """
 
 from __future__ import annotations
