@@ -157,7 +157,9 @@ def run(cfg: Any, progress: bool = True, resume: bool = True, *,
             recorded in ``config.json`` and used (the optimiser takes the new learning rates).
         cuda: TF32, cuDNN autotuning and pinned-memory copies for a run on a CUDA device
             (:class:`metakd.engine.cuda.CudaSettings`), recorded under ``runtime`` in
-            ``config.json``; nothing on a CPU.
+            ``config.json``; nothing on a CPU. A run on a CPU keeps the memory its steps
+            free in the C heap (:func:`metakd.engine.keep_freed_memory`), recorded there as
+            ``keep_freed_memory``.
 
     Returns:
         On rank 0 the content of ``results.json``: ``method``, ``dataset``, ``episode``,
