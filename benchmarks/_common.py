@@ -362,6 +362,29 @@ def op_profile(step: Callable[[], Any], batches: int = 1, cuda: bool = False,
     }
 
 
+ALLOCATORS = ("plain", "own", "kept")
+"""How a timing benchmark's workers set the C heap (``--allocator``): ``plain``, glibc's
+defaults on every side (the library as a program imports it); ``own``, the metakd sides keep
+freed memory as ``metakd train`` does on the CPU (:func:`metakd.engine.keep_freed_memory`)
+while the others run with glibc's defaults, as their projects' scripts do; ``kept``, every
+side keeps it, so that a ratio is that of the steps' own work."""
+
+
+def keep_heap(metakd_side: bool, allocator: str, device: str) -> bool:
+    """Set this worker's C heap as ``allocator`` says (:data:`ALLOCATORS`); whether it keeps
+    freed memory. A metakd package from before :func:`metakd.engine.keep_freed_memory` (an
+    earlier commit's ``--baseline``) runs with glibc's defaults."""
+    if allocator not in ALLOCATORS:
+        raise ValueError(f"allocator={allocator!r}; use one of {ALLOCATORS}")
+    if allocator == "plain" or (allocator == "own" and not metakd_side):
+        return False
+    try:
+        from metakd.engine.cpu import keep_freed_memory
+    except ImportError:  # a package from before it
+        return False
+    return keep_freed_memory(device)
+
+
 def worker_command(module: str, spec: str, baseline: str | None = None
                    ) -> tuple[list[str], dict[str, str]]:
     """The command line and environment of a timing benchmark's worker process.

@@ -32,11 +32,18 @@ is shared and other jobs steal cycles; ``warmup_s`` is the first meta-batch's ti
 the best one (compilation, allocator and oneDNN primitive caches).
 
     .venv/bin/python -m benchmarks.maml_speed [--quick] [--device cpu] [--rounds 2]
+        [--allocator plain|own|kept]
 
 ``--baseline DIR`` also runs every ``metakd`` method with the package found in ``DIR`` (a
 checkout of an earlier commit, for example ``git worktree add /tmp/base e9936d3``), labelled
 ``base:METHOD``, interleaved with the others in the same rounds: a side-by-side regression
 check on the same machine. ``base:metakd:auto`` is then that commit's default.
+
+``--allocator`` sets the workers' C heap (``benchmarks._common.ALLOCATORS``): ``plain``, the
+default, leaves glibc's defaults everywhere, as a program that imports the library has them;
+``own`` keeps freed memory in the ``metakd`` methods' processes, as ``metakd train`` does on
+the CPU (:func:`metakd.engine.keep_freed_memory`); ``kept`` in every method's. Each method
+records ``keep_freed_memory``.
 
 ``--cold-start`` adds, per config, a ``"cold_start"`` entry: each method's first meta-batch in
 a fresh process with an empty Inductor cache (``TORCHINDUCTOR_CACHE_DIR`` set to a new
@@ -96,8 +103,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks._common import (
+    ALLOCATORS,
     Clock,
     finish,
+    keep_heap,
     op_profile,
     out_option,
     output,
@@ -263,16 +272,19 @@ def make_step(method: str, cfg: Config, model: nn.Module, batch: Any) -> Callabl
 
 
 def measure(
-    method: str, cfg: Config, repeats: int = 3, device: str = "cpu"
+    method: str, cfg: Config, repeats: int = 3, device: str = "cpu", allocator: str = "plain"
 ) -> dict[str, Any]:
-    """Time ``repeats`` meta-batches of ``method`` on ``cfg`` (after one warm-up batch).
+    """Time ``repeats`` meta-batches of ``method`` on ``cfg`` (after one warm-up batch), with
+    the C heap set as ``allocator`` says (:func:`benchmarks._common.keep_heap`).
 
     Returns:
         ``tasks_per_s`` (best batch), ``median_tasks_per_s``, ``first_batch_s``,
+        ``keep_freed_memory`` (whether the C heap kept freed memory),
         ``warmup_s``, ``peak_rss_mb``, ``rss_delta_mb`` (CPU) or ``peak_cuda_mb`` (CUDA), and
         the meta-gradient's norm (a cheap check that all methods computed the same thing).
     """
     dev = torch.device(device)
+    kept = keep_heap(method.removeprefix("base:").startswith("metakd"), allocator, dev.type)
     rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # torch.func.grad imports torch._dynamo (and sympy) on first use: ~175 MB of Python
     # modules, paid once per process by the vmap backend and compile=True. Import it in every
@@ -315,6 +327,7 @@ def measure(
         "warmup_s": max(first - times[0], 0.0),
         "grad_norm": float(grad_norm.norm()),
         "dynamo_import_mb": (rss_dynamo - rss_start) / 1024,
+        "keep_freed_memory": kept,
         **compile_info,
     }
     if dev.type == "cuda":
@@ -330,8 +343,10 @@ def measure(
 BASELINE_SRC: str | None = None
 
 
-def _subprocess(method: str, cfg: Config, repeats: int, device: str) -> dict[str, Any]:
-    spec = json.dumps({"method": method, "cfg": asdict(cfg), "repeats": repeats, "device": device})
+def _subprocess(method: str, cfg: Config, repeats: int, device: str,
+                allocator: str = "plain") -> dict[str, Any]:
+    spec = json.dumps({"method": method, "cfg": asdict(cfg), "repeats": repeats, "device": device,
+                       "allocator": allocator})
     base = method.startswith("base:")
     if base and BASELINE_SRC is None:
         raise ValueError(f"{method}: pass --baseline DIR")
@@ -345,7 +360,7 @@ def _subprocess(method: str, cfg: Config, repeats: int, device: str) -> dict[str
 
 def run_all(
     configs: list[Config], methods: list[str], rounds: int, repeats: int, device: str,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print, allocator: str = "plain",
 ) -> dict[str, Any]:
     """Measure every method on every config, interleaved over ``rounds`` rounds."""
     results: dict[str, dict[str, Any]] = {}
@@ -354,7 +369,7 @@ def run_all(
         for r in range(rounds):
             order = methods if r % 2 == 0 else methods[::-1]
             for method in order:
-                res = _subprocess(method, cfg, repeats, device)
+                res = _subprocess(method, cfg, repeats, device, allocator)
                 prev = best.get(method)
                 if prev is None:
                     best[method] = res
@@ -695,6 +710,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cold-start", action="store_true",
                         help="also time each method's first meta-batch with an empty Inductor "
                              "cache and again with the cache filled (two fresh processes)")
+    parser.add_argument("--allocator", default="plain", choices=ALLOCATORS,
+                        help="plain (default): glibc's C heap defaults everywhere, the library "
+                             "as a program imports it; own: the metakd methods keep freed "
+                             "memory as `metakd train` does on the CPU; kept: every method")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     out_option(parser)
     args = parser.parse_args(argv)
@@ -704,7 +723,8 @@ def main(argv: list[str] | None = None) -> None:
         if spec.get("profile"):
             print(json.dumps(profile_ops(spec["method"], Config(**spec["cfg"]), spec["device"])))
             return
-        result = measure(spec["method"], Config(**spec["cfg"]), spec["repeats"], spec["device"])
+        result = measure(spec["method"], Config(**spec["cfg"]), spec["repeats"], spec["device"],
+                         spec.get("allocator", "plain"))
         print(json.dumps(result))
         return
 
@@ -726,7 +746,8 @@ def main(argv: list[str] | None = None) -> None:
         methods += [f"base:{m}" for m in methods if m.startswith("metakd")]
     with result_log(output(args, None)) as (log, out):
         clock = Clock()
-        results = run_all(configs, methods, rounds, repeats, args.device, log)
+        log(f"allocator: {args.allocator}")
+        results = run_all(configs, methods, rounds, repeats, args.device, log, args.allocator)
         if args.cold_start:
             for name, row in cold_start(configs, [m for m in methods if not m.startswith(
                     "base:")], args.device, log).items():
@@ -744,6 +765,7 @@ def main(argv: list[str] | None = None) -> None:
             "load_avg_1m_end": round(os.getloadavg()[0], 2),
             "rounds": rounds,
             "repeats": repeats,
+            "allocator": args.allocator,
             **clock.record(),
             "results": results,
         }

@@ -55,10 +55,11 @@ rewriting of the step can give without running those kernels faster or on less d
 
 The C heap (``--allocator``): glibc's defaults hand every large freed block back to the OS,
 so each step faults its activation maps' pages in again (:mod:`metakd.engine.cpu`).
-``metakd train`` keeps freed memory in the heap on the CPU (:func:`metakd.engine.keep_freed_memory`),
-and so do the metakd sides by default (``own``), while the reference runs with glibc's
-defaults, as its project's script does; ``--allocator kept`` keeps it on every side, so that
-the ratio is that of the steps' own work. Each side records ``keep_freed_memory``.
+``metakd train`` keeps freed memory in the heap on the CPU
+(:func:`metakd.engine.keep_freed_memory`), and so do the metakd sides by default (``own``),
+while the reference runs with glibc's defaults, as its project's script does;
+``--allocator kept`` keeps it on every side, so that the ratio is that of the steps' own
+work, and ``plain`` on none. Each side records ``keep_freed_memory``.
 
 Each worker runs on ``--threads`` torch threads, 1 by default as the other benchmarks: on
 the shared 2-core CPU two threads per worker made single steps up to 25 times slower while
@@ -66,7 +67,7 @@ other jobs ran (the threads wait for each other), which swamped the comparison; 
 steps stayed within a few per cent of their best.
 
     .venv/bin/python -m benchmarks.method_speed [--quick] [--device cpu|cuda] [--rounds N]
-        [--threads N] [--allocator own|kept]
+        [--threads N] [--allocator own|kept|plain]
 
 ``--quick``: one round of one timed step on smaller batches (``_method_steps.QUICK``). The
 last line of output is one JSON object; without ``--quick`` it is also written to
@@ -90,8 +91,10 @@ from typing import Any
 import torch
 
 from benchmarks._common import (
+    ALLOCATORS,
     Clock,
     finish,
+    keep_heap,
     op_profile,
     out_option,
     output,
@@ -113,35 +116,13 @@ def _maxrss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: kilobytes
 
 
-ALLOCATORS = ("own", "kept")
-
-
-def keep_heap(impl: str, allocator: str, device: str) -> bool:
-    """Whether this side keeps freed memory in the C heap, set as ``allocator`` says.
-
-    ``own``: the metakd sides as ``metakd train`` runs them
-    (:func:`metakd.engine.keep_freed_memory` on the CPU; an earlier package without it runs
-    glibc's defaults), the reference as its project's script runs (glibc's defaults).
-    ``kept``: every side keeps it, so that the ratio is that of the steps' own work.
-    """
-    if allocator not in ALLOCATORS:
-        raise ValueError(f"allocator={allocator!r}; use one of {ALLOCATORS}")
-    if impl == "reference" and allocator == "own":
-        return False
-    try:
-        from metakd.engine.cpu import keep_freed_memory
-    except ImportError:  # a package from before it
-        return False
-    return keep_freed_memory(device)
-
-
 def measure(method: str, impl: str, cfg: Config, repeats: int = 3, device: str = "cpu",
             threads: int | None = None, profile: bool = False,
             allocator: str = "own") -> dict[str, Any]:
     """One warm-up step then ``repeats`` timed steps of ``method`` as ``impl`` runs it
     (and with ``profile``, one more step under ``torch.profiler``: ``profile``, see
     :func:`benchmarks._common.op_profile`), with the C heap set as ``allocator`` says
-    (:func:`keep_heap`).
+    (:func:`benchmarks._common.keep_heap`).
 
     Returns:
         ``per_s`` (best step), ``median_per_s``, ``first_step_s``, ``warmup_s``, the first
@@ -151,7 +132,7 @@ def measure(method: str, impl: str, cfg: Config, repeats: int = 3, device: str =
         (PMAML's metakd side: ``teacher_logits_s``, the teacher's pass alone).
     """
     dev = torch.device(device)
-    kept = keep_heap(impl, allocator, dev.type)
+    kept = keep_heap(impl != "reference", allocator, dev.type)
     if threads is not None:
         torch.set_num_threads(threads)
     # torch.func's vmap imports torch._dynamo (and sympy) on first use: import it in every
@@ -352,7 +333,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="own (default): the metakd sides keep freed memory in the C "
                              "heap as `metakd train` does on the CPU, the reference runs "
                              "with glibc's defaults as its script does; kept: every side "
-                             "keeps it (the steps' own work alone)")
+                             "keeps it (the steps' own work alone); plain: no side does")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     out_option(parser, "method_speed_cpu.json", "method_speed_DEVICE.json for another device; "
                                                 "not written with --quick")

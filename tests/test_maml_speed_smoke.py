@@ -13,6 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import maml_speed
+from metakd.engine import keep_freed_memory
 
 TINY = maml_speed.Config("tiny", image_size=8, meta_batch=2, queries=1, steps=1)
 
@@ -26,7 +27,13 @@ def test_measure_tiny_config(method: str) -> None:
     result = maml_speed.measure(method, TINY, repeats=1)
     assert result["tasks_per_s"] > 0 and result["first_batch_s"] > 0
     assert result["peak_rss_mb"] > 0 and result["rss_delta_mb"] >= 0
+    assert result["keep_freed_memory"] is False  # --allocator plain: the library as imported
     json.dumps(result)
+
+
+def test_allocator_own_keeps_the_heap_of_a_metakd_method() -> None:
+    own = maml_speed.measure("metakd:auto:compile=0", TINY, repeats=1, allocator="own")
+    assert own["keep_freed_memory"] is keep_freed_memory()
 
 
 def test_methods_compute_the_same_meta_gradient() -> None:

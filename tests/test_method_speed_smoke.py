@@ -14,6 +14,7 @@ import torch
 
 from benchmarks import _method_steps as steps
 from benchmarks import method_speed
+from benchmarks._common import keep_heap
 from metakd.engine import keep_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,12 +112,11 @@ def test_quick_run_prints_every_method_with_equal_work() -> None:
 
 def test_allocator_sets_each_side_of_the_heap() -> None:
     kept = keep_freed_memory()
-    assert method_speed.keep_heap("reference", "own", "cpu") is False
-    assert method_speed.keep_heap("reference", "kept", "cpu") is kept
-    assert method_speed.keep_heap("metakd", "own", "cpu") is kept
-    assert method_speed.keep_heap("metakd", "own", "cuda") is False
+    assert keep_heap(False, "own", "cpu") is False and keep_heap(False, "kept", "cpu") is kept
+    assert keep_heap(True, "own", "cpu") is kept and keep_heap(True, "own", "cuda") is False
+    assert keep_heap(True, "plain", "cpu") is False
     with pytest.raises(ValueError, match="allocator"):
-        method_speed.keep_heap("metakd", "other", "cpu")
+        keep_heap(True, "other", "cpu")
 
 
 @pytest.mark.slow
