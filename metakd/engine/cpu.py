@@ -37,9 +37,11 @@ _TRIM_NEVER = 2**31 - 1  # the largest value mallopt takes (an int): 2 GiB free 
 
 
 @functools.cache
-def _mallopt() -> Callable[[int, int], int] | None:
+def libc_function(name: str) -> Callable[..., int] | None:
+    """The C library's function ``name`` (through ``ctypes``), or ``None`` where it has none
+    (``mallopt`` and ``malloc_trim`` are glibc's)."""
     try:
-        fn: Callable[[int, int], int] = ctypes.CDLL(None).mallopt
+        fn: Callable[..., int] = getattr(ctypes.CDLL(None), name)
     except (AttributeError, OSError):
         return None
     return fn
@@ -67,7 +69,7 @@ def keep_freed_memory(device: torch.device | str | None = "cpu") -> bool:
 
 @functools.cache
 def _keep() -> bool:
-    mallopt = _mallopt()
+    mallopt = libc_function("mallopt")
     if mallopt is None:
         return False
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_NEVER))

@@ -30,8 +30,6 @@ level: :func:`accelerate` applies it to a built meta-learner, from outside, and
 from __future__ import annotations
 
 import copy
-import ctypes
-import functools
 import gc
 import itertools
 import logging
@@ -48,6 +46,7 @@ from torch import Tensor, nn
 
 from metakd._quiet import drop_cuda_home_warning
 from metakd.data.batch import TaskBatch
+from metakd.engine.cpu import libc_function
 from metakd.meta._backends import buffer_writers, vmap_unsafe
 from metakd.meta._checks import check_acceleration
 from metakd.meta._func import AutoBackend, FuncBackend, Unit, even_chunk
@@ -155,15 +154,6 @@ def replicate(model: nn.Module) -> nn.Module:
 
 
 # ------------------------------------------------------------------------ memory release
-@functools.cache
-def _libc_malloc_trim() -> Callable[[int], int] | None:
-    try:
-        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
-    except (AttributeError, OSError):
-        return None
-    return trim
-
-
 def release_free_memory() -> bool:
     """Collect garbage and hand the C heap's free pages back to the OS (glibc ``malloc_trim``).
 
@@ -172,7 +162,7 @@ def release_free_memory() -> bool:
     ``False`` where the C library has no ``malloc_trim`` (not glibc).
     """
     gc.collect()
-    trim = _libc_malloc_trim()
+    trim = libc_function("malloc_trim")
     if trim is None:
         return False
     trim(0)
