@@ -364,19 +364,23 @@ def op_profile(step: Callable[[], Any], batches: int = 1, cuda: bool = False,
 
 ALLOCATORS = ("plain", "own", "kept")
 """How a timing benchmark's workers set the C heap (``--allocator``): ``plain``, glibc's
-defaults on every side (the library as a program imports it); ``own``, the metakd sides keep
-freed memory as ``metakd train`` does on the CPU (:func:`metakd.engine.keep_freed_memory`)
-while the others run with glibc's defaults, as their projects' scripts do; ``kept``, every
-side keeps it, so that a ratio is that of the steps' own work."""
+defaults on every side (worker processes run with ``METAKD_KEEP_FREED_MEMORY=0``, so the
+library does not change them either); ``own``, each side as it sets its heap itself:
+:class:`metakd.meta.MAMLWrapper`'s default keeps freed memory on the CPU at its first
+meta-batch, ``metakd train`` at the start of a run (:func:`metakd.engine.keep_freed_memory`),
+and the other projects' scripts leave glibc's defaults; ``kept``, every side keeps it, so
+that a ratio is that of the steps' own work."""
 
 
-def keep_heap(metakd_side: bool, allocator: str, device: str) -> bool:
-    """Set this worker's C heap as ``allocator`` says (:data:`ALLOCATORS`); whether it keeps
-    freed memory. A metakd package from before :func:`metakd.engine.keep_freed_memory` (an
-    earlier commit's ``--baseline``) runs with glibc's defaults."""
+def keep_heap(allocator: str, device: str, *, keeps_itself: bool) -> bool:
+    """Set this worker's C heap as ``allocator`` says (:data:`ALLOCATORS`); whether this call
+    keeps freed memory. ``keeps_itself``: the side stands for a program that keeps it itself
+    (``metakd train``), so ``own`` keeps it here. A metakd package from before
+    :func:`metakd.engine.keep_freed_memory` (an earlier commit's ``--baseline``) runs with
+    glibc's defaults."""
     if allocator not in ALLOCATORS:
         raise ValueError(f"allocator={allocator!r}; use one of {ALLOCATORS}")
-    if allocator == "plain" or (allocator == "own" and not metakd_side):
+    if allocator == "plain" or (allocator == "own" and not keeps_itself):
         return False
     try:
         from metakd.engine.cpu import keep_freed_memory
@@ -385,16 +389,30 @@ def keep_heap(metakd_side: bool, allocator: str, device: str) -> bool:
     return keep_freed_memory(device)
 
 
-def worker_command(module: str, spec: str, baseline: str | None = None
-                   ) -> tuple[list[str], dict[str, str]]:
+def heap_kept(set_here: bool) -> bool:
+    """Whether this process's heap keeps freed memory now: :func:`keep_heap`'s answer
+    (``set_here``), or the library's own setting (a metakd package from before
+    :func:`metakd.engine.keeps_freed_memory` sets it only where ``keep_heap`` does)."""
+    try:
+        from metakd.engine.cpu import keeps_freed_memory
+    except ImportError:
+        return set_here
+    return set_here or keeps_freed_memory()
+
+
+def worker_command(module: str, spec: str, baseline: str | None = None,
+                   allocator: str | None = None) -> tuple[list[str], dict[str, str]]:
     """The command line and environment of a timing benchmark's worker process.
 
     ``python -m MODULE --worker SPEC``; with ``baseline`` (a checkout of an earlier commit)
     that checkout's ``metakd`` package comes first on the path while this checkout's harness
     (``benchmarks``) stays the same. ``-P``: without it ``-m`` puts the working directory
-    (this checkout) before ``PYTHONPATH``.
+    (this checkout) before ``PYTHONPATH``. With ``allocator="plain"`` the worker runs with
+    ``METAKD_KEEP_FREED_MEMORY=0``: nothing in it changes glibc's heap settings.
     """
     env, python = dict(os.environ), [sys.executable]
+    if allocator == "plain":
+        env["METAKD_KEEP_FREED_MEMORY"] = "0"
     if baseline is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [baseline, os.getcwd(),
                                                           env.get("PYTHONPATH")]))

@@ -32,18 +32,20 @@ is shared and other jobs steal cycles; ``warmup_s`` is the first meta-batch's ti
 the best one (compilation, allocator and oneDNN primitive caches).
 
     .venv/bin/python -m benchmarks.maml_speed [--quick] [--device cpu] [--rounds 2]
-        [--allocator plain|own|kept]
+        [--allocator own|plain|kept]
 
 ``--baseline DIR`` also runs every ``metakd`` method with the package found in ``DIR`` (a
 checkout of an earlier commit, for example ``git worktree add /tmp/base e9936d3``), labelled
 ``base:METHOD``, interleaved with the others in the same rounds: a side-by-side regression
 check on the same machine. ``base:metakd:auto`` is then that commit's default.
 
-``--allocator`` sets the workers' C heap (``benchmarks._common.ALLOCATORS``): ``plain``, the
-default, leaves glibc's defaults everywhere, as a program that imports the library has them;
-``own`` keeps freed memory in the ``metakd`` methods' processes, as ``metakd train`` does on
-the CPU (:func:`metakd.engine.keep_freed_memory`); ``kept`` in every method's. Each method
-records ``keep_freed_memory``.
+``--allocator`` sets the workers' C heap (``benchmarks._common.ALLOCATORS``): ``own``, the
+default, leaves each method's process as the method sets it itself, as a program that imports
+the library has it: ``MAMLWrapper``'s default (``compile="auto"``) keeps freed memory on the
+CPU from its first meta-batch (:func:`metakd.engine.keep_freed_memory`), ``compile=False``,
+learn2learn and higher leave glibc's defaults; ``plain`` keeps glibc's defaults in every
+process; ``kept`` keeps freed memory in every process. Each method records
+``keep_freed_memory``, as it stood after its timed meta-batches.
 
 ``--cold-start`` adds, per config, a ``"cold_start"`` entry: each method's first meta-batch in
 a fresh process with an empty Inductor cache (``TORCHINDUCTOR_CACHE_DIR`` set to a new
@@ -106,6 +108,7 @@ from benchmarks._common import (
     ALLOCATORS,
     Clock,
     finish,
+    heap_kept,
     keep_heap,
     op_profile,
     out_option,
@@ -272,7 +275,7 @@ def make_step(method: str, cfg: Config, model: nn.Module, batch: Any) -> Callabl
 
 
 def measure(
-    method: str, cfg: Config, repeats: int = 3, device: str = "cpu", allocator: str = "plain"
+    method: str, cfg: Config, repeats: int = 3, device: str = "cpu", allocator: str = "own"
 ) -> dict[str, Any]:
     """Time ``repeats`` meta-batches of ``method`` on ``cfg`` (after one warm-up batch), with
     the C heap set as ``allocator`` says (:func:`benchmarks._common.keep_heap`).
@@ -284,7 +287,8 @@ def measure(
         the meta-gradient's norm (a cheap check that all methods computed the same thing).
     """
     dev = torch.device(device)
-    kept = keep_heap(method.removeprefix("base:").startswith("metakd"), allocator, dev.type)
+    # own: MAMLWrapper's default keeps the heap itself, nothing else does (no `metakd train`)
+    kept = keep_heap(allocator, dev.type, keeps_itself=False)
     rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # torch.func.grad imports torch._dynamo (and sympy) on first use: ~175 MB of Python
     # modules, paid once per process by the vmap backend and compile=True. Import it in every
@@ -327,7 +331,7 @@ def measure(
         "warmup_s": max(first - times[0], 0.0),
         "grad_norm": float(grad_norm.norm()),
         "dynamo_import_mb": (rss_dynamo - rss_start) / 1024,
-        "keep_freed_memory": kept,
+        "keep_freed_memory": heap_kept(kept),
         **compile_info,
     }
     if dev.type == "cuda":
@@ -344,13 +348,14 @@ BASELINE_SRC: str | None = None
 
 
 def _subprocess(method: str, cfg: Config, repeats: int, device: str,
-                allocator: str = "plain") -> dict[str, Any]:
+                allocator: str = "own") -> dict[str, Any]:
     spec = json.dumps({"method": method, "cfg": asdict(cfg), "repeats": repeats, "device": device,
                        "allocator": allocator})
     base = method.startswith("base:")
     if base and BASELINE_SRC is None:
         raise ValueError(f"{method}: pass --baseline DIR")
-    command, env = worker_command("benchmarks.maml_speed", spec, BASELINE_SRC if base else None)
+    command, env = worker_command("benchmarks.maml_speed", spec, BASELINE_SRC if base else None,
+                                  allocator)
     proc = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{method} on {cfg.name} failed:\n{proc.stderr[-3000:]}")
@@ -360,7 +365,7 @@ def _subprocess(method: str, cfg: Config, repeats: int, device: str,
 
 def run_all(
     configs: list[Config], methods: list[str], rounds: int, repeats: int, device: str,
-    log: Callable[[str], None] = print, allocator: str = "plain",
+    log: Callable[[str], None] = print, allocator: str = "own",
 ) -> dict[str, Any]:
     """Measure every method on every config, interleaved over ``rounds`` rounds."""
     results: dict[str, dict[str, Any]] = {}
@@ -710,7 +715,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cold-start", action="store_true",
                         help="also time each method's first meta-batch with an empty Inductor "
                              "cache and again with the cache filled (two fresh processes)")
-    parser.add_argument("--allocator", default="plain", choices=ALLOCATORS,
+    parser.add_argument("--allocator", default="own", choices=ALLOCATORS,
                         help="plain (default): glibc's C heap defaults everywhere, the library "
                              "as a program imports it; own: the metakd methods keep freed "
                              "memory as `metakd train` does on the CPU; kept: every method")
@@ -724,7 +729,7 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps(profile_ops(spec["method"], Config(**spec["cfg"]), spec["device"])))
             return
         result = measure(spec["method"], Config(**spec["cfg"]), spec["repeats"], spec["device"],
-                         spec.get("allocator", "plain"))
+                         spec.get("allocator", "own"))
         print(json.dumps(result))
         return
 

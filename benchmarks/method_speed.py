@@ -59,7 +59,9 @@ so each step faults its activation maps' pages in again (:mod:`metakd.engine.cpu
 (:func:`metakd.engine.keep_freed_memory`), and so do the metakd sides by default (``own``),
 while the reference runs with glibc's defaults, as its project's script does;
 ``--allocator kept`` keeps it on every side, so that the ratio is that of the steps' own
-work, and ``plain`` on none. Each side records ``keep_freed_memory``.
+work, and ``plain`` on none (its workers run with ``METAKD_KEEP_FREED_MEMORY=0``, so the
+library's own setting is off too). Each side records ``keep_freed_memory`` as it stood after
+its timed steps.
 
 Each worker runs on ``--threads`` torch threads, 1 by default as the other benchmarks: on
 the shared 2-core CPU two threads per worker made single steps up to 25 times slower while
@@ -94,6 +96,7 @@ from benchmarks._common import (
     ALLOCATORS,
     Clock,
     finish,
+    heap_kept,
     keep_heap,
     op_profile,
     out_option,
@@ -132,7 +135,8 @@ def measure(method: str, impl: str, cfg: Config, repeats: int = 3, device: str =
         (PMAML's metakd side: ``teacher_logits_s``, the teacher's pass alone).
     """
     dev = torch.device(device)
-    kept = keep_heap(impl != "reference", allocator, dev.type)
+    # own: the metakd side stands for `metakd train`, which keeps the heap; the reference not
+    kept = keep_heap(allocator, dev.type, keeps_itself=impl != "reference")
     if threads is not None:
         torch.set_num_threads(threads)
     # torch.func's vmap imports torch._dynamo (and sympy) on first use: import it in every
@@ -166,7 +170,7 @@ def measure(method: str, impl: str, cfg: Config, repeats: int = 3, device: str =
         "loss": loss_value,
         "grad_norm": grad_norm,
         "units_per_step": step.units,
-        "keep_freed_memory": kept,
+        "keep_freed_memory": heap_kept(kept),
     }
     if dev.type == "cuda":
         out["peak_cuda_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
@@ -195,7 +199,7 @@ def _subprocess(method: str, impl: str, cfg: Config, repeats: int, device: str,
                        "cfg": dataclasses.asdict(cfg), "repeats": repeats, "device": device,
                        "threads": threads, "profile": profile, "allocator": allocator})
     command, env = worker_command("benchmarks.method_speed", spec,
-                                  BASELINE_SRC if base else None)
+                                  BASELINE_SRC if base else None, allocator)
     proc = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{method} ({impl}) failed:\n{proc.stderr[-3000:]}")

@@ -112,11 +112,13 @@ def test_quick_run_prints_every_method_with_equal_work() -> None:
 
 def test_allocator_sets_each_side_of_the_heap() -> None:
     kept = keep_freed_memory()
-    assert keep_heap(False, "own", "cpu") is False and keep_heap(False, "kept", "cpu") is kept
-    assert keep_heap(True, "own", "cpu") is kept and keep_heap(True, "own", "cuda") is False
-    assert keep_heap(True, "plain", "cpu") is False
+    assert keep_heap("own", "cpu", keeps_itself=False) is False
+    assert keep_heap("kept", "cpu", keeps_itself=False) is kept
+    assert keep_heap("own", "cpu", keeps_itself=True) is kept
+    assert keep_heap("own", "cuda", keeps_itself=True) is False
+    assert keep_heap("plain", "cpu", keeps_itself=True) is False
     with pytest.raises(ValueError, match="allocator"):
-        keep_heap(True, "other", "cpu")
+        keep_heap("other", "cpu", keeps_itself=True)
 
 
 @pytest.mark.slow

@@ -7,7 +7,12 @@ episodes or top-1 over labelled examples, each with a 95% confidence interval.
 
 from metakd.engine.callbacks import Callback, FitState
 from metakd.engine.checkpoint import load_checkpoint, save_checkpoint
-from metakd.engine.cpu import keep_freed_memory
+from metakd.engine.cpu import (
+    KEEP_FREED_MEMORY_ENV,
+    heap_left_to_environment,
+    keep_freed_memory,
+    keeps_freed_memory,
+)
 from metakd.engine.distributed import (
     all_reduce_gradients,
     init_distributed,
@@ -36,6 +41,7 @@ from metakd.engine.stats import (
 from metakd.engine.trainer import FitResult, MetaLearner, NonFiniteLossError, fit
 
 __all__ = [
+    "KEEP_FREED_MEMORY_ENV",
     "BudgetCosine",
     "Callback",
     "DivergenceError",
@@ -54,8 +60,10 @@ __all__ = [
     "binomial_confidence_interval",
     "evaluate",
     "fit",
+    "heap_left_to_environment",
     "init_distributed",
     "keep_freed_memory",
+    "keeps_freed_memory",
     "load_checkpoint",
     "mean_confidence_interval",
     "paired_difference",

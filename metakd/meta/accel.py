@@ -1,5 +1,5 @@
 """The accelerations of MAML's meta-gradient, all in one place: compilation, worker
-threads, and handing memory back to the OS. No module of the core imports this one at module
+threads, and the C heap's settings. No module of the core imports this one at module
 level: :func:`accelerate` applies it to a built meta-learner, from outside, and
 ``MAMLWrapper(..., compile=, workers=)`` is a shorthand for that call.
 
@@ -20,6 +20,12 @@ level: :func:`accelerate` applies it to a built meta-learner, from outside, and
     passes. It compiles at the first meta-batch (and waits); Inductor's on-disk cache makes
     later processes skip most of the first compile. A run compiled from step 0 stays compiled:
     its numbers never change mid-run.
+The C heap
+    On a CPU, ``compile="auto"`` and ``compile=True`` keep the memory a meta-batch frees in
+    the process's heap for the next one (:func:`metakd.engine.keep_freed_memory`, set at the
+    first meta-batch, once per process, unless the environment says otherwise): with glibc's
+    defaults every meta-batch faults its activation maps' pages in again. It changes no
+    number; ``compile=False`` leaves the heap alone.
 ``workers=N``
     ``N`` threads run units concurrently (compiled func units: 2 by default on CPU), each on
     a replica of the model that shares its tensors (``functional_call`` swaps tensors into
@@ -46,7 +52,7 @@ from torch import Tensor, nn
 
 from metakd._quiet import drop_cuda_home_warning
 from metakd.data.batch import TaskBatch
-from metakd.engine.cpu import libc_function
+from metakd.engine.cpu import keep_freed_memory, libc_function
 from metakd.meta._backends import buffer_writers, vmap_unsafe
 from metakd.meta._checks import check_acceleration
 from metakd.meta._func import AutoBackend, FuncBackend, Unit, even_chunk
@@ -323,8 +329,13 @@ class Acceleration:
     def plan(self, backend: FuncBackend) -> bool:
         """Whether ``backend``'s units compile: ``compile`` itself, or for ``"auto"`` the
         decision taken at the first meta-batch and kept (also if compiling then fails, so
-        the unit sizes and threads of the run stay those of its first meta-batch)."""
+        the unit sizes and threads of the run stay those of its first meta-batch). At that
+        first call, with ``compile`` set and the model on the CPU, keeps freed memory in the
+        C heap (see the module's docstring)."""
         if self.planned is None:
+            if self.compile and all(p.device.type == "cpu"
+                                    for p in backend.loop.model.parameters()):
+                keep_freed_memory("cpu")
             if self.compile == "auto":
                 reason = compile_obstacle(backend)
                 self.planned = reason is None

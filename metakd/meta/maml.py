@@ -126,8 +126,11 @@ class MAMLWrapper(nn.Module):
             The compile happens at the first meta-batch and waits for it: on a 2-core CPU
             40-95 s the first time for the Omniglot network, 5-12 s in a later process
             (Inductor's disk cache); then 1.1-2.6x the eager speed (``benchmarks.maml_speed``).
-            ``METAKD_COMPILE=0`` in the environment keeps ``"auto"`` eager. ``True``: compile
-            (an error where the model does not allow it); ``False``: plain eager, one thread.
+            ``METAKD_COMPILE=0`` in the environment keeps ``"auto"`` eager. On a CPU,
+            ``"auto"`` and ``True`` also keep the memory a meta-batch frees in the C heap for
+            the next (:func:`metakd.engine.keep_freed_memory`, once per process; changes no
+            number). ``True``: compile (an error where the model does not allow it);
+            ``False``: plain eager, one thread, the heap left alone.
             Evaluation (``adapt``, ``predict``) is always eager. ``"auto"`` is eager on the
             learn2learn and higher backends. ``workers`` and ``compile`` are a shorthand for
             :func:`metakd.meta.accel.accelerate` on the built wrapper.
