@@ -400,21 +400,41 @@ def heap_kept(set_here: bool) -> bool:
     return set_here or keeps_freed_memory()
 
 
+_LINKS: dict[str, str] = {}
+
+
+def _package_link(checkout: str) -> str:
+    """A temporary folder (one per checkout and process) whose only entry, ``metakd``, links
+    to ``checkout``'s package: on the path it brings that package without the checkout's
+    other top-level folders (its ``benchmarks``)."""
+    checkout = os.path.abspath(checkout)
+    if checkout not in _LINKS:
+        package = os.path.join(checkout, "metakd")
+        if not os.path.isdir(package):
+            raise FileNotFoundError(f"--baseline {checkout}: no metakd package there (expected "
+                                    f"a checkout of this repository, with {package})")
+        folder = tempfile.mkdtemp(prefix="metakd-baseline-")
+        os.symlink(package, os.path.join(folder, "metakd"))
+        _LINKS[checkout] = folder
+    return _LINKS[checkout]
+
+
 def worker_command(module: str, spec: str, baseline: str | None = None,
                    allocator: str | None = None) -> tuple[list[str], dict[str, str]]:
     """The command line and environment of a timing benchmark's worker process.
 
     ``python -m MODULE --worker SPEC``; with ``baseline`` (a checkout of an earlier commit)
     that checkout's ``metakd`` package comes first on the path while this checkout's harness
-    (``benchmarks``) stays the same. ``-P``: without it ``-m`` puts the working directory
-    (this checkout) before ``PYTHONPATH``. With ``allocator="plain"`` the worker runs with
+    (``benchmarks``) stays the same: the path's first folder holds a link to the baseline's
+    ``metakd`` alone (:func:`_package_link`), then comes this checkout. ``-P``: without it
+    ``-m`` puts the working directory (this checkout) before ``PYTHONPATH``. With ``allocator="plain"`` the worker runs with
     ``METAKD_KEEP_FREED_MEMORY=0``: nothing in it changes glibc's heap settings.
     """
     env, python = dict(os.environ), [sys.executable]
     if allocator == "plain":
         env["METAKD_KEEP_FREED_MEMORY"] = "0"
     if baseline is not None:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [baseline, os.getcwd(),
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_package_link(baseline), os.getcwd(),
                                                           env.get("PYTHONPATH")]))
         python.append("-P")
     return [*python, "-m", module, "--worker", spec], env

@@ -14,7 +14,9 @@ whole meta-batch when its tasks are small, else the func backend one task at a t
 shorter when Inductor's disk cache already holds the graph), ``metakd:auto:compile=0`` (plain
 eager, no threads of its own), ``metakd:auto:compile=1`` (``compile=True``),
 ``metakd:auto:workers=2`` (worker threads),
-and any ``metakd:BACKEND:key=value+key=value`` given with ``--methods``; all through
+and any ``metakd:BACKEND:key=value+key=value`` given with ``--methods`` (``heap=plain``: that
+method's process keeps glibc's heap settings, as ``--allocator plain`` does for every method,
+so that one run compares the two heaps side by side); all through
 ``MAMLWrapper.meta_loss(batch)[0].backward()``;
 ``learn2learn`` (``MAML.clone()``, ``adapt()``, per-task ``backward()``, as in its docs and
 examples); ``higher`` (``innerloop_ctx`` with SGD, per-task ``backward()``, as in its docs).
@@ -199,7 +201,10 @@ def _metakd_kwargs(spec: str) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     for item in filter(None, spec.split("+")):
         key, value = item.split("=")
-        if key == "compile":
+        if key == "heap":  # the worker's environment (_worker_allocator), not an argument
+            if value != "plain":
+                raise ValueError(f"heap={value!r}: only heap=plain")
+        elif key == "compile":
             kwargs[key] = "auto" if value == "auto" else bool(int(value))
         elif key == "compile_after_s":
             kwargs[key] = float(value)
@@ -347,8 +352,16 @@ def measure(
 BASELINE_SRC: str | None = None
 
 
+def _worker_allocator(method: str, allocator: str) -> str:
+    """The C heap of ``method``'s worker: ``plain`` for a ``heap=plain`` method, else
+    ``allocator``."""
+    options = method.split(":")[2] if method.count(":") >= 2 else ""
+    return "plain" if "heap=plain" in options.split("+") else allocator
+
+
 def _subprocess(method: str, cfg: Config, repeats: int, device: str,
                 allocator: str = "own") -> dict[str, Any]:
+    allocator = _worker_allocator(method.removeprefix("base:"), allocator)
     spec = json.dumps({"method": method, "cfg": asdict(cfg), "repeats": repeats, "device": device,
                        "allocator": allocator})
     base = method.startswith("base:")
@@ -716,9 +729,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="also time each method's first meta-batch with an empty Inductor "
                              "cache and again with the cache filled (two fresh processes)")
     parser.add_argument("--allocator", default="own", choices=ALLOCATORS,
-                        help="plain (default): glibc's C heap defaults everywhere, the library "
-                             "as a program imports it; own: the metakd methods keep freed "
-                             "memory as `metakd train` does on the CPU; kept: every method")
+                        help="own (default): each method's process as the method sets its "
+                             "C heap itself (MAMLWrapper's default keeps freed memory on the "
+                             "CPU); plain: glibc's defaults everywhere; kept: every method "
+                             "keeps freed memory")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     out_option(parser)
     args = parser.parse_args(argv)

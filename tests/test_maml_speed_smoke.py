@@ -36,6 +36,7 @@ def test_measure_tiny_config(method: str) -> None:
     ("metakd:auto", "own", True),  # MAMLWrapper's default keeps it itself (eager here)
     ("metakd:auto:compile=0", "own", False),  # plain eager leaves it
     ("metakd:auto", "plain", False),  # the worker's environment turns it off
+    ("metakd:auto:heap=plain", "own", False),  # so does the method's own option
     ("metakd:auto:compile=0", "kept", True),
 ])
 def test_each_worker_records_its_heap(method: str, allocator: str, kept: bool) -> None:

@@ -14,7 +14,7 @@ import torch
 
 from benchmarks import _method_steps as steps
 from benchmarks import method_speed
-from benchmarks._common import keep_heap
+from benchmarks._common import keep_heap, worker_command
 from metakd.engine import keep_freed_memory
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,6 +119,22 @@ def test_allocator_sets_each_side_of_the_heap() -> None:
     assert keep_heap("plain", "cpu", keeps_itself=True) is False
     with pytest.raises(ValueError, match="allocator"):
         keep_heap("other", "cpu", keeps_itself=True)
+
+
+def test_a_baseline_worker_takes_the_baseline_package_and_this_harness(tmp_path: Path) -> None:
+    checkout = tmp_path / "old"
+    for package in ("metakd", "benchmarks"):
+        (checkout / package).mkdir(parents=True)
+        (checkout / package / "__init__.py").write_text("")
+    command, env = worker_command("benchmarks.method_speed", "{}", str(checkout))
+    probe = [command[0], "-P", "-c",
+             "import metakd, benchmarks; print(metakd.__file__); print(benchmarks.__file__)"]
+    out = subprocess.run(probe, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    package, harness = out.stdout.split()
+    assert Path(package).resolve() == (checkout / "metakd" / "__init__.py").resolve()
+    assert Path(harness).resolve() == (ROOT / "benchmarks" / "__init__.py").resolve()
+    with pytest.raises(FileNotFoundError, match="no metakd package"):
+        worker_command("benchmarks.method_speed", "{}", str(tmp_path))
 
 
 @pytest.mark.slow
