@@ -7,7 +7,7 @@
   on the bundled Omniglot, with the same settings as the tutorial, drawn with
   :func:`metakd.engine.plot_learning_curve` and :func:`metakd.cli.episode_picture`;
 - ``maml_speed_cpu.png`` (the Benchmarks page): the speed table of
-  ``benchmarks/results/maml_speed_cpu_2026-12-06_quiet.json`` as a bar chart.
+  ``benchmarks/results/maml_speed_cpu_2026-12-07_heap_ab.json`` as a bar chart.
 
 ``tests/test_docs.py`` calls these functions with a tiny budget, so the code that drew the
 committed pictures keeps working.
@@ -21,14 +21,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "docs" / "images"
-SPEED_JSON = ROOT / "benchmarks" / "results" / "maml_speed_cpu_2026-12-07_default.json"
-SPEED_RUN = "run of 2026-12-07, beside the default of commit bf8ac21"
+SPEED_JSON = ROOT / "benchmarks" / "results" / "maml_speed_cpu_2026-12-07_heap_ab.json"
+SPEED_RUN = "run of 2026-12-07: the default, and commit 40d8d66's default (glibc's heap)"
 
 # (JSON method key, label) in the order of the Benchmarks page's table
 SPEED_METHODS = (
-    ("metakd:auto", "metakd default (compile auto)"),
-    ("metakd:auto:compile=0", "metakd compile=False"),
-    ("base:metakd:auto", "bf8ac21 default (eager)"),
+    ("metakd:auto", "metakd default"),
+    ("metakd:auto:heap=plain", "40d8d66 default (glibc's heap)"),
     ("learn2learn", "learn2learn"),
 )
 
