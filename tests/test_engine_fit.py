@@ -393,7 +393,7 @@ def test_two_gloo_processes_train_minibatches_like_one(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- docstring examples
 
 
-@pytest.mark.parametrize("name", ["callbacks", "checkpoint", "distributed", "evaluation",
+@pytest.mark.parametrize("name", ["callbacks", "checkpoint", "cpu", "distributed", "evaluation",
                                   "logger", "objective", "progress", "schedule", "stats",
                                   "trainer"])
 def test_docstring_examples_run(name: str) -> None:

@@ -8,7 +8,6 @@ episodes or top-1 over labelled examples, each with a 95% confidence interval.
 from metakd.engine.callbacks import Callback, FitState
 from metakd.engine.checkpoint import load_checkpoint, save_checkpoint
 from metakd.engine.cpu import (
-    KEEP_FREED_MEMORY_ENV,
     heap_left_to_environment,
     keep_freed_memory,
     keeps_freed_memory,
@@ -41,7 +40,6 @@ from metakd.engine.stats import (
 from metakd.engine.trainer import FitResult, MetaLearner, NonFiniteLossError, fit
 
 __all__ = [
-    "KEEP_FREED_MEMORY_ENV",
     "BudgetCosine",
     "Callback",
     "DivergenceError",

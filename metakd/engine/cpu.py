@@ -97,7 +97,16 @@ def keeps_freed_memory() -> bool:
 
 def heap_left_to_environment() -> str | None:
     """Why the environment keeps :func:`keep_freed_memory` from changing the heap, or ``None``:
-    :data:`KEEP_FREED_MEMORY_ENV` set to ``0``, or glibc's own malloc options set."""
+    :data:`KEEP_FREED_MEMORY_ENV` (``METAKD_KEEP_FREED_MEMORY``) set to ``0``, or glibc's own
+    malloc options set.
+
+    Example:
+        >>> import os
+        >>> os.environ["METAKD_KEEP_FREED_MEMORY"] = "0"
+        >>> heap_left_to_environment()
+        'METAKD_KEEP_FREED_MEMORY=0'
+        >>> del os.environ["METAKD_KEEP_FREED_MEMORY"]
+    """
     value = os.environ.get(KEEP_FREED_MEMORY_ENV, "").strip().lower()
     if value in ("0", "off", "false", "no"):
         return f"{KEEP_FREED_MEMORY_ENV}={value}"
