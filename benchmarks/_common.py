@@ -427,12 +427,15 @@ def worker_command(module: str, spec: str, baseline: str | None = None,
     that checkout's ``metakd`` package comes first on the path while this checkout's harness
     (``benchmarks``) stays the same: the path's first folder holds a link to the baseline's
     ``metakd`` alone (:func:`_package_link`), then comes this checkout. ``-P``: without it
-    ``-m`` puts the working directory (this checkout) before ``PYTHONPATH``. With ``allocator="plain"`` the worker runs with
-    ``METAKD_KEEP_FREED_MEMORY=0``: nothing in it changes glibc's heap settings.
+    ``-m`` puts the working directory (this checkout) before ``PYTHONPATH``. With
+    ``allocator="plain"`` the worker runs with ``METAKD_KEEP_FREED_MEMORY=0``: nothing in it
+    changes glibc's heap settings.
     """
+    from metakd.engine.cpu import KEEP_FREED_MEMORY_ENV
+
     env, python = dict(os.environ), [sys.executable]
     if allocator == "plain":
-        env["METAKD_KEEP_FREED_MEMORY"] = "0"
+        env[KEEP_FREED_MEMORY_ENV] = "0"
     if baseline is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_package_link(baseline), os.getcwd(),
                                                           env.get("PYTHONPATH")]))

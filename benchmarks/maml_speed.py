@@ -196,6 +196,12 @@ def make_model_and_batch(cfg: Config, device: torch.device) -> tuple[nn.Module, 
     return model, batch
 
 
+def _method_options(method: str) -> str:
+    """The ``key=value+key=value`` part of ``metakd:BACKEND:OPTIONS`` (empty without it)."""
+    parts = method.split(":")
+    return parts[2] if len(parts) > 2 else ""
+
+
 def _metakd_kwargs(spec: str) -> dict[str, Any]:
     """``key=value+key=value`` -> MAMLWrapper keyword arguments."""
     kwargs: dict[str, Any] = {}
@@ -227,7 +233,7 @@ def make_step(method: str, cfg: Config, model: nn.Module, batch: Any) -> Callabl
 
         parts = method.split(":")
         backend = parts[1] if len(parts) > 1 else "auto"
-        kwargs = _metakd_kwargs(parts[2] if len(parts) > 2 else "")
+        kwargs = _metakd_kwargs(_method_options(method))
         maml = MAMLWrapper(
             model, cfg.inner_lr, cfg.steps, first_order=cfg.first_order, backend=backend, **kwargs
         )
@@ -355,8 +361,7 @@ BASELINE_SRC: str | None = None
 def _worker_allocator(method: str, allocator: str) -> str:
     """The C heap of ``method``'s worker: ``plain`` for a ``heap=plain`` method, else
     ``allocator``."""
-    options = method.split(":")[2] if method.count(":") >= 2 else ""
-    return "plain" if "heap=plain" in options.split("+") else allocator
+    return "plain" if "heap=plain" in _method_options(method).split("+") else allocator
 
 
 def _subprocess(method: str, cfg: Config, repeats: int, device: str,
